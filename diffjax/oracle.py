@@ -1,0 +1,180 @@
+"""Exact oracle: Gaussian-mixture data and everything a model could learn about it, in closed form.
+
+Data p(x0) = Σ_k w_k N(x0; μ_k, Σ_k) (any dimension D, full covariances, optional class label per
+component). Under any Gaussian process x_t = α x0 + σ ε the marginal is again a mixture,
+
+    p_t(x) = Σ_k w_k N(x; α μ_k, C_k),   C_k = α² Σ_k + σ² I,
+
+and the posterior means are exact (per component k, with responsibilities r_k(x) ∝ w_k N_k(x)):
+
+    E[x0 | x, k] = μ_k + α Σ_k C_k⁻¹ (x − α μ_k),    E[ε | x, k] = σ C_k⁻¹ (x − α μ_k),
+    ∇ log p_t(x) = −Σ_k r_k C_k⁻¹ (x − α μ_k).
+
+From (E[x0|x], E[ε|x]) every parameterization follows (`diffjax.parameterization`), in particular the
+marginal velocity E[α̇ x0 + σ̇ ε | x_t = x] of Theorem 5 in `shared/seeds/001`.
+
+Shapes: x is (N, D); t is a scalar or (N,).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from diffjax._pytree import pytree_dataclass, static_field
+from diffjax._validate import check_batch_time, is_concrete
+from diffjax.parameterization import Prediction, from_x0_eps
+from diffjax.processes.base import GaussianProcess
+
+
+@pytree_dataclass
+class GaussianMixture:
+    """Σ_k w_k N(μ_k, Σ_k); build with `GaussianMixture.create` (which validates)."""
+
+    weights: Float[Array, " K"]
+    means: Float[Array, "K D"]
+    covs: Float[Array, "K D D"]
+    labels: Int[Array, " K"]
+    n_classes: int = static_field(default=1)
+
+    @classmethod
+    def create(cls, means, covs=1.0, weights=None, labels=None) -> GaussianMixture:
+        """means (K, D); covs a scalar, (K,), (K, D) diagonal or (K, D, D); weights (K,) summing to 1
+        (default uniform); labels (K,) ints in [0, n_classes) (default: one class per component)."""
+        means = jnp.asarray(means, dtype=jnp.result_type(float))
+        if means.ndim != 2:
+            raise ValueError(f"GaussianMixture: means must be (K, D), got shape {means.shape}.")
+        k, d = means.shape
+        covs = jnp.asarray(covs, dtype=means.dtype)
+        if covs.ndim == 0:
+            covs = jnp.broadcast_to(covs * jnp.eye(d), (k, d, d))
+        elif covs.shape == (k,):
+            covs = covs[:, None, None] * jnp.eye(d)
+        elif covs.shape == (k, d):
+            covs = jax.vmap(jnp.diag)(covs)
+        elif covs.shape != (k, d, d):
+            raise ValueError(
+                f"GaussianMixture: covs must be a scalar, (K,), (K, D) or (K, D, D) with K={k}, D={d};"
+                f" got shape {covs.shape}."
+            )
+        weights = jnp.full((k,), 1.0 / k) if weights is None else jnp.asarray(weights, means.dtype)
+        if weights.shape != (k,):
+            raise ValueError(f"GaussianMixture: weights must be ({k},), got {weights.shape}.")
+        labels = jnp.arange(k) if labels is None else jnp.asarray(labels, jnp.int32)
+        if labels.shape != (k,):
+            raise ValueError(f"GaussianMixture: labels must be ({k},), got {labels.shape}.")
+        if is_concrete((weights, covs)):
+            w = np.asarray(weights)
+            if np.any(w < 0) or not np.isclose(w.sum(), 1.0, atol=1e-5):
+                raise ValueError(f"GaussianMixture: weights must be >= 0 and sum to 1, got {w}.")
+            if np.any(np.linalg.eigvalsh(np.asarray(covs)) <= 0):
+                raise ValueError("GaussianMixture: every covariance must be positive definite.")
+        n_classes = int(np.asarray(labels).max()) + 1
+        return cls(weights, means, covs, labels, n_classes)
+
+    # -- the data distribution -------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def sample(self, key, n: int) -> tuple[Float[Array, "n D"], Int[Array, " n"]]:
+        """n samples and their class labels."""
+        k_comp, k_noise = jax.random.split(key)
+        comp = jax.random.choice(k_comp, self.weights.shape[0], (n,), p=self.weights)
+        chol = jnp.linalg.cholesky(self.covs)[comp]
+        z = jax.random.normal(k_noise, (n, self.dim), self.means.dtype)
+        return self.means[comp] + jnp.einsum("nij,nj->ni", chol, z), self.labels[comp]
+
+    def condition(self, label) -> GaussianMixture:
+        """The mixture of the components with class `label` (renormalised; shapes unchanged)."""
+        w = jnp.where(self.labels == label, self.weights, 0.0)
+        return GaussianMixture(w / w.sum(), self.means, self.covs, self.labels, self.n_classes)
+
+    def mean(self) -> Float[Array, " D"]:
+        return self.weights @ self.means
+
+    def covariance(self) -> Float[Array, "D D"]:
+        m = self.mean()
+        dev = self.means - m
+        return jnp.einsum("k,kij->ij", self.weights, self.covs + dev[:, :, None] * dev[:, None, :])
+
+    # -- the noised marginal p_t ------------------------------------------------------------
+    def _coeffs(self, process: GaussianProcess | None, x, t):
+        if process is None:
+            one = jnp.ones(x.shape[:1], x.dtype)
+            return one, 0.0 * one
+        t = jnp.broadcast_to(check_batch_time(x, t, "GaussianMixture"), x.shape[:1])
+        return process.alpha(t), process.sigma(t)
+
+    def _posterior_one(self, x, alpha, sigma):
+        """For one x (D,): log p_t(x), responsibilities (K,), E[x0|x], E[ε|x], score."""
+        d = self.dim
+        cov_t = alpha**2 * self.covs + sigma**2 * jnp.eye(d)
+        chol = jnp.linalg.cholesky(cov_t)
+        diff = x - alpha * self.means  # (K, D)
+        sol = jax.vmap(lambda c, r: jax.scipy.linalg.cho_solve((c, True), r))(chol, diff)  # C⁻¹ diff
+        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+        log_comp = -0.5 * (jnp.sum(diff * sol, -1) + logdet + d * jnp.log(2 * jnp.pi))
+        log_joint = jnp.log(self.weights) + log_comp
+        log_p = jax.scipy.special.logsumexp(log_joint)
+        resp = jnp.exp(log_joint - log_p)
+        x0 = resp @ (self.means + alpha * jnp.einsum("kij,kj->ki", self.covs, sol))
+        eps = sigma * (resp @ sol)
+        score = -(resp @ sol)
+        return log_p, resp, x0, eps, score
+
+    def _posterior(self, x, process, t):
+        alpha, sigma = self._coeffs(process, x, t)
+        return jax.vmap(self._posterior_one)(x, alpha, sigma)
+
+    def log_prob(self, x: Float[Array, "N D"], process=None, t=None) -> Float[Array, " N"]:
+        """log p_t(x) (log p_data(x) when process is None)."""
+        return self._posterior(x, process, t)[0]
+
+    def score(self, x, process, t) -> Float[Array, "N D"]:
+        """∇_x log p_t(x)."""
+        return self._posterior(x, process, t)[4]
+
+    def posterior_x0_eps(self, x, process, t) -> tuple[Array, Array]:
+        """(E[x0 | x_t = x], E[ε | x_t = x]) — exact at every t, including α = 0 or σ = 0."""
+        _, _, x0, eps, _ = self._posterior(x, process, t)
+        return x0, eps
+
+    def predict(self, x, process, t, kind: Prediction) -> Array:
+        """The Bayes-optimal prediction of type `kind` ('eps', 'x0', 'score', 'v', 'velocity')."""
+        x0, eps = self.posterior_x0_eps(x, process, t)
+        t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
+        return from_x0_eps(x0, eps, kind, x, process.coefficients(t))
+
+    def velocity(self, x, process, t) -> Array:
+        """Marginal velocity E[α̇ x0 + σ̇ ε | x_t = x] (the probability-flow / flow-matching field)."""
+        return self.predict(x, process, t, "velocity")
+
+    def component_posterior(self, x, process=None, t=None) -> Float[Array, "N K"]:
+        """p(k | x_t = x)."""
+        return self._posterior(x, process, t)[1]
+
+    def class_posterior(self, x, process=None, t=None) -> Float[Array, "N C"]:
+        """p(y | x_t = x), summing component posteriors per class label."""
+        resp = self.component_posterior(x, process, t)
+        return resp @ jax.nn.one_hot(self.labels, self.n_classes, dtype=resp.dtype)
+
+    def model_fn(self, process, kind: Prediction = "eps"):
+        """The exact model as a function (x, t) -> prediction, ready for samplers and losses."""
+        return lambda x, t: self.predict(x, process, t, kind)
+
+
+def gaussian(mean, cov) -> GaussianMixture:
+    """A single Gaussian N(mean, cov) as a one-component mixture."""
+    mean = jnp.asarray(mean, dtype=jnp.result_type(float))
+    return GaussianMixture.create(mean[None], jnp.asarray(cov)[None] if jnp.ndim(cov) else cov)
+
+
+def ring_mixture(n: int = 8, radius: float = 4.0, std: float = 0.5, dim: int = 2) -> GaussianMixture:
+    """n equally weighted, labelled components on a circle in the first two coordinates."""
+    ang = 2 * np.pi * np.arange(n) / n
+    means = np.zeros((n, dim))
+    means[:, 0], means[:, 1] = radius * np.cos(ang), radius * np.sin(ang)
+    return GaussianMixture.create(means, std**2)
