@@ -1,0 +1,158 @@
+"""Time and class embeddings shared by the networks.
+
+A network sees the process time t on the process's own axis (integer DDPM steps cast to float, or a
+continuous t in [0, 1]); the features are computed from t' = time_scale · t:
+
+    sinusoidal   [cos(t' ω_j), sin(t' ω_j)],  ω_j = max_period^(−j/half)      (Vaswani et al. 2017;
+                 Ho et al. 2020) — for t' of order 1..1000, so time_scale=1000 for t in [0, 1].
+    fourier      [cos(2π t' w_j), sin(2π t' w_j)],  w_j ~ N(0, scale²) fixed  (Tancik et al. 2020;
+                 Song et al. 2021) — for t' of order 1, so time_scale=1 for t in [0, 1].
+
+The Fourier frequencies are drawn from a fixed seed inside the computation (a compile-time
+constant), so they are not parameters and never trained. Class labels use a learned table with one
+extra row: the null class `num_classes`, which stands for "no label" in classifier-free guidance
+(Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from diffjax._validate import is_concrete
+
+TimeEmbeddingKind = Literal["sinusoidal", "fourier"]
+TIME_EMBEDDINGS: tuple[str, ...] = ("sinusoidal", "fourier")
+
+
+def default_time_scale(kind: str) -> float:
+    """Scale that maps t in [0, 1] to the range each feature type is designed for."""
+    return 1000.0 if kind == "sinusoidal" else 1.0
+
+
+def sinusoidal_embedding(
+    t: Float[Array, " B"], dim: int, max_period: float = 10_000.0
+) -> Float[Array, "B dim"]:
+    """[cos(t ω_j), sin(t ω_j)] with ω_j = max_period^(−j/half), j < half = dim // 2 (an odd dim
+    is padded with one zero column)."""
+    half = dim // 2
+    freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    arg = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(arg), jnp.sin(arg)], axis=-1)
+    return jnp.pad(emb, ((0, 0), (0, dim - 2 * half)))
+
+
+def fourier_embedding(
+    t: Float[Array, " B"], dim: int, scale: float = 16.0, seed: int = 0
+) -> Float[Array, "B dim"]:
+    """[cos(2π t w_j), sin(2π t w_j)] with fixed w_j ~ N(0, scale²) drawn from `seed`."""
+    half = dim // 2
+    w = scale * jax.random.normal(jax.random.key(seed), (half,), jnp.float32)
+    arg = 2.0 * jnp.pi * jnp.asarray(t, jnp.float32)[:, None] * w[None]
+    emb = jnp.concatenate([jnp.cos(arg), jnp.sin(arg)], axis=-1)
+    return jnp.pad(emb, ((0, 0), (0, dim - 2 * half)))
+
+
+def null_labels(batch: int, num_classes: int) -> Int[Array, " B"]:
+    """The null class (index `num_classes`) for every element: the unconditional model."""
+    return jnp.full((batch,), num_classes, jnp.int32)
+
+
+def drop_labels(key, y: Int[Array, " B"], p: float, num_classes: int) -> Int[Array, " B"]:
+    """Replace each label by the null class with probability p (classifier-free guidance)."""
+    drop = jax.random.bernoulli(key, p, y.shape)
+    return jnp.where(drop, num_classes, y).astype(jnp.int32)
+
+
+class TimeEmbedding(nnx.Module):
+    """Conditioning vector c(t, y) = MLP(features(time_scale · t)) + E[y]  → (B, emb_dim).
+
+    MLP = Linear(feature_dim → emb_dim) → SiLU → Linear(emb_dim → emb_dim). With `num_classes`,
+    E is a learned (num_classes + 1, emb_dim) table whose last row is the null class; y=None means
+    the null class for the whole batch.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        emb_dim: int,
+        *,
+        kind: TimeEmbeddingKind = "sinusoidal",
+        time_scale: float | None = None,
+        fourier_scale: float = 16.0,
+        num_classes: int | None = None,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if kind not in TIME_EMBEDDINGS:
+            raise ValueError(f"Unknown time embedding {kind!r}; choose one of {TIME_EMBEDDINGS}.")
+        self.kind = kind
+        self.feature_dim = feature_dim
+        self.time_scale = float(default_time_scale(kind) if time_scale is None else time_scale)
+        self.fourier_scale = float(fourier_scale)
+        self.num_classes = num_classes
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.linear1 = nnx.Linear(feature_dim, emb_dim, **kw)
+        self.linear2 = nnx.Linear(emb_dim, emb_dim, **kw)
+        self.label_embed = (
+            nnx.Embed(num_classes + 1, emb_dim, **kw) if num_classes is not None else None
+        )
+
+    def features(self, t: Float[Array, " B"]) -> Float[Array, "B F"]:
+        ts = self.time_scale * jnp.asarray(t, jnp.float32)
+        if self.kind == "sinusoidal":
+            return sinusoidal_embedding(ts, self.feature_dim)
+        return fourier_embedding(ts, self.feature_dim, self.fourier_scale)
+
+    def labels(self, t: Float[Array, " B"], y: Int[Array, " B"] | None) -> Array | None:
+        """Validated int labels (None → the null class); None for an unconditional network."""
+        if self.num_classes is None:
+            if y is not None:
+                raise ValueError(
+                    "Got class labels y but the network was built without num_classes; set "
+                    "num_classes in its config to train a class-conditional model."
+                )
+            return None
+        if y is None:
+            return null_labels(t.shape[0], self.num_classes)
+        y = jnp.asarray(y)
+        if y.shape != t.shape:
+            raise ValueError(f"Labels y must have shape {t.shape} (one per example): {y.shape}.")
+        if is_concrete(y) and y.size:
+            yn = np.asarray(y)
+            if yn.min() < 0 or yn.max() > self.num_classes:
+                raise ValueError(
+                    f"Labels must lie in [0, {self.num_classes}] ({self.num_classes} = null class"
+                    f" for classifier-free guidance); got values in [{yn.min()}, {yn.max()}]."
+                )
+        return y.astype(jnp.int32)
+
+    def __call__(self, t: Float[Array, " B"], y: Int[Array, " B"] | None = None):
+        y = self.labels(t, y)
+        emb = self.linear2(nnx.silu(self.linear1(self.features(t))))
+        return emb if y is None else emb + self.label_embed(y)
+
+
+def as_dropout_key(rngs) -> jax.Array | None:
+    """Normalise the `rngs` argument of a network call to one PRNG key (or None = no dropout).
+
+    Accepts None, a typed or raw `jax.random` key, or an `nnx.Rngs` (its 'dropout' stream, falling
+    back to 'default')."""
+    if rngs is None:
+        return None
+    if isinstance(rngs, nnx.Rngs):
+        return rngs["dropout"]() if "dropout" in rngs else rngs.default()
+    if isinstance(rngs, nnx.RngStream):
+        return rngs()
+    return jnp.asarray(rngs) if not isinstance(rngs, jax.Array) else rngs
+
+
+def block_key(key: jax.Array | None, index: int) -> jax.Array | None:
+    """An independent key for block `index` (None stays None)."""
+    return None if key is None else jax.random.fold_in(key, index)
