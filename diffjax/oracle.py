@@ -133,8 +133,8 @@ class GaussianMixture:
         """log p_t(x) (log p_data(x) when process is None)."""
         return self._posterior(x, process, t)[0]
 
-    def score(self, x, process, t) -> Float[Array, "N D"]:
-        """∇_x log p_t(x)."""
+    def score(self, x, process=None, t=None) -> Float[Array, "N D"]:
+        """∇_x log p_t(x) (of the data distribution when process is None)."""
         return self._posterior(x, process, t)[4]
 
     def posterior_x0_eps(self, x, process, t) -> tuple[Array, Array]:

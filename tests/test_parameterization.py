@@ -1,0 +1,82 @@
+"""Conversions between ε / x0 / score / v / velocity are exact and round-trip."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import x64
+
+from diffjax.parameterization import PREDICTIONS, as_prediction, convert, from_x0_eps, to_x0_eps
+from diffjax.paths.gaussian import CondOTPath, CosinePath
+from diffjax.processes.ddpm import DDPMChain
+from diffjax.processes.sde import VESDE, VPSDE, SubVPSDE
+
+PROCESSES = [VPSDE(), SubVPSDE(), VESDE(), CondOTPath(), CosinePath()]
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("source, target", list(itertools.permutations(PREDICTIONS, 2)))
+def test_conversions_round_trip_to_float_precision(process, source, target):
+    with x64():
+        k1, k2 = jax.random.split(jax.random.PRNGKey(3))
+        x0, eps = jax.random.normal(k1, (6, 3)), jax.random.normal(k2, (6, 3))
+        t = jnp.linspace(0.1, 0.9, 6)
+        x = process.sample_marginal(k2, x0, t)[0]  # any x works; use a realistic one
+        c = process.coefficients(t)
+        pred = from_x0_eps(x0, eps, source, x, c)
+        there = convert(pred, x, t, process, source, target)
+        back = convert(there, x, t, process, target, source)
+        np.testing.assert_allclose(back, pred, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: type(p).__name__)
+def test_conversions_recover_the_true_pair_from_a_consistent_x(process):
+    """With x = αx0 + σε exactly, every kind maps back to the same (x0, ε)."""
+    with x64():
+        k1, k2 = jax.random.split(jax.random.PRNGKey(4))
+        x0, eps = jax.random.normal(k1, (5, 2)), jax.random.normal(k2, (5, 2))
+        t = jnp.linspace(0.2, 0.8, 5)
+        c = process.coefficients(t)
+        x = c.alpha[:, None] * x0 + c.sigma[:, None] * eps
+        for kind in PREDICTIONS:
+            got_x0, got_eps = to_x0_eps(from_x0_eps(x0, eps, kind, x, c), kind, x, c)
+            np.testing.assert_allclose(got_x0, x0, rtol=1e-9, atol=1e-9, err_msg=kind)
+            np.testing.assert_allclose(got_eps, eps, rtol=1e-9, atol=1e-9, err_msg=kind)
+
+
+def test_known_formulas():
+    """Spot checks against the textbook forms: score = −ε/σ, v = αε − σx0, VP velocity = PF drift."""
+    sde = VPSDE()
+    t = jnp.array([0.3, 0.7])
+    x0, eps = jnp.ones((2, 1)), -jnp.ones((2, 1))
+    c = sde.coefficients(t)
+    x = c.alpha[:, None] * x0 + c.sigma[:, None] * eps
+    np.testing.assert_allclose(from_x0_eps(x0, eps, "score", x, c), 1 / c.sigma[:, None], rtol=1e-6)
+    np.testing.assert_allclose(
+        from_x0_eps(x0, eps, "v", x, c), (-c.alpha - c.sigma)[:, None], rtol=1e-6
+    )
+    # velocity = f x − ½ g² score, the probability-flow drift (conditional on x0 here)
+    score = -eps / c.sigma[:, None]
+    pf = sde.probability_flow_drift(lambda x_, t_: score)(x, t)
+    np.testing.assert_allclose(from_x0_eps(x0, eps, "velocity", x, c), pf, rtol=1e-5)
+
+
+def test_ddpm_chain_conversions_without_velocity():
+    chain = DDPMChain.linear(100)
+    t = jnp.array([1, 50, 100])
+    x0, eps = jnp.ones((3, 2)), jnp.full((3, 2), 0.5)
+    x = chain.q_sample(jax.random.PRNGKey(0), x0, t)[0]
+    pred = convert(eps, x, t, chain, "eps", "score")
+    np.testing.assert_allclose(convert(pred, x, t, chain, "score", "eps"), eps, rtol=1e-5)
+
+
+def test_as_prediction_wraps_a_model_and_unknown_kinds_raise():
+    sde = VPSDE()
+    eps_model = lambda x, t: 0.5 * x  # noqa: E731
+    score_model = as_prediction(eps_model, sde, "eps", "score")
+    x, t = jnp.ones((2, 3)), jnp.array([0.4, 0.6])
+    np.testing.assert_allclose(score_model(x, t), -0.5 * x / sde.sigma(t)[:, None], rtol=1e-6)
+    with pytest.raises(ValueError, match="Unknown prediction type 'noise'"):
+        convert(x, x, t, sde, "noise", "eps")
