@@ -1,0 +1,69 @@
+"""Training: a `TrainState` pytree, one pure compiled `train_step`, data parallelism over all
+devices and processes, Orbax checkpoints with exact resume, metrics logging and the loop.
+
+Typical use (see `experiments/train.py`):
+
+    graphdef, params = nnx.split(model)
+    optimizer, schedule = make_optimizer(2e-4, warmup_steps=500)
+    loss_fn = lambda params, batch, key: dsm_loss(model_fn(graphdef, params, key), batch[0], key,
+                                                  process=sde)
+    step = make_train_step(loss_fn, optimizer, ema_decay=0.999, schedule=schedule)
+    state = create_train_state(params, optimizer, jax.random.key(0))
+    train(TrainConfig(workdir, num_steps), step, state, lambda s: batches(x, y, B, 0, s, ...))
+"""
+
+from diffjax.training.checkpoint import (
+    Checkpointer,
+    CorruptCheckpointError,
+    CorruptCheckpointWarning,
+    SigtermFlag,
+    tree_checksums,
+)
+from diffjax.training.logging import MetricsLogger
+from diffjax.training.loop import NonFiniteError, TrainConfig, TrainResult, train
+from diffjax.training.parallel import (
+    DATA_AXIS,
+    compile_train_step,
+    data_sharding,
+    make_data_mesh,
+    maybe_initialize_distributed,
+    replicate,
+    replicated_sharding,
+    shard_batch,
+)
+from diffjax.training.state import (
+    TrainState,
+    as_key_data,
+    create_train_state,
+    make_optimizer,
+    make_schedule,
+)
+from diffjax.training.step import all_finite, make_train_step
+
+__all__ = [
+    "DATA_AXIS",
+    "Checkpointer",
+    "CorruptCheckpointError",
+    "CorruptCheckpointWarning",
+    "MetricsLogger",
+    "NonFiniteError",
+    "SigtermFlag",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "all_finite",
+    "as_key_data",
+    "compile_train_step",
+    "create_train_state",
+    "data_sharding",
+    "make_data_mesh",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_step",
+    "maybe_initialize_distributed",
+    "replicate",
+    "replicated_sharding",
+    "shard_batch",
+    "train",
+    "tree_checksums",
+]
