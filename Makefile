@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) experiments/demo.py --out outputs/demo
+	$(PY) experiments/train.py --config experiments/configs/checkerboard_fm.py --workdir outputs/demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,6 +1,6 @@
 """Demo: sample a 2D Gaussian mixture with its exact score and write a PNG.
 
-    python experiments/demo.py --out outputs/demo
+    python experiments/exact_mixture_demo.py --out outputs/exact
 
 Probability-flow ODE (Euler, VP SDE) and unadjusted Langevin dynamics, both with the oracle's exact
 score, compared with true samples of the mixture.
@@ -37,7 +37,7 @@ def probability_flow_euler(mix, sde, key, n, steps=200, t_eps=1e-3):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="outputs/demo")
+    ap.add_argument("--out", default="outputs/exact")
     ap.add_argument("--n", type=int, default=4000)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
