@@ -24,5 +24,22 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# every figure of the theory, redrawn by the library, into outputs/figures (MNIST panels need trained models)
+figures: $(STAMP)
+	$(PY) experiments/figures/make_all.py --out outputs/figures
+
+# peer benchmarks in their own venv: CPU torch (pinned), diffusers, flow_matching
+BENCH_VENV  ?= .venv-bench
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --extra-index-url $(TORCH_INDEX) -e '.[bench]'
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/bench_samplers.py
+	$(BENCH_VENV)/bin/python bench/bench_unet.py
+
 clean:
 	rm -rf $(VENV) outputs workdirs
