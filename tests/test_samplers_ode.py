@@ -51,12 +51,25 @@ def test_grids_run_from_noise_to_data_end_with_their_spacing(process):
         assert ts.shape == (11,)
         assert float(ts[0]) == process.t_noise and float(ts[-1]) == pytest.approx(t_end)
         assert np.all(np.diff(np.asarray(ts)) * process.direction > 0)
-    # EDM: (σ/α)^{1/ρ} equally spaced (interior points; the noise end is infinite on flow paths).
+    # EDM: (σ/α)^{1/ρ} equally spaced (interior points; on flow paths the noise end is infinite
+    # and the data end r = 0 is reached from min_ratio).
     ts = edm_grid(process, 10, 7.0, t_eps)
-    r = np.exp(-0.5 * np.asarray(process.log_snr(ts[1:]), np.float64)) ** (1 / 7)
+    r = np.exp(-0.5 * np.asarray(process.log_snr(ts[1:-1]), np.float64)) ** (1 / 7)
     np.testing.assert_allclose(np.diff(r), np.diff(r).mean(), rtol=2e-3)
     lam = np.asarray(process.log_snr(logsnr_grid(process, 10, t_eps)[1:-1]), np.float64)
     np.testing.assert_allclose(np.diff(lam), np.diff(lam).mean(), rtol=2e-3)
+
+
+@pytest.mark.parametrize("n", [25, 100, 400])
+def test_edm_grid_to_the_exact_data_end_never_repeats_times(n):
+    """Regression: spacing down to r = 0 put the last steps within float32 resolution of t = 1,
+    repeated times and made DPM-Solver++'s step h = λ(1) − λ(1) = ∞ − ∞ a NaN."""
+    process = CondOTPath()
+    assert np.all(np.diff(np.asarray(edm_grid(process, n))) > 0)
+    mixture = GaussianMixture.create(jnp.array([[-2.0], [2.0]]), jnp.array([0.25, 0.25]))
+    res = sample("dpm_solver_pp", mixture.model_fn(process, "velocity"), process,
+                 jax.random.PRNGKey(0), (64, 1), n, prediction="velocity", grid="edm")  # fmt: skip
+    assert np.all(np.isfinite(np.asarray(res.samples)))
 
 
 def test_time_at_log_snr_inverts_log_snr_and_grids_jit():

@@ -13,7 +13,7 @@ rounded: the respacing of Nichol & Dhariwal 2021).
 
 The non-uniform grids are defined through σ/α or λ and mapped back to times by bisection
 (`time_at_log_snr`, jittable). Where these are infinite (α = 0 at a flow's noise end, σ = 0 at the
-data end) the spacing uses a finite stand-in (`max_ratio`, `max_abs_logsnr`) and the end point is
+data end) the spacing uses a finite stand-in (`max_ratio`/`min_ratio`, `max_abs_logsnr`) and the end point is
 still t_noise / t_end; finite values are never clipped, so the grids refine everywhere as n grows
 (except for the interval from an infinite end to its stand-in, where every solver is accurate).
 """
@@ -109,10 +109,13 @@ def edm_grid(
     rho: float = 7.0,
     t_eps: float | None = None,
     max_ratio: float = 80.0,
+    min_ratio: float = 0.002,
 ) -> Float[Array, " n_plus_1"]:
     """Karras et al. (2022) ρ-spacing of the noise-to-signal ratio r = σ/α from r_max = r(t_noise)
-    to r_min = r(t_end) (0 allowed), mapped back to times. Where r(t_noise) is infinite (α = 0 on
-    flow paths) the spacing starts from max_ratio (default EDM's σ_max = 80)."""
+    to r_min = r(t_end), mapped back to times. Where r(t_noise) is infinite (α = 0 on flow paths)
+    the spacing starts from max_ratio (EDM's σ_max = 80); where r(t_end) = 0 (t_eps = 0) it ends at
+    min_ratio (EDM's σ_min = 0.002) before the last point t_end — spacing down to r = 0 would put
+    the last steps within float32 resolution of t_end and repeat times."""
     _check_n(n, process, "edm")
     if not rho > 0:
         raise ValueError(f"edm_grid: rho must be > 0, got {rho}.")
@@ -122,6 +125,7 @@ def edm_grid(
     log_r_max = log_ratio(process.t_noise)
     r_max = jnp.exp(jnp.where(jnp.isfinite(log_r_max), log_r_max, jnp.log(max_ratio)))
     r_min = jnp.exp(log_ratio(t_end))
+    r_min = jnp.where(r_min > 0, r_min, min_ratio)
     i = jnp.arange(n + 1, dtype=dtype) / n
     r = (r_max ** (1 / rho) + i * (r_min ** (1 / rho) - r_max ** (1 / rho))) ** rho
     ts = time_at_log_snr(process, -2.0 * jnp.log(r), process.t_noise, t_end)
