@@ -115,22 +115,23 @@ def cfg_model(
     x (batch, *event), t (batch,), labels y (batch, ...); it is called ONCE per evaluation, on the
     doubled batch ([x, x], [t, t], [y, ∅]). `null_label` (the "no label" token ∅) is broadcast to
     the label shape. w = 1 gives the conditional model, w = 0 the unconditional one, w > 1
-    sharpens towards y. Returns fn(x, t) -> (batch, *event).
+    sharpens towards y. Returns fn(x, t) -> (batch, *event) as a `jax.tree_util.Partial` whose
+    labels and w are array leaves: samplers reuse their compiled code for new labels, new w and,
+    when model_fn is itself a Partial, new parameters.
     """
-    w = guidance_scale
+    return jax.tree_util.Partial(
+        _classifier_free, model_fn, y, jnp.asarray(guidance_scale, jnp.result_type(float)), null_label
+    )
 
-    def guided(x, t):
-        b = x.shape[0]
-        t = jnp.broadcast_to(jnp.asarray(t), (b,))
-        labels = _batch_labels(y, b, "cfg_model")
-        nulls = jax.tree.map(
-            lambda lab, nul: jnp.broadcast_to(jnp.asarray(nul, lab.dtype), lab.shape),
-            labels,
-            null_label,
-        )
-        both = jax.tree.map(lambda lab, nul: jnp.concatenate([lab, nul]), labels, nulls)
-        out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both)
-        cond, uncond = out[:b], out[b:]
-        return (1.0 - w) * uncond + w * cond
 
-    return guided
+def _classifier_free(model_fn, y, w, null_label, x, t):
+    b = x.shape[0]
+    t = jnp.broadcast_to(jnp.asarray(t), (b,))
+    labels = _batch_labels(y, b, "cfg_model")
+    nulls = jax.tree.map(
+        lambda lab, nul: jnp.broadcast_to(jnp.asarray(nul, lab.dtype), lab.shape), labels, null_label
+    )
+    both = jax.tree.map(lambda lab, nul: jnp.concatenate([lab, nul]), labels, nulls)
+    out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both)
+    cond, uncond = out[:b], out[b:]
+    return (1.0 - w.astype(out.dtype)) * uncond + w.astype(out.dtype) * cond

@@ -5,6 +5,8 @@ Plain functions of a ConfigDict; the library itself never imports from `experime
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from flax import nnx
@@ -84,8 +86,10 @@ def build_loss_fn(cfg, graphdef, process):
     return loss_fn
 
 
+@functools.cache
 def make_apply(graphdef):
-    """apply(params, x, t, y=None) without dropout — for sampling with the EMA parameters."""
+    """apply(params, x, t, y=None) without dropout — for sampling with the EMA parameters. One
+    function per graphdef, so samplers given `Partial(apply, params)` compile once per model."""
 
     def apply(params, x, t, y=None):
         return nnx.merge(graphdef, params)(x, t.astype(x.dtype), y)
@@ -106,7 +110,7 @@ def generate(cfg, graphdef, params, process, key, n, save_trajectory=False, labe
         model_fn = jax.tree_util.Partial(apply, params)
     else:
         labels = np.arange(n) % n_cls if labels is None else labels
-        model_fn = cfg_model(lambda x, t, y: apply(params, x, t, y), jax.numpy.asarray(labels),
+        model_fn = cfg_model(jax.tree_util.Partial(apply, params), jax.numpy.asarray(labels),
                              cfg.sample.guidance_scale, n_cls)  # fmt: skip
     return sample(cfg.sample.sampler, model_fn, process, key, shape, cfg.sample.num_steps,
                   prediction=cfg.model.output, save_trajectory=save_trajectory)  # fmt: skip

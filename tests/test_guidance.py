@@ -206,3 +206,23 @@ def test_labels_must_match_the_batch():
         classifier_guided_score(
             mix.model_fn(process, "score"), classifier_logp(mix, process), jnp.zeros(5, jnp.int32)
         )(x, t)
+
+
+def test_cfg_sampling_compiles_once_across_labels_scales_and_parameters():
+    """cfg_model is a pytree: a sampler given new labels, a new w or new parameters (a Partial
+    model) reuses its compiled code instead of retracing the network."""
+    from diffjax.samplers import sample
+
+    mix, process = labelled_mixture(), CondOTPath()
+    traces = []
+
+    def apply(shift, x, t, y):
+        traces.append(1)
+        return conditional_oracle(mix, process, "velocity")(x, t, y) + shift
+
+    for shift, w, first in [(0.0, 1.0, 0), (0.1, 3.0, 1), (0.2, 0.0, 0)]:
+        y = jnp.full((16,), first).at[::2].set(1 - first)
+        model = cfg_model(jax.tree_util.Partial(apply, jnp.asarray(shift)), y, w, mix.n_classes)
+        res = sample("euler", model, process, jax.random.PRNGKey(0), (16, 2), 4, prediction="velocity")
+        assert np.all(np.isfinite(np.asarray(res.samples)))
+    assert len(traces) == 1
