@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 import diffjax
-from diffjax.metrics import sliced_wasserstein
+from diffjax.metrics import sliced_wasserstein_sorted, sorted_projections
 from diffjax.oracle import GaussianMixture, ring_mixture
 from diffjax.paths.gaussian import CondOTPath
 from diffjax.processes.ddpm import DDPMChain
@@ -361,6 +361,7 @@ def flow_matching_sampler(velocity, method: str, shape, n: int | None, tol: floa
 DIFFJAX_SAMPLERS = [
     ("euler", "euler", {}, "uniform"),
     ("heun", "heun", {}, "uniform"),
+    ("midpoint", "midpoint", {}, "uniform"),
     ("ddim", "ddim", {}, "uniform"),
     ("dpm_solver_pp 1", "dpm_solver_pp", {"order": 1}, "uniform"),
     ("dpm_solver_pp 2", "dpm_solver_pp", {"order": 2}, "uniform"),
@@ -403,7 +404,7 @@ COUNTERPARTS = {
         ("edm edm-grid", "HeunDiscrete karras"),
         ("ancestral", "DDPM"),
     ],
-    "CondOT": [("euler", "euler"), ("heun", "midpoint")],
+    "CondOT": [("euler", "euler"), ("heun", "midpoint"), ("midpoint", "midpoint")],
 }
 
 
@@ -414,8 +415,11 @@ class Evaluator:
         self.prob = prob
         mix = prob.mixture
         self.ref = mix.sample(jax.random.PRNGKey(1001), N_REF)[0]
-        self.proj_key = jax.random.PRNGKey(1002)
-        self._sw = jax.jit(lambda x: sliced_wasserstein(x, self.ref, self.proj_key, N_PROJ))
+        key = jax.random.PRNGKey(1002)
+        ref_sorted = sorted_projections(self.ref, key, N_PROJ)  # projected and sorted once
+        self._sw = jax.jit(
+            lambda x: sliced_wasserstein_sorted(sorted_projections(x, key, N_PROJ), ref_sorted)
+        )
         self._logp = jax.jit(mix.log_prob)
         data = mix.sample(jax.random.PRNGKey(1003), 65536)[0]
         self.data_logp = float(self._logp(data).mean())
@@ -675,7 +679,7 @@ PLOTTED = {
         "diffusers": [d[0] for d in DIFFUSERS],
     },
     "CondOT": {
-        "diffjax": ["euler", "heun", "ddim", "dpm_solver_pp 2", "dpm_solver_pp 3", "edm",
+        "diffjax": ["euler", "heun", "midpoint", "dpm_solver_pp 2", "dpm_solver_pp 3", "edm",
                     "adaptive dopri5"],
         "flow_matching": ["euler", "midpoint", "dopri5"],
     },

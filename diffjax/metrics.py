@@ -11,6 +11,30 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 
+def sorted_projections(x: Float[Array, "n D"], key: Array, num_projections: int = 256) -> Array:
+    """θᵀx sorted over the samples, for num_projections random unit directions θ drawn from key:
+    (n, num_projections). The same key gives the same directions, so a fixed reference set can be
+    projected once and reused with `sliced_wasserstein_sorted`."""
+    if x.ndim != 2:
+        raise ValueError(f"sorted_projections: need samples of shape (n, D), got {x.shape}.")
+    theta = jax.random.normal(key, (x.shape[1], num_projections), x.dtype)
+    theta = theta / jnp.linalg.norm(theta, axis=0, keepdims=True)
+    return jnp.sort(x @ theta, axis=0)
+
+
+def sliced_wasserstein_sorted(px: Float[Array, "n P"], py: Float[Array, "m P"]) -> Array:
+    """Sliced W2 from sorted projections (`sorted_projections`): the 1-D W2 of each direction from
+    matched quantiles at the n levels (i + ½)/n (py linearly interpolated when m ≠ n)."""
+    n, m = px.shape[0], py.shape[0]
+    if m != n:  # the 'linear' quantile of sorted py at levels q: position q·(m − 1)
+        pos = ((jnp.arange(n) + 0.5) / n) * (m - 1)
+        lo = jnp.floor(pos).astype(jnp.int32)
+        hi = jnp.minimum(lo + 1, m - 1)
+        frac = (pos - lo).astype(py.dtype)[:, None]
+        py = py[lo] * (1 - frac) + py[hi] * frac
+    return jnp.sqrt(jnp.mean((px - py) ** 2))
+
+
 def sliced_wasserstein(
     x: Float[Array, "n D"], y: Float[Array, "m D"], key: Array, num_projections: int = 256
 ) -> Array:
@@ -20,12 +44,9 @@ def sliced_wasserstein(
     empirical distributions, so n and m may differ)."""
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"sliced_wasserstein: need (n, D) and (m, D), got {x.shape}, {y.shape}.")
-    theta = jax.random.normal(key, (x.shape[1], num_projections), x.dtype)
-    theta = theta / jnp.linalg.norm(theta, axis=0, keepdims=True)
-    px, py = jnp.sort(x @ theta, axis=0), jnp.sort(y @ theta, axis=0)
-    q = (jnp.arange(x.shape[0]) + 0.5) / x.shape[0]
-    py = jnp.quantile(py, q, axis=0) if y.shape[0] != x.shape[0] else py
-    return jnp.sqrt(jnp.mean((px - py) ** 2))
+    return sliced_wasserstein_sorted(
+        sorted_projections(x, key, num_projections), sorted_projections(y, key, num_projections)
+    )
 
 
 def mmd_rbf(x: Float[Array, "n D"], y: Float[Array, "m D"], bandwidth: float = 1.0) -> Array:

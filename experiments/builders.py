@@ -6,8 +6,11 @@ Plain functions of a ConfigDict; the library itself never imports from `experime
 from __future__ import annotations
 
 import functools
+import json
+import os
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -18,6 +21,7 @@ from diffjax.paths.gaussian import CondOTPath, CosinePath
 from diffjax.processes.ddpm import DDPMChain, simple_eps_loss
 from diffjax.processes.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
 from diffjax.samplers import sample
+from diffjax.training import Checkpointer, create_train_state, make_optimizer
 
 PROCESSES = {
     "vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine_vp": CosineVPSDE,
@@ -114,3 +118,21 @@ def generate(cfg, graphdef, params, process, key, n, save_trajectory=False, labe
                              cfg.sample.guidance_scale, n_cls)  # fmt: skip
     return sample(cfg.sample.sampler, model_fn, process, key, shape, cfg.sample.num_steps,
                   prediction=cfg.model.output, save_trajectory=save_trajectory)  # fmt: skip
+
+
+def load(workdir):
+    """(config, graphdef, EMA params, step) from a train.py work directory."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        cfg = ml_collections.ConfigDict(json.load(f))
+    model = build_model(cfg, cfg.seed)
+    graphdef, params = nnx.split(model)
+    optimizer, _ = make_optimizer(cfg.train.learning_rate, warmup_steps=cfg.train.warmup_steps,
+                                  total_steps=cfg.train.num_steps, weight_decay=cfg.train.weight_decay,
+                                  clip_norm=cfg.train.clip_norm)  # fmt: skip
+    target = create_train_state(params, optimizer, jax.random.key(0))
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1)
+    state = ckpt.restore_latest(target)
+    ckpt.close()
+    if state is None:
+        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints: train first (train.py).")
+    return cfg, graphdef, state.ema_params, int(state.step)

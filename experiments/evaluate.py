@@ -1,8 +1,13 @@
 """Evaluate trained MNIST models: FD-MNIST, class histogram / conditional accuracy, bits/dim.
 
     python experiments/evaluate.py --workdirs outputs/mnist_fm,outputs/mnist_cfg \
-        --samplers euler:20,heun:10,dpm_solver_pp:10 --num 1000 --bpd_examples 64 \
-        --data_dir ../shared/data/mnist --out outputs/results.json
+        --samplers euler:20,heun:10,dpm_solver_pp:10,dpm_solver_pp:20:4 --num 1000 \
+        --bpd_examples 64 --data_dir ../shared/data/mnist --out outputs/results.json
+
+A sampler spec is name:steps[:w] (w: classifier-free guidance scale for class-conditional models;
+default the config's). Bits/dim: through the probability-flow ODE (Heun, 50 steps, Hutchinson,
+dequantized) for continuous-time models; the variational bound (Ho et al. eq. 5, all 1000 terms)
+for the DDPM chain.
 
 Features come from a small MNIST CNN trained once (cached by content hash in --cache_dir, test
 accuracy reported); "FD-MNIST" is the Fréchet distance of its penultimate features to the MNIST
@@ -21,8 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
-from builders import build_process, generate, make_apply, num_classes  # noqa: E402
-from sample import load  # noqa: E402
+from builders import build_process, generate, load, make_apply, num_classes  # noqa: E402
 
 from diffjax.data import load_dataset  # noqa: E402
 from diffjax.evaluation import (  # noqa: E402
@@ -32,12 +36,16 @@ from diffjax.evaluation import (  # noqa: E402
     frechet_distance,
     load_or_train_classifier,
 )
+from diffjax.evaluation.classifier import RECIPE  # noqa: E402
 from diffjax.likelihood import bits_per_dim  # noqa: E402
+from diffjax.processes.ddpm import variational_bound  # noqa: E402
 
 flags.DEFINE_string("workdirs", None, "Comma-separated work directories written by train.py.")
-flags.DEFINE_string("samplers", "euler:20,heun:10,dpm_solver_pp:10", "name:steps, comma-separated.")
+flags.DEFINE_string("samplers", "euler:20,heun:10,dpm_solver_pp:10", "name:steps[:w], comma-separated.")
 flags.DEFINE_integer("num", 1000, "Samples per model × sampler.")
 flags.DEFINE_integer("bpd_examples", 64, "Test images for bits/dim (0 to skip).")
+flags.DEFINE_integer("bpd_steps", 50, "Heun steps of the probability-flow ODE for bits/dim.")
+flags.DEFINE_integer("classifier_steps", RECIPE["steps"], "Training steps of the feature classifier.")
 flags.DEFINE_string("data_dir", None, "MNIST IDX directory (else DIFFJAX_DATA_DIR).")
 flags.DEFINE_string("cache_dir", "outputs/cache", "Where the evaluation classifier is cached.")
 flags.DEFINE_string("out", "outputs/results.json", "JSON lines file the rows are appended to.")
@@ -52,15 +60,22 @@ def evaluate_workdir(workdir, clf, test_stats, test_x):
     process = build_process(cfg)
     rows = []
     bpd = None
-    if FLAGS.bpd_examples and cfg.process.name != "ddpm":
+    if FLAGS.bpd_examples:
         x8 = np.round((test_x[: FLAGS.bpd_examples] + 1) * 127.5).astype(np.uint8)
         model_fn = jax.tree_util.Partial(make_apply(graphdef), params)
-        res = bits_per_dim(model_fn, process, x8, jax.random.key(0), kind=cfg.model.output,
-                           divergence="hutchinson", solver="heun", num_steps=50)  # fmt: skip
-        bpd = float(np.mean(np.asarray(res.bits_per_dim)))
+        if cfg.process.name == "ddpm":
+            res = jax.jit(variational_bound)(jax.random.key(0), x8 / np.float32(127.5) - 1, model_fn,
+                                             process)  # fmt: skip
+            bpd = float(np.mean(np.asarray(res.total)))
+        else:
+            res = bits_per_dim(model_fn, process, x8, jax.random.key(0), kind=cfg.model.output,
+                               divergence="hutchinson", solver="heun", num_steps=FLAGS.bpd_steps)  # fmt: skip
+            bpd = float(np.mean(np.asarray(res.bits_per_dim)))
     for spec in FLAGS.samplers.split(","):
-        name, steps = spec.split(":")
+        name, steps, *w = spec.split(":")
         cfg.sample.sampler, cfg.sample.num_steps = name, int(steps)
+        if w:
+            cfg.sample.guidance_scale = float(w[0])
         labels = np.arange(FLAGS.num) % 10 if num_classes(cfg) is not None else None
         res = generate(cfg, graphdef, params, process, jax.random.key(1), FLAGS.num, labels=labels)
         samples = np.clip(np.asarray(res.samples), -1, 1)
@@ -80,7 +95,7 @@ def evaluate_workdir(workdir, clf, test_stats, test_x):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    clf = load_or_train_classifier(FLAGS.cache_dir, FLAGS.data_dir)
+    clf = load_or_train_classifier(FLAGS.cache_dir, FLAGS.data_dir, steps=FLAGS.classifier_steps)
     print(f"evaluation classifier: MNIST test accuracy {100 * clf.test_accuracy:.2f}%")
     test_x, _ = load_dataset("mnist", "test", FLAGS.data_dir)
     test_stats = feature_statistics(clf.features(test_x))
@@ -91,13 +106,14 @@ def main(argv):
     with open(FLAGS.out, "a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    print("\n| model | sampler | NFE | FD-MNIST | cond. acc. | bits/dim | train steps | train time |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| model | sampler | NFE | w | FD-MNIST | cond. acc. | bits/dim | train steps | train time |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         acc = f"{100 * r['conditional_accuracy']:.1f}%" if "conditional_accuracy" in r else "–"
         bpd = f"{r['bits_per_dim']:.3f}" if r["bits_per_dim"] is not None else "–"
         t = f"{r['train_time_s'] / 60:.1f} min" if r["train_time_s"] else "–"
-        print(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r['fd_mnist']:.2f} | {acc} | {bpd} "
+        w = r.get("guidance_scale", "–")
+        print(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {w} | {r['fd_mnist']:.2f} | {acc} | {bpd} "
               f"| {r['train_steps']} | {t} |")
 
 

@@ -9,20 +9,16 @@ samples with the EMA parameters.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
-from builders import build_model, build_process, generate  # noqa: E402
-from flax import nnx  # noqa: E402
+from builders import build_process, generate, load  # noqa: E402
 
-from diffjax.training import Checkpointer, create_train_state, make_optimizer  # noqa: E402
 from diffjax.viz import save_image_grid, save_samples_2d  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A work directory written by train.py.")
@@ -35,24 +31,6 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("out", None, "Output prefix (default WORKDIR/sample_<sampler>_<steps>).")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
-
-
-def load(workdir):
-    """(config, graphdef, EMA params, step) from a train.py work directory."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        cfg = ml_collections.ConfigDict(json.load(f))
-    model = build_model(cfg, cfg.seed)
-    graphdef, params = nnx.split(model)
-    optimizer, _ = make_optimizer(cfg.train.learning_rate, warmup_steps=cfg.train.warmup_steps,
-                                  total_steps=cfg.train.num_steps, weight_decay=cfg.train.weight_decay,
-                                  clip_norm=cfg.train.clip_norm)  # fmt: skip
-    target = create_train_state(params, optimizer, jax.random.key(0))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1)
-    state = ckpt.restore_latest(target)
-    ckpt.close()
-    if state is None:
-        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints: train first (train.py).")
-    return cfg, graphdef, state.ema_params, int(state.step)
 
 
 def main(argv):

@@ -57,10 +57,9 @@ ROOT = next(
 sys.path[:0] = [str(ROOT / "experiments"), str(ROOT / "experiments" / "configs")]
 
 import mnist_cfg  # noqa: E402  (experiments/configs)
-from builders import build_loss_fn, build_model, build_process, generate, make_apply  # noqa: E402
+from builders import build_loss_fn, build_model, build_process, generate, load, make_apply  # noqa: E402
 from builders import num_classes as config_num_classes  # noqa: E402
 from flax import nnx  # noqa: E402
-from sample import load  # noqa: E402  (experiments/sample.py)
 
 from diffjax.data import DatasetNotFoundError, batches, load_dataset  # noqa: E402
 from diffjax.guidance import cfg_model  # noqa: E402

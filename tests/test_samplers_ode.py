@@ -124,10 +124,14 @@ ODE_ORDERS = [
     ("euler", {}, 1.0),
     ("ddim", {}, 1.0),
     ("heun", {}, 2.0),
+    ("midpoint", {}, 2.0),
     ("edm", {}, 2.0),
     ("dpm_solver_pp", {"order": 2}, 2.0),
     ("dpm_solver_pp", {"order": 3}, 3.0),
 ]
+# Only bounded below: on Gaussian data along CondOT the midpoint rule's leading error term cancels
+# (measured order ≈ 3.0 on the log-SNR grid; 2.0 on VP).
+SUPERCONVERGENT = {("midpoint", "CondOTPath")}
 
 
 @pytest.mark.parametrize(
@@ -158,7 +162,7 @@ def test_ode_solvers_converge_at_their_order_on_gaussian_data(process, predictio
                              denoise_final=False, x_init=x_init, **opts)  # fmt: skip
                 errors.append(float(jnp.sqrt(jnp.mean((res.samples - exact) ** 2))))
             orders[name + str(opts)] = fitted = fitted_order(steps, errors)
-            if order < 3:
+            if order < 3 and (name, type(process).__name__) not in SUPERCONVERGENT:
                 assert abs(fitted - order) < 0.3, (name, opts, fitted, errors)
             else:
                 assert fitted > order - 0.3, (name, opts, fitted, errors)
@@ -199,6 +203,7 @@ ODE_CASES = [
     ("VPSDE", "adaptive", {}, None),
     ("CondOT", "euler", {}, 100),
     ("CondOT", "heun", {}, 25),
+    ("CondOT", "midpoint", {}, 25),
     ("CondOT", "dpm_solver_pp", {"order": 2}, 25),
     ("CondOT", "adaptive", {}, None),
 ]
@@ -288,7 +293,7 @@ def test_nfe_and_trajectory_at_the_ends_of_the_grid():
     expected = {
         ("VPSDE", "euler"): 8, ("VPSDE", "heun"): 15, ("VPSDE", "pc"): 15, ("VPSDE", "edm"): 15,
         ("CondOT", "euler"): 7, ("CondOT", "heun"): 13, ("CondOT", "pc"): 14,
-        ("CondOT", "edm"): 12,
+        ("CondOT", "edm"): 12, ("VPSDE", "midpoint"): 15, ("CondOT", "midpoint"): 14,
     }  # fmt: skip
     for (proc_name, name), nfe in expected.items():
         process, pred = PROCESSES[proc_name]

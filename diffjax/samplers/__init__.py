@@ -11,13 +11,14 @@ an adaptive ODE solver.
 from diffjax.samplers.adaptive import sample_adaptive
 from diffjax.samplers.driver import Sampler, SampleResult, integrate, sample
 from diffjax.samplers.grids import edm_grid, logsnr_grid, make_grid, time_at_log_snr, uniform_grid
-from diffjax.samplers.ode import ddim, dpm_solver_pp, euler, heun
+from diffjax.samplers.ode import ddim, dpm_solver_pp, euler, heun, midpoint
 from diffjax.samplers.sde import ancestral, edm, euler_maruyama, predictor_corrector
 
 SAMPLERS = {
     # probability-flow ODE
     "euler": euler,
     "heun": heun,
+    "midpoint": midpoint,
     "ddim": ddim,  # eta = 0 deterministic; eta > 0 stochastic
     "dpm_solver_pp": dpm_solver_pp,
     # stochastic
@@ -42,6 +43,7 @@ __all__ = [
     "integrate",
     "logsnr_grid",
     "make_grid",
+    "midpoint",
     "predictor_corrector",
     "sample",
     "sample_adaptive",

@@ -80,7 +80,7 @@ def load_run(workdir: str, hint: str):
     `load`; raises MissingInput (message: `hint`, how to produce it) if it has no checkpoint."""
     if not has_checkpoint(workdir):
         raise MissingInput(f"no checkpoint in {workdir}; {hint}")
-    from sample import load
+    from builders import load
 
     return load(workdir)
 
