@@ -97,7 +97,7 @@ def main(argv=None) -> str:
                        key=lambda r: r["sliced_w2"])  # fmt: skip
             print(f"  {prob} {fam}: best diffjax sampler at NFE {nfe}: {best['method']} "
                   f"SW {best['sliced_w2']:.4f} (floor {floor:.4f})")  # fmt: skip
-    fig.suptitle(f"Error vs NFE with the exact mixture model ({os.path.abspath(path)})")
+    fig.suptitle(f"Error vs NFE with the exact mixture model ({os.path.relpath(path)})")
     return _common.save(fig, args.out, _common.script_name(__file__))
 
 
