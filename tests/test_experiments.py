@@ -62,7 +62,8 @@ def test_mnist_class_conditional_tiny_run_with_guided_sampling(tmp_path):
     assert os.path.getsize(os.path.join(workdir, "sample_euler_2.png")) > 0
     results = str(tmp_path / "results.json")
     out = run("evaluate.py", "--workdirs", workdir, "--samplers", "euler:2,euler:2:0", "--num", "20",
-              "--bpd_examples", "2", "--bpd_steps", "2", "--data_dir", MNIST, "--classifier_steps", "20",
+              "--bpd_examples", "2", "--bpd_solver", "heun", "--bpd_steps", "2", "--data_dir", MNIST,
+              "--classifier_steps", "20",
               "--cache_dir", str(tmp_path / "cache"), "--out", results)  # fmt: skip
     rows = [json.loads(line) for line in open(results)]
     assert [(r["sampler"], r["guidance_scale"]) for r in rows] == [("euler", 2.0), ("euler", 0.0)]
