@@ -1,6 +1,7 @@
 """Training: optimizer schedule, the pure train step (exact update, EMA, key, non-finite guard),
 compile-once, logging, and data parallelism (8 simulated CPU devices = 1 device)."""
 
+import dataclasses
 import json
 import os
 
@@ -64,7 +65,8 @@ def _noisy_quadratic(params, batch, key):
 def test_train_step_exact_sgd_update_ema_and_key():
     lr, decay = 0.05, 0.9
     tx = optax.sgd(lr)
-    step = jax.jit(make_train_step(_noisy_quadratic, tx, ema_decay=decay, schedule=lambda s: lr))
+    step = jax.jit(make_train_step(_noisy_quadratic, tx, ema_decay=decay, ema_warmup=False,
+                                   schedule=lambda s: lr))  # fmt: skip
     w0 = {"w": jnp.array([0.5, -1.0])}
     state = create_train_state(w0, tx, jax.random.key(3))
     x = jax.random.normal(jax.random.key(1), (16, 2))
@@ -79,6 +81,25 @@ def test_train_step_exact_sgd_update_ema_and_key():
     np.testing.assert_allclose(metrics["grad_norm"], jnp.linalg.norm(grad), rtol=1e-5)
     np.testing.assert_array_equal(new.key, jax.random.key_data(key))
     assert int(new.step) == 1 and bool(metrics["finite"]) and metrics["lr"] == np.float32(lr)
+
+
+def test_ema_warmup_decay_and_forgetting_of_the_initialisation():
+    """d_k = min(d, (1 + k)/(10 + k)): 0.1 at step 0, d once (1 + k)/(10 + k) exceeds it; after
+    381 steps the weight left on the initial parameters is Π d_k (≈ 2e-18 with warm-up at
+    d = 0.995, below float32 resolution, against 0.995³⁸¹ ≈ 0.15 without)."""
+    tx = optax.sgd(0.0)  # params stay at 1: the EMA then measures the weight left on its start 0
+    zero_loss = lambda p, b, k: jnp.sum(p["w"] * 0.0)  # noqa: E731
+    weights = {}
+    for warmup in (True, False):
+        step = jax.jit(make_train_step(zero_loss, tx, ema_decay=0.995, ema_warmup=warmup))
+        state = create_train_state({"w": jnp.ones(1)}, tx, jax.random.key(0))
+        state = dataclasses.replace(state, ema_params={"w": jnp.zeros(1)})
+        for _ in range(381):
+            state, _ = step(state, None)
+        weights[warmup] = 1.0 - float(state.ema_params["w"][0])
+    assert np.prod(np.minimum(0.995, (1 + np.arange(381)) / (10 + np.arange(381)))) < 1e-17
+    assert abs(weights[True]) < 1e-6  # float32 round-off of 1 − ema
+    assert weights[False] == pytest.approx(0.995**381, rel=1e-3)
 
 
 @pytest.mark.parametrize("bad", [np.inf, np.nan])

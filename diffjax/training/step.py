@@ -2,7 +2,12 @@
 
     (loss, g) = value_and_grad(loss_fn)(params, batch, key_step)
     params'   = params + optimizer_update(g)
-    ema'      = d · ema + (1 − d) · params'                        (EMA decay d)
+    ema'      = d_k · ema + (1 − d_k) · params'       d_k = min(d, (1 + k)/(10 + k)) at step k
+
+The EMA warm-up (`ema_warmup=True`) forgets the initialisation within a few hundred steps whatever
+d is; without it the EMA keeps a weight d^k on the initial parameters (0.995³⁸¹ ≈ 15%), which
+shrinks a zero-initialised ε-network's output and, through x̂0 = (x − σε̂)/α, ruins samples of
+short runs.
 
 If the loss or any gradient entry is NaN/Inf the whole state is returned unchanged (no update, no
 step increment, same key) and `metrics['finite']` is False; the training loop then stops.
@@ -35,6 +40,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     *,
     ema_decay: float = 0.999,
+    ema_warmup: bool = True,
     schedule: optax.Schedule | None = None,
 ) -> TrainStep:
     """`train_step(state, batch) -> (state, metrics)`, pure and jit-able.
@@ -52,7 +58,11 @@ def make_train_step(
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, step_key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
+        decay = jnp.asarray(ema_decay, jnp.float32)
+        if ema_warmup:
+            k = state.step.astype(jnp.float32)
+            decay = jnp.minimum(decay, (1.0 + k) / (10.0 + k))
+        ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
         new = TrainState(state.step + 1, params, opt_state, ema, jax.random.key_data(key))
         finite = jnp.isfinite(loss) & all_finite(grads)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
