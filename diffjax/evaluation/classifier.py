@@ -8,6 +8,7 @@ Inception FID numbers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -53,20 +54,26 @@ class Classifier:
     params: nnx.State
     test_accuracy: float
 
-    def _apply(self, fn, x, batch=1000):
-        model = nnx.merge(self.graphdef, self.params)
-        f = jax.jit(lambda xb: fn(model, xb))
+    def _apply(self, output, x, batch=1000):
         x = np.asarray(x, np.float32)
-        return np.concatenate([np.asarray(f(x[i:i + batch])) for i in range(0, len(x), batch)])
+        return np.concatenate([np.asarray(_forward(output, self.graphdef, self.params, x[i:i + batch]))
+                               for i in range(0, len(x), batch)])  # fmt: skip
 
     def logits(self, x):
-        return self._apply(lambda m, xb: m(xb), x)
+        return self._apply("logits", x)
 
     def features(self, x):
-        return self._apply(lambda m, xb: m.features(xb), x)
+        return self._apply("features", x)
 
     def predict(self, x):
         return self.logits(x).argmax(-1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _forward(output: str, graphdef: nnx.GraphDef, params: nnx.State, x):
+    """Compiled once per output kind, model and batch shape (not once per call)."""
+    model = nnx.merge(graphdef, params)
+    return model(x) if output == "logits" else model.features(x)
 
 
 def _digest(train_x: np.ndarray, steps: int) -> str:
