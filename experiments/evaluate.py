@@ -33,6 +33,7 @@ from builders import build_process, generate, load, make_apply, num_classes  # n
 from diffjax.data import load_dataset  # noqa: E402
 from diffjax.evaluation import (  # noqa: E402
     class_histogram,
+    class_tv,
     conditional_accuracy,
     feature_statistics,
     frechet_distance,
@@ -43,6 +44,7 @@ from diffjax.likelihood import bits_per_dim  # noqa: E402
 from diffjax.processes.ddpm import variational_bound  # noqa: E402
 
 flags.DEFINE_string("workdirs", None, "Comma-separated work directories written by train.py.")
+flags.DEFINE_string("table", None, "Only print the markdown table of the rows in this JSON lines file.")
 flags.DEFINE_string("samplers", "euler:20,heun:10,dpm_solver_pp:10", "name:steps[:w], comma-separated.")
 flags.DEFINE_integer("num", 1000, "Samples per model × sampler.")
 flags.DEFINE_integer("bpd_examples", 64, "Test images for bits/dim (0 to skip).")
@@ -53,11 +55,10 @@ flags.DEFINE_integer("classifier_steps", RECIPE["steps"], "Training steps of the
 flags.DEFINE_string("data_dir", None, "MNIST IDX directory (else DIFFJAX_DATA_DIR).")
 flags.DEFINE_string("cache_dir", "outputs/cache", "Where the evaluation classifier is cached.")
 flags.DEFINE_string("out", "outputs/results.json", "JSON lines file the rows are appended to.")
-flags.mark_flags_as_required(["workdirs"])
 FLAGS = flags.FLAGS
 
 
-def evaluate_workdir(workdir, clf, test_stats, test_x):
+def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
     cfg, graphdef, params, step = load(workdir)
     summary_path = os.path.join(workdir, "summary.json")
     summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
@@ -85,10 +86,12 @@ def evaluate_workdir(workdir, clf, test_stats, test_x):
         res = generate(cfg, graphdef, params, process, jax.random.key(1), FLAGS.num, labels=labels)
         samples = np.clip(np.asarray(res.samples), -1, 1)
         fd = frechet_distance(*feature_statistics(clf.features(samples)), *test_stats)
+        hist = class_histogram(clf, samples)
         row = dict(model=os.path.basename(os.path.normpath(workdir)), sampler=name, steps=int(steps),
                    nfe=int(res.nfe), fd_mnist=round(fd, 3), train_steps=step,
                    train_time_s=summary.get("wall_time_s"), bits_per_dim=bpd,
-                   class_histogram=[round(float(v), 3) for v in class_histogram(clf, samples)])  # fmt: skip
+                   num_samples=FLAGS.num, class_tv=round(class_tv(hist, test_freq), 4),
+                   class_histogram=[round(float(v), 3) for v in hist])  # fmt: skip
         if labels is not None:
             row["conditional_accuracy"] = round(conditional_accuracy(clf, samples, labels), 4)
             row["guidance_scale"] = cfg.sample.guidance_scale
@@ -97,32 +100,50 @@ def evaluate_workdir(workdir, clf, test_stats, test_x):
     return rows
 
 
+def markdown_table(rows) -> str:
+    """One line per row; a later row for the same model × sampler × NFE × w replaces an earlier one."""
+    latest = {(r["model"], r["sampler"], r["nfe"], r.get("guidance_scale")): r for r in rows}
+    header = ["model", "sampler", "NFE", "w", "FD-MNIST", "class TV", "cond. acc.", "bits/dim", "train steps",
+              "train time"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in latest.values():
+        acc = f"{100 * r['conditional_accuracy']:.1f}%" if "conditional_accuracy" in r else "–"
+        bpd = f"{r['bits_per_dim']:.3f}" if r.get("bits_per_dim") is not None else "–"
+        tv = f"{r['class_tv']:.3f}" if "class_tv" in r else "–"
+        t = f"{r['train_time_s'] / 60:.1f} min" if r.get("train_time_s") else "–"
+        w = r.get("guidance_scale", "–")
+        cells = [r["model"], r["sampler"], r["nfe"], w, f"{r['fd_mnist']:.2f}", tv, acc, bpd,
+                 r["train_steps"], t]  # fmt: skip
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
+    if FLAGS.table:
+        print(markdown_table([json.loads(line) for line in open(FLAGS.table) if line.strip()]))
+        return
+    if not FLAGS.workdirs:
+        raise app.UsageError("give --workdirs (work directories to evaluate) or --table (a results file)")
     logging.set_verbosity(logging.WARNING)
     clf = load_or_train_classifier(FLAGS.cache_dir, FLAGS.data_dir, steps=FLAGS.classifier_steps)
     print(f"evaluation classifier: MNIST test accuracy {100 * clf.test_accuracy:.2f}%")
-    test_x, _ = load_dataset("mnist", "test", FLAGS.data_dir)
+    test_x, test_y = load_dataset("mnist", "test", FLAGS.data_dir)
     test_stats = feature_statistics(clf.features(test_x))
+    test_freq = np.bincount(test_y, minlength=10) / len(test_y)
     train_x, _ = load_dataset("mnist", "train", FLAGS.data_dir, num_examples=FLAGS.num)
     fd_ref = frechet_distance(*feature_statistics(clf.features(train_x)), *test_stats)
-    print(f"FD-MNIST of {FLAGS.num} real training images (the floor at this sample size): {fd_ref:.2f}")
+    tv_ref = class_tv(class_histogram(clf, train_x), test_freq)
+    print(f"{FLAGS.num} real training images (the floor at this sample size): FD-MNIST {fd_ref:.2f}, "
+          f"class TV {tv_ref:.3f}")  # fmt: skip
     rows = []
     for workdir in FLAGS.workdirs.split(","):
-        rows += evaluate_workdir(workdir, clf, test_stats, test_x)
+        rows += evaluate_workdir(workdir, clf, test_stats, test_x, test_freq)
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
     with open(FLAGS.out, "a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    print("\n| model | sampler | NFE | w | FD-MNIST | cond. acc. | bits/dim | train steps | train time |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        acc = f"{100 * r['conditional_accuracy']:.1f}%" if "conditional_accuracy" in r else "–"
-        bpd = f"{r['bits_per_dim']:.3f}" if r["bits_per_dim"] is not None else "–"
-        t = f"{r['train_time_s'] / 60:.1f} min" if r["train_time_s"] else "–"
-        w = r.get("guidance_scale", "–")
-        print(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {w} | {r['fd_mnist']:.2f} | {acc} | {bpd} "
-              f"| {r['train_steps']} | {t} |")
+    print("\n" + markdown_table(rows))
 
 
 if __name__ == "__main__":

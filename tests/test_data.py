@@ -12,6 +12,7 @@ import pytest
 
 from diffjax.data import (
     TOY_DATASETS,
+    TOY_LOG_PROBS,
     DatasetNotFoundError,
     batch_indices,
     batches,
@@ -279,3 +280,19 @@ def test_mixture_sampler_and_toy_lookup():
     b, _ = load_dataset("moons", "train", num_examples=64)
     c, _ = load_dataset("moons", "test", num_examples=64)
     assert a.shape == (64, 2) and np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("name, half_width", [("checkerboard", np.sqrt(3.0)), ("eight_gaussians", 4.0)])
+def test_toy_log_probs_are_normalised_densities_of_their_samplers(name, half_width):
+    """∫ p = 1 by Monte Carlo over a box holding the support (up to ~1e-6 mass), and every sample
+    of the toy has finite log-density."""
+    log_prob = TOY_LOG_PROBS[name]
+    u = jax.random.uniform(jax.random.key(2), (N, 2), minval=-half_width, maxval=half_width)
+    p = np.exp(np.asarray(log_prob(u), np.float64))
+    area = (2 * half_width) ** 2
+    assert abs(area * p.mean() - 1.0) < 5 * area * p.std() / np.sqrt(N)
+    x, _ = TOY_DATASETS[name](jax.random.key(3), 1000)
+    assert bool(jnp.all(jnp.isfinite(log_prob(x))))
+    if name == "checkerboard":  # uniform on its support: the constant −log(area of the dark squares)
+        np.testing.assert_allclose(log_prob(x), -np.log(6.0), rtol=1e-6)
+        assert float(log_prob(jnp.array([[0.5, -0.5]]))[0]) == -np.inf  # a light square

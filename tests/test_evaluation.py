@@ -7,6 +7,7 @@ import pytest
 
 from diffjax.evaluation import (
     class_histogram,
+    class_tv,
     conditional_accuracy,
     feature_statistics,
     frechet_distance,
@@ -39,6 +40,20 @@ def test_feature_statistics_converge_and_validate():
         feature_statistics(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="different shapes"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+def test_class_tv_bounds_and_sampling_rate():
+    p = np.full(10, 0.1)
+    assert class_tv(p, p) == 0.0
+    assert class_tv(np.eye(10)[0], np.eye(10)[1]) == pytest.approx(1.0)
+    assert class_tv(np.eye(10)[3], p) == pytest.approx(0.9)  # mode collapse onto one digit
+    # a multinomial histogram of n draws: E TV ≈ Σ_k √(p_k(1−p_k)/n) · √(2/π) / 2 (half-normal means)
+    rng = np.random.default_rng(0)
+    n = 1000
+    tvs = [class_tv(rng.multinomial(n, p) / n, p) for _ in range(2000)]
+    assert np.mean(tvs) == pytest.approx(10 * np.sqrt(0.09 / n) * np.sqrt(2 / np.pi) / 2, rel=0.05)
+    with pytest.raises(ValueError, match="shape"):
+        class_tv(np.ones(9), p)
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(MNIST, "train-images-idx3-ubyte.gz")),

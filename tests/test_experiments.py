@@ -41,6 +41,16 @@ def test_checkerboard_train_resume_and_sample(tmp_path):
     assert "step 900" in out
     samples = np.load(os.path.join(workdir, "sample_dpm_solver_pp_10.npz"))["samples"]
     assert samples.shape == (256, 2) and np.all(np.isfinite(samples))
+    # evaluation against the data's generator: distances with floors, exact NLL vs −log p_data = log 6
+    results = str(tmp_path / "results_2d.json")
+    run("evaluate_2d.py", "--workdirs", workdir, "--samplers", "euler:8,heun:4", "--num", "500",
+        "--nll_examples", "64", "--out", results)  # fmt: skip
+    rows = [json.loads(line) for line in open(results)]
+    assert [(r["sampler"], r["nfe"]) for r in rows] == [("euler", 8), ("heun", 7)]
+    for r in rows:
+        assert r["train_steps"] == 900 and r["on_support"] > 0.6 and 0 < r["sliced_w2_floor"] < 0.2
+        assert r["data_nll_nats"] == pytest.approx(np.log(6.0), rel=1e-6)
+        assert r["kl_nats"] > -3 * r["kl_se"]  # Gibbs: E[log p_data − log p_model] = KL ≥ 0
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(MNIST, "train-images-idx3-ubyte.gz")),
@@ -72,3 +82,6 @@ def test_mnist_class_conditional_tiny_run_with_guided_sampling(tmp_path):
         assert 0 <= r["conditional_accuracy"] <= 1 and sum(r["class_histogram"]) == pytest.approx(1, abs=0.01)
         assert 0 < r["bits_per_dim"] < 20
     assert "| mnist | euler |" in out
+    assert 0 <= rows[0]["class_tv"] <= 1
+    table = run("evaluate.py", "--table", results)
+    assert table.count("| mnist | euler |") == 2  # one row per guidance scale

@@ -12,8 +12,11 @@ from diffjax.data.pipeline import (
 from diffjax.data.tfds_source import load_tfds, tfds_is_prepared
 from diffjax.data.toy import (
     TOY_DATASETS,
+    TOY_LOG_PROBS,
     checkerboard,
+    checkerboard_log_prob,
     eight_gaussians,
+    eight_gaussians_log_prob,
     eight_gaussians_mixture,
     in_checkerboard,
     moons,
@@ -23,11 +26,14 @@ from diffjax.data.toy import (
 
 __all__ = [
     "TOY_DATASETS",
+    "TOY_LOG_PROBS",
     "DatasetNotFoundError",
     "batch_indices",
     "batches",
     "checkerboard",
+    "checkerboard_log_prob",
     "eight_gaussians",
+    "eight_gaussians_log_prob",
     "eight_gaussians_mixture",
     "in_checkerboard",
     "load_dataset",

@@ -16,6 +16,9 @@ Each is scaled to (about) unit std per coordinate, exactly where a closed form e
                      scaled so that E|x|² = 2 (before noise). Label: arm index.
 
 `sample_mixture(key, n, mixture)` draws from any `diffjax.oracle.GaussianMixture`.
+`TOY_LOG_PROBS` holds the exact log-densities where a closed form exists (checkerboard:
+−log 6 on its support, whose area is half the board's (2√3)²; eight_gaussians: the mixture's) —
+the reference for a model's likelihood: E_data[−log p_model] − E_data[−log p_data] = KL(data‖model).
 """
 
 from __future__ import annotations
@@ -57,6 +60,14 @@ def in_checkerboard(x: Float[Array, "n 2"], squares: int = 4) -> Bool[Array, " n
 
 MOONS_MEAN = (0.5, 0.25)
 MOONS_VAR = (0.75, 0.625 - 1.0 / np.pi - 0.0625)  # exact variances of the noiseless moons
+
+
+CHECKERBOARD_AREA = (2 * HALF_WIDTH) ** 2 / 2  # = 6: the dark half of the board, for any `squares`
+
+
+def checkerboard_log_prob(x: Float[Array, "n 2"], squares: int = 4) -> Float[Array, " n"]:
+    """Exact log-density of `checkerboard`: −log 6 on the dark squares, −∞ elsewhere."""
+    return jnp.where(in_checkerboard(x, squares), -np.log(CHECKERBOARD_AREA), -jnp.inf)
 
 
 def moons(key, n: int, noise: float = 0.1) -> ToySample:
@@ -105,9 +116,21 @@ def sample_mixture(key, n: int, mixture: GaussianMixture) -> ToySample:
     return x.astype(jnp.float32), labels.astype(jnp.int32)
 
 
+def eight_gaussians_log_prob(x: Float[Array, "n 2"], std: float = 0.2) -> Float[Array, " n"]:
+    """Exact log-density of `eight_gaussians`."""
+    return eight_gaussians_mixture(std).log_prob(x)
+
+
 TOY_DATASETS: dict[str, Callable[..., ToySample]] = {
     "checkerboard": checkerboard,
     "moons": moons,
     "eight_gaussians": eight_gaussians,
     "spirals": spirals,
+}
+
+# exact log p_data(x) for the toys with default arguments (moons and spirals are noise-convolved curves:
+# no closed form)
+TOY_LOG_PROBS: dict[str, Callable[[Array], Array]] = {
+    "checkerboard": checkerboard_log_prob,
+    "eight_gaussians": eight_gaussians_log_prob,
 }

@@ -24,12 +24,21 @@ def class_histogram(clf: Classifier, samples) -> np.ndarray:
     return np.bincount(clf.predict(samples), minlength=10) / len(samples)
 
 
+def class_tv(histogram, reference) -> float:
+    """Total-variation distance ½ Σ_k |h_k − p_k| between a class histogram and reference class
+    frequencies (e.g. the test set's labels): 0 for matching class balance, 1 for disjoint support."""
+    h, p = np.asarray(histogram, np.float64), np.asarray(reference, np.float64)
+    if h.shape != p.shape:
+        raise ValueError(f"class_tv: histogram shape {h.shape} != reference shape {p.shape}")
+    return 0.5 * float(np.abs(h / h.sum() - p / p.sum()).sum())
+
+
 def conditional_accuracy(clf: Classifier, samples, labels) -> float:
     """Fraction of class-conditional samples the classifier recognises as their requested label."""
     return float(np.mean(clf.predict(samples) == np.asarray(labels)))
 
 
 __all__ = [
-    "Classifier", "FeatureExtractor", "MnistCNN", "class_histogram", "conditional_accuracy",
+    "Classifier", "FeatureExtractor", "MnistCNN", "class_histogram", "class_tv", "conditional_accuracy",
     "fd_score", "feature_statistics", "frechet_distance", "load_or_train_classifier", "train_classifier",
 ]  # fmt: skip
