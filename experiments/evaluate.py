@@ -64,19 +64,20 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
     summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
     process = build_process(cfg)
     rows = []
-    bpd = None
+    bpd = bpd_se = None
     if FLAGS.bpd_examples:
         x8 = np.round((test_x[: FLAGS.bpd_examples] + 1) * 127.5).astype(np.uint8)
         model_fn = jax.tree_util.Partial(make_apply(graphdef), params)
         if cfg.process.name == "ddpm":
             res = jax.jit(variational_bound)(jax.random.key(0), x8 / np.float32(127.5) - 1, model_fn,
                                              process)  # fmt: skip
-            bpd = float(np.mean(np.asarray(res.total)))
+            per_image = np.asarray(res.total)
         else:
             res = bits_per_dim(model_fn, process, x8, jax.random.key(0), kind=cfg.model.output,
                                divergence="hutchinson", solver=FLAGS.bpd_solver, rtol=FLAGS.bpd_tol,
                                atol=FLAGS.bpd_tol, num_steps=FLAGS.bpd_steps)  # fmt: skip
-            bpd = float(np.mean(np.asarray(res.bits_per_dim)))
+            per_image = np.asarray(res.bits_per_dim)
+        bpd, bpd_se = float(per_image.mean()), float(per_image.std() / np.sqrt(len(per_image)))
     for spec in FLAGS.samplers.split(","):
         name, steps, *w = spec.split(":")
         cfg.sample.sampler, cfg.sample.num_steps = name, int(steps)
@@ -89,7 +90,7 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
         hist = class_histogram(clf, samples)
         row = dict(model=os.path.basename(os.path.normpath(workdir)), sampler=name, steps=int(steps),
                    nfe=int(res.nfe), fd_mnist=round(fd, 3), train_steps=step,
-                   train_time_s=summary.get("wall_time_s"), bits_per_dim=bpd,
+                   train_time_s=summary.get("wall_time_s"), bits_per_dim=bpd, bits_per_dim_se=bpd_se,
                    num_samples=FLAGS.num, class_tv=round(class_tv(hist, test_freq), 4),
                    class_histogram=[round(float(v), 3) for v in hist])  # fmt: skip
         if labels is not None:
@@ -109,6 +110,8 @@ def markdown_table(rows) -> str:
     for r in latest.values():
         acc = f"{100 * r['conditional_accuracy']:.1f}%" if "conditional_accuracy" in r else "–"
         bpd = f"{r['bits_per_dim']:.3f}" if r.get("bits_per_dim") is not None else "–"
+        if r.get("bits_per_dim_se") is not None:
+            bpd += f" ± {r['bits_per_dim_se']:.3f}"
         tv = f"{r['class_tv']:.3f}" if "class_tv" in r else "–"
         t = f"{r['train_time_s'] / 60:.1f} min" if r.get("train_time_s") else "–"
         w = r.get("guidance_scale", "–")
