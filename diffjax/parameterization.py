@@ -16,9 +16,11 @@ singular only where the system is (e.g. x0 from ε at α = 0).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
@@ -107,3 +109,33 @@ def x0_eps_fn(model_fn: ModelFn, process: GaussianProcess, source: Prediction):
         return to_x0_eps(model_fn(x, t), source, x, process.coefficients(t))
 
     return wrapped
+
+
+def _clipped_prediction(model_fn, process, low, high, x, t, *, kind):
+    t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
+    c = process.coefficients(t)
+    x0, eps = to_x0_eps(model_fn(x, t), kind, x, c)
+    x0 = jnp.clip(x0, low.astype(x0.dtype), high.astype(x0.dtype))
+    a, s = expand(c.alpha, x), expand(c.sigma, x)
+    eps = jnp.where(s > 0, (x - a * x0) / jnp.where(s > 0, s, 1), eps)  # σ = 0: x0 = x/α, ε free
+    return from_x0_eps(x0, eps, kind, x, c)
+
+
+# one module-level function per kind: the same Partial structure for every call → samplers compile once
+_CLIPPED = {kind: functools.partial(_clipped_prediction, kind=kind) for kind in PREDICTIONS}
+
+
+def clip_denoised(
+    model_fn: ModelFn, process: GaussianProcess, kind: Prediction, low: float = -1.0, high: float = 1.0
+) -> ModelFn:
+    """The model with its denoised estimate x̂0 clipped to the data range [low, high] (Ho et al. 2020's
+    `clip_denoised`; diffusers' `clip_sample`), ε re-derived from x = αx̂0 + σε, returned as `kind`.
+
+    For data inside the box the exact E[x0 | x_t] lies inside it too (a mean of points in a convex
+    set), so clipping only removes model error; it is a static projection, not dynamic thresholding.
+    Returns a `jax.tree_util.Partial` (model_fn, process and bounds are leaves): samplers compile once.
+    """
+    _check_kind(kind)
+    dtype = jnp.result_type(float)
+    return jax.tree_util.Partial(_CLIPPED[kind], model_fn, process, jnp.asarray(low, dtype),
+                                 jnp.asarray(high, dtype))  # fmt: skip

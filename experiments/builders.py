@@ -17,6 +17,7 @@ from flax import nnx
 from diffjax.guidance import cfg_model
 from diffjax.losses import cfm_loss, dsm_loss, uniform_time
 from diffjax.models import ResidualMLP, ResidualMLPConfig, UNet, UNetConfig, drop_labels
+from diffjax.parameterization import clip_denoised
 from diffjax.paths.gaussian import CondOTPath, CosinePath
 from diffjax.processes.ddpm import DDPMChain, simple_eps_loss
 from diffjax.processes.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
@@ -102,7 +103,8 @@ def make_apply(graphdef):
 
 
 def generate(cfg, graphdef, params, process, key, n, save_trajectory=False, labels=None):
-    """Samples from the model with the configured sampler (and classifier-free guidance)."""
+    """Samples from the model with the configured sampler (classifier-free guidance for class-conditional
+    models; x̂0 clipped to [−1, 1] when cfg.sample.clip_denoised)."""
     apply = make_apply(graphdef)
     if cfg.model.kind == "mlp":
         shape = (n, cfg.model.kwargs["dim"])
@@ -116,6 +118,8 @@ def generate(cfg, graphdef, params, process, key, n, save_trajectory=False, labe
         labels = np.arange(n) % n_cls if labels is None else labels
         model_fn = cfg_model(jax.tree_util.Partial(apply, params), jax.numpy.asarray(labels),
                              cfg.sample.guidance_scale, n_cls)  # fmt: skip
+    if cfg.sample.get("clip_denoised", False):  # images live in [−1, 1]
+        model_fn = clip_denoised(model_fn, process, cfg.model.output)
     return sample(cfg.sample.sampler, model_fn, process, key, shape, cfg.sample.num_steps,
                   prediction=cfg.model.output, save_trajectory=save_trajectory)  # fmt: skip
 

@@ -47,6 +47,7 @@ flags.DEFINE_string("workdirs", None, "Comma-separated work directories written 
 flags.DEFINE_string("table", None, "Only print the markdown table of the rows in this JSON lines file.")
 flags.DEFINE_string("samplers", "euler:20,heun:10,dpm_solver_pp:10", "name:steps[:w], comma-separated.")
 flags.DEFINE_integer("num", 1000, "Samples per model × sampler.")
+flags.DEFINE_bool("clip_denoised", None, "Clip x̂0 to [−1, 1] while sampling (default: the config's).")
 flags.DEFINE_integer("bpd_examples", 64, "Test images for bits/dim (0 to skip).")
 flags.DEFINE_string("bpd_solver", "tsit5", "Bits/dim PF-ODE solver: tsit5/dopri5 (adaptive), heun/rk4.")
 flags.DEFINE_float("bpd_tol", 1e-5, "rtol = atol of the adaptive bits/dim solver.")
@@ -63,6 +64,9 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
     summary_path = os.path.join(workdir, "summary.json")
     summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
     process = build_process(cfg)
+    if FLAGS.clip_denoised is not None:
+        cfg.sample.clip_denoised = FLAGS.clip_denoised
+    clip = bool(cfg.sample.get("clip_denoised", False))
     rows = []
     bpd = bpd_se = None
     if FLAGS.bpd_examples:
@@ -91,7 +95,7 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
         row = dict(model=os.path.basename(os.path.normpath(workdir)), sampler=name, steps=int(steps),
                    nfe=int(res.nfe), fd_mnist=round(fd, 3), train_steps=step,
                    train_time_s=summary.get("wall_time_s"), bits_per_dim=bpd, bits_per_dim_se=bpd_se,
-                   num_samples=FLAGS.num, class_tv=round(class_tv(hist, test_freq), 4),
+                   clip_denoised=clip, num_samples=FLAGS.num, class_tv=round(class_tv(hist, test_freq), 4),
                    class_histogram=[round(float(v), 3) for v in hist])  # fmt: skip
         if labels is not None:
             row["conditional_accuracy"] = round(conditional_accuracy(clf, samples, labels), 4)
@@ -103,9 +107,10 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
 
 def markdown_table(rows) -> str:
     """One line per row; a later row for the same model × sampler × NFE × w replaces an earlier one."""
-    latest = {(r["model"], r["sampler"], r["nfe"], r.get("guidance_scale")): r for r in rows}
-    header = ["model", "sampler", "NFE", "w", "FD-MNIST", "class TV", "cond. acc.", "bits/dim", "train steps",
-              "train time"]  # fmt: skip
+    latest = {(r["model"], r["sampler"], r["nfe"], r.get("guidance_scale"), r.get("clip_denoised", False)): r
+              for r in rows}  # fmt: skip
+    header = ["model", "sampler", "NFE", "w", "clip x̂0", "FD-MNIST", "class TV", "cond. acc.", "bits/dim",
+              "train steps", "train time"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in latest.values():
         acc = f"{100 * r['conditional_accuracy']:.1f}%" if "conditional_accuracy" in r else "–"
@@ -115,7 +120,8 @@ def markdown_table(rows) -> str:
         tv = f"{r['class_tv']:.3f}" if "class_tv" in r else "–"
         t = f"{r['train_time_s'] / 60:.1f} min" if r.get("train_time_s") else "–"
         w = r.get("guidance_scale", "–")
-        cells = [r["model"], r["sampler"], r["nfe"], w, f"{r['fd_mnist']:.2f}", tv, acc, bpd,
+        clip = "yes" if r.get("clip_denoised") else "no"
+        cells = [r["model"], r["sampler"], r["nfe"], w, clip, f"{r['fd_mnist']:.2f}", tv, acc, bpd,
                  r["train_steps"], t]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)

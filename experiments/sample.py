@@ -25,6 +25,7 @@ flags.DEFINE_string("workdir", None, "A work directory written by train.py.")
 flags.DEFINE_string("sampler", None, "Sampler name (default: the config's).")
 flags.DEFINE_integer("steps", None, "Number of sampler steps (default: the config's).")
 flags.DEFINE_float("guidance", None, "Classifier-free guidance scale w (class-conditional models).")
+flags.DEFINE_bool("clip_denoised", None, "Clip x̂0 to [−1, 1] while sampling (default: the config's).")
 flags.DEFINE_string("labels", "", "Comma-separated class labels, cycled over the samples.")
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -41,6 +42,8 @@ def main(argv):
     cfg.sample.num_steps = FLAGS.steps or cfg.sample.num_steps
     if FLAGS.guidance is not None:
         cfg.sample.guidance_scale = FLAGS.guidance
+    if FLAGS.clip_denoised is not None:
+        cfg.sample.clip_denoised = FLAGS.clip_denoised
     labels = None
     if FLAGS.labels:
         cycle = [int(v) for v in FLAGS.labels.split(",")]

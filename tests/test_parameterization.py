@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from conftest import x64
 
-from diffjax.parameterization import PREDICTIONS, as_prediction, convert, from_x0_eps, to_x0_eps
+from diffjax.parameterization import (
+    PREDICTIONS,
+    as_prediction,
+    clip_denoised,
+    convert,
+    from_x0_eps,
+    to_x0_eps,
+)
 from diffjax.paths.gaussian import CondOTPath, CosinePath
 from diffjax.processes.ddpm import DDPMChain
 from diffjax.processes.sde import VESDE, VPSDE, SubVPSDE
@@ -80,3 +87,52 @@ def test_as_prediction_wraps_a_model_and_unknown_kinds_raise():
     np.testing.assert_allclose(score_model(x, t), -0.5 * x / sde.sigma(t)[:, None], rtol=1e-6)
     with pytest.raises(ValueError, match="Unknown prediction type 'noise'"):
         convert(x, x, t, sde, "noise", "eps")
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("kind", PREDICTIONS)
+def test_clip_denoised_projects_x0_and_keeps_x_consistent(process, kind):
+    """x̂0 becomes clip(x̂0, −1, 1), ε is re-derived so that x = αx̂0 + σε still holds, and wide bounds
+    leave the model unchanged."""
+    with x64():
+        k1, k2 = jax.random.split(jax.random.PRNGKey(5))
+        x = 2.0 * jax.random.normal(k1, (6, 4))
+        t = jnp.linspace(0.15, 0.85, 6)
+        w = jax.random.normal(k2, (4, 4))
+
+        def model(x, t):  # an arbitrary smooth model whose x̂0 leaves [−1, 1]
+            return jnp.tanh(x @ w) * 3.0 + t[:, None]
+
+        c = process.coefficients(t)
+        x0_raw, _ = to_x0_eps(model(x, t), kind, x, c)
+        clipped = clip_denoised(model, process, kind)
+        x0, eps = to_x0_eps(clipped(x, t), kind, x, c)
+        np.testing.assert_allclose(x0, jnp.clip(x0_raw, -1, 1), rtol=1e-9, atol=1e-9)
+        a, s = c.alpha[:, None], c.sigma[:, None]
+        np.testing.assert_allclose(a * x0 + s * eps, x, rtol=1e-9, atol=1e-9)
+        assert float(jnp.mean(jnp.abs(x0_raw) > 1)) > 0.1  # the clip was active
+        wide = clip_denoised(model, process, kind, low=-1e6, high=1e6)
+        np.testing.assert_allclose(wide(x, t), model(x, t), rtol=1e-8, atol=1e-8)
+
+
+def test_clip_denoised_at_the_noise_free_end_and_compiles_once():
+    path = CondOTPath()  # σ = 0 at the data end t = 1: x̂0 = x/α is kept, no 0/0
+    model = jax.tree_util.Partial(lambda p, x, t: p * x, 2.0)
+    x = jnp.array([[0.5, -3.0]])
+    out = clip_denoised(model, path, "velocity")(x, jnp.ones(1))
+    assert bool(jnp.all(jnp.isfinite(out)))
+    # new parameters, the same pytree structure: a jitted sampler reuses its compiled code
+    a = clip_denoised(jax.tree_util.Partial(lambda p, x, t: p * x, 2.0), path, "eps")
+    b = clip_denoised(jax.tree_util.Partial(a.args[0].func, 3.0), path, "eps")
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    traces = []
+
+    @jax.jit
+    def run(fn, x):
+        traces.append(1)
+        return fn(x, jnp.full(x.shape[:1], 0.5))
+
+    run(a, x), run(b, x)
+    assert len(traces) == 1
+    with pytest.raises(ValueError):
+        clip_denoised(model, path, "logits")

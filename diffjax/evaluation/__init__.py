@@ -1,4 +1,5 @@
-"""Evaluation: FD-MNIST and classifier-based metrics, Fréchet distance, pluggable features."""
+"""Evaluation: FD-MNIST and classifier-based metrics, Fréchet distance, pluggable features
+(FID: `fd_score(inception_extractor(weights), samples, reference)` with user-supplied weights)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 
 from diffjax.evaluation.classifier import Classifier, MnistCNN, load_or_train_classifier, train_classifier
 from diffjax.evaluation.frechet import feature_statistics, frechet_distance
+from diffjax.evaluation.inception import InceptionV3, inception_extractor, load_inception_params
 
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]  # images (N, H, W, C) in [−1, 1] → (N, F)
 
@@ -39,6 +41,7 @@ def conditional_accuracy(clf: Classifier, samples, labels) -> float:
 
 
 __all__ = [
-    "Classifier", "FeatureExtractor", "MnistCNN", "class_histogram", "class_tv", "conditional_accuracy",
-    "fd_score", "feature_statistics", "frechet_distance", "load_or_train_classifier", "train_classifier",
+    "Classifier", "FeatureExtractor", "InceptionV3", "MnistCNN", "class_histogram", "class_tv",
+    "conditional_accuracy", "fd_score", "feature_statistics", "frechet_distance", "inception_extractor",
+    "load_inception_params", "load_or_train_classifier", "train_classifier",
 ]  # fmt: skip

@@ -20,6 +20,7 @@ def get_config():
     c.train = dict(num_steps=400_000, batch_size=128, learning_rate=2e-4, warmup_steps=5000,
                    weight_decay=0.0, clip_norm=1.0, ema_decay=0.9999, checkpoint_every=10_000,
                    keep=3, log_every=100, sample_every=10_000, label_dropout=0.0)
-    c.sample = dict(sampler="dpm_solver_pp", num_steps=20, num_samples=64, guidance_scale=1.0)
+    c.sample = dict(sampler="dpm_solver_pp", num_steps=20, num_samples=64, guidance_scale=1.0,
+                    clip_denoised=True)
     c.distributed = dict(coordinator_address="", num_processes=1, process_id=0)
     return c
