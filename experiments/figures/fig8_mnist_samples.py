@@ -2,7 +2,8 @@
 
 Each model is restored from its train.py work directory with `experiments/sample.py`'s `load`
 (EMA parameters) and sampled with its config's default sampler (`experiments/builders.generate`),
-64 samples from the same seed, shown as an 8 × 8 grid (`diffjax.viz.image_grid`). Panel titles:
+64 samples from the same seed, x̂0 clipped to the data range [−1, 1] at every step (`clip_denoised`;
+`--raw` samples the unclipped model), shown as an 8 × 8 grid (`diffjax.viz.image_grid`). Panel titles:
 model (process, network output), sampler, steps, NFE (model evaluations per sample) and training
 steps. Work directories without a checkpoint are left out; skipped only if none has one.
 
@@ -43,6 +44,7 @@ def main(argv=None) -> str:
         p.add_argument(f"--{flag}", default=default, help=f"{title} work directory (default {default})")
     p.add_argument("--num", type=int, default=64, help="samples per model (default 64)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every model)")
+    p.add_argument("--raw", action="store_true", help="do not clip x̂0 to [−1, 1] while sampling")
     args = p.parse_args(argv)
     present = {f: getattr(args, f) for f in MODELS if _common.has_checkpoint(getattr(args, f))}
     if not present:
@@ -54,6 +56,7 @@ def main(argv=None) -> str:
                              layout="constrained")  # fmt: skip
     for ax, (flag, workdir) in zip(axes[0], present.items(), strict=True):
         cfg, graphdef, params, step = _common.load_run(workdir, train_command(flag, workdir))
+        cfg.sample.clip_denoised = not args.raw
         t0 = time.perf_counter()
         res = generate(cfg, graphdef, params, build_process(cfg), jax.random.key(args.seed), args.num)
         samples = np.asarray(res.samples)
@@ -68,7 +71,8 @@ def main(argv=None) -> str:
                      f"{step:,} training steps ({os.path.normpath(workdir)})")  # fmt: skip
     missing = [MODELS[f][0] for f in MODELS if f not in present]
     note = f" (not trained yet: {', '.join(missing)})" if missing else ""
-    fig.suptitle(f"Unconditional MNIST samples: {args.num} per model, seed {args.seed}, EMA parameters"
+    clip = "raw x̂0" if args.raw else "x̂0 clipped to [−1, 1]"
+    fig.suptitle(f"Unconditional MNIST samples: {args.num} per model, seed {args.seed}, EMA params, {clip}"
                  + (f"\n{note.strip()}" if note else ""))  # fmt: skip
     return _common.save(fig, args.out, _common.script_name(__file__))
 
