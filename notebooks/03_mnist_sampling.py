@@ -64,6 +64,7 @@ from flax import nnx  # noqa: E402
 from diffjax.data import DatasetNotFoundError, batches, load_dataset  # noqa: E402
 from diffjax.guidance import cfg_model  # noqa: E402
 from diffjax.models import count_params  # noqa: E402
+from diffjax.parameterization import clip_denoised  # noqa: E402
 from diffjax.processes.ddpm import DDPMChain  # noqa: E402
 from diffjax.samplers import sample  # noqa: E402
 from diffjax.training import create_train_state, make_optimizer, make_train_step  # noqa: E402
@@ -221,6 +222,29 @@ for name, steps in runs:
     show(images[:10], f"{name}, {steps} steps ({out.nfe} evals)")
     print(f"{name:>15} {steps:3d} steps, {out.nfe:3d} evals: {time.perf_counter() - start:5.1f} s "
           f"(incl. compilation); pixel mean {images.mean():+.3f}")  # fmt: skip
+
+# %% [markdown]
+# ## Clipping the denoised estimate
+#
+# Pixels live in $[-1, 1]$, so the exact $E[x_0 \mid x_t]$ does too; a network's $\hat x_0$ need
+# not. `clip_denoised` projects $\hat x_0$ onto the data range at every step and re-derives
+# $\hat\varepsilon = (x - \alpha\hat x_0)/\sigma$, so every sampler sees a consistent pair (Ho et
+# al.'s `clip_denoised`). On the CPU-sized ε-prediction models it removes much of the background
+# speckle (FD-MNIST 203 → 115 for DDPM with DPM-Solver++, 20 steps: see the README); the image configs
+# sample with it by default (`cfg.sample.clip_denoised`). Top row raw, bottom row clipped, same noise:
+
+# %%
+steps = 4 if QUICK else 10
+raw = sample("dpm_solver_pp", model_fn(), process, key, shape, steps, prediction=kind)
+clipped = sample("dpm_solver_pp", clip_denoised(model_fn(), process, kind), process, key, shape, steps,
+                 prediction=kind)  # fmt: skip
+show(np.concatenate([as_images(raw.samples)[:10], as_images(clipped.samples)[:10]]),
+     f"dpm_solver_pp, {steps} steps: raw x̂0 (top) vs clipped x̂0 (bottom)")  # fmt: skip
+for name, out in [("raw", raw), ("clipped", clipped)]:
+    x = np.asarray(out.samples)
+    assert np.all(np.isfinite(x))
+    print(f"{name:>8}: {100 * np.mean(np.abs(x) > 1):.2f}% of pixels outside [-1, 1], "
+          f"pixel std {x.std():.3f}")  # fmt: skip
 
 # %% [markdown]
 # ## Classifier-free guidance across $w$

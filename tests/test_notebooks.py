@@ -90,3 +90,4 @@ def test_mnist_sampling_runs_with_fallback_model(quick, tmp_path, monkeypatch):
     text = outputs(execute("03_mnist_sampling", tmp_path))
     assert "training a tiny class-conditional model" in text
     assert "w = 3.0" in text  # classifier-free guidance was shown
+    assert "raw:" in text and "clipped:" in text  # the clip_denoised comparison ran
