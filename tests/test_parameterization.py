@@ -79,6 +79,22 @@ def test_ddpm_chain_conversions_without_velocity():
     np.testing.assert_allclose(convert(pred, x, t, chain, "score", "eps"), eps, rtol=1e-5)
 
 
+def test_clip_denoised_on_the_ddpm_chain():
+    """The discrete chain (integer t) as sampled by DDIM / DPM-Solver++ / ancestral: ε of a model whose
+    x̂0 overshoots is replaced by the ε of the clipped x̂0."""
+    chain = DDPMChain.linear(100)
+    t = jnp.array([1, 50, 100])
+    x = jnp.array([[0.3, -2.0], [1.5, 0.0], [-0.7, 0.9]])
+    model = jax.tree_util.Partial(lambda scale, x, t: scale * x, -3.0)
+    c = chain.coefficients(t)
+    x0_raw, _ = to_x0_eps(model(x, t), "eps", x, c)
+    eps = clip_denoised(model, chain, "eps")(x, t)
+    x0, eps2 = to_x0_eps(eps, "eps", x, c)
+    np.testing.assert_allclose(x0, jnp.clip(x0_raw, -1, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(eps2, eps)
+    assert float(jnp.max(jnp.abs(x0_raw))) > 1  # the clip was active
+
+
 def test_as_prediction_wraps_a_model_and_unknown_kinds_raise():
     sde = VPSDE()
     eps_model = lambda x, t: 0.5 * x  # noqa: E731
