@@ -124,6 +124,15 @@ def generate(cfg, graphdef, params, process, key, n, save_trajectory=False, labe
                   prediction=cfg.model.output, save_trajectory=save_trajectory)  # fmt: skip
 
 
+def train_wall_time(workdir) -> float | None:
+    """Wall time in seconds of the training run (its summary.json), or None if it has none."""
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("wall_time_s")
+
+
 def load(workdir):
     """(config, graphdef, EMA params, step) from a train.py work directory."""
     with open(os.path.join(workdir, "config.json")) as f:

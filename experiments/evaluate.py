@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
-from builders import build_process, generate, load, make_apply, num_classes  # noqa: E402
+from builders import build_process, generate, load, make_apply, num_classes, train_wall_time  # noqa: E402
 
 from diffjax.data import load_dataset  # noqa: E402
 from diffjax.evaluation import (  # noqa: E402
@@ -61,8 +61,6 @@ FLAGS = flags.FLAGS
 
 def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
     cfg, graphdef, params, step = load(workdir)
-    summary_path = os.path.join(workdir, "summary.json")
-    summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
     process = build_process(cfg)
     if FLAGS.clip_denoised is not None:
         cfg.sample.clip_denoised = FLAGS.clip_denoised
@@ -94,7 +92,7 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
         hist = class_histogram(clf, samples)
         row = dict(model=os.path.basename(os.path.normpath(workdir)), sampler=name, steps=int(steps),
                    nfe=int(res.nfe), fd_mnist=round(fd, 3), train_steps=step,
-                   train_time_s=summary.get("wall_time_s"), bits_per_dim=bpd, bits_per_dim_se=bpd_se,
+                   train_time_s=train_wall_time(workdir), bits_per_dim=bpd, bits_per_dim_se=bpd_se,
                    clip_denoised=clip, num_samples=FLAGS.num, class_tv=round(class_tv(hist, test_freq), 4),
                    class_histogram=[round(float(v), 3) for v in hist])  # fmt: skip
         if labels is not None:

@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
-from builders import build_process, generate, load, make_apply  # noqa: E402
+from builders import build_process, generate, load, make_apply, train_wall_time  # noqa: E402
 
 from diffjax.data import TOY_DATASETS, TOY_LOG_PROBS, in_checkerboard, load_dataset  # noqa: E402
 from diffjax.likelihood import log_likelihood  # noqa: E402
@@ -67,8 +67,6 @@ def evaluate_workdir(workdir):
     name = cfg.data.name
     if name not in TOY_DATASETS:
         raise ValueError(f"{workdir}: data {name!r} is not a 2D toy; use experiments/evaluate.py for images")
-    summary_path = os.path.join(workdir, "summary.json")
-    summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
     process = build_process(cfg)
     test_x, _ = load_dataset(name, "test", num_examples=FLAGS.num)
     fresh, _ = TOY_DATASETS[name](jax.random.key(7), FLAGS.num)
@@ -86,7 +84,7 @@ def evaluate_workdir(workdir):
         row = dict(model=os.path.basename(os.path.normpath(workdir)), data=name, sampler=sampler,
                    steps=int(steps), nfe=int(res.nfe), sliced_w2=round(sw, 4),
                    sliced_w2_floor=round(sw_floor, 4), mmd2=round(mmd, 6), mmd2_floor=round(mmd_floor, 6),
-                   train_steps=step, train_time_s=summary.get("wall_time_s"))  # fmt: skip
+                   train_steps=step, train_time_s=train_wall_time(workdir))  # fmt: skip
         if name == "checkerboard":
             row["on_support"] = round(float(jnp.mean(in_checkerboard(res.samples))), 4)
         if nll is not None:

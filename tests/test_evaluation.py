@@ -13,6 +13,7 @@ from diffjax.evaluation import (
     frechet_distance,
     load_or_train_classifier,
 )
+from diffjax.evaluation.batching import map_batches
 
 MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 
@@ -40,6 +41,26 @@ def test_feature_statistics_converge_and_validate():
         feature_statistics(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="different shapes"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+def test_map_batches_pads_the_last_batch_and_compiles_once():
+    import jax
+
+    traces = []
+
+    @jax.jit
+    def f(x):
+        traces.append(x.shape)
+        return x.sum(axis=1) * 2.0
+
+    x = np.arange(23 * 3, dtype=np.float32).reshape(23, 3)
+    np.testing.assert_allclose(map_batches(f, x, 5), x.sum(axis=1) * 2.0)  # 5+5+5+5+3 (padded)
+    assert traces == [(5, 3)]
+    np.testing.assert_allclose(map_batches(f, x[:2], 5), x[:2].sum(axis=1) * 2.0)  # one short batch
+    with pytest.raises(ValueError, match="batch_size"):
+        map_batches(f, x, 0)
+    with pytest.raises(ValueError, match="non-empty"):
+        map_batches(f, x[:0], 5)
 
 
 def test_class_tv_bounds_and_sampling_rate():

@@ -20,6 +20,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from diffjax.evaluation.batching import map_batches
+
 RECIPE = dict(version=2, steps=3000, batch_size=128, learning_rate=2e-3, seed=0)  # cosine-decayed Adam
 
 
@@ -55,9 +57,7 @@ class Classifier:
     test_accuracy: float
 
     def _apply(self, output, x, batch=1000):
-        x = np.asarray(x, np.float32)
-        return np.concatenate([np.asarray(_forward(output, self.graphdef, self.params, x[i:i + batch]))
-                               for i in range(0, len(x), batch)])  # fmt: skip
+        return map_batches(functools.partial(_forward, output, self.graphdef, self.params), x, batch)
 
     def logits(self, x):
         return self._apply("logits", x)

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from diffjax.evaluation.batching import map_batches
+
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
     "pt_inception-2015-12-05-6726825d.pth"
@@ -386,16 +388,10 @@ def load_inception_params(path: str | os.PathLike) -> InceptionV3:
 # --------------------------------------------------------------------------------------------------
 
 
-@jax.jit
-def _preprocess(images):
-    """Compiled once per input shape (cheap)."""
-    return preprocess(images)
-
-
 @functools.partial(jax.jit, static_argnums=0)
-def _pool3(graphdef: nnx.GraphDef, params: nnx.State, x):
-    """Compiled once per model structure and batch size (not once per call)."""
-    return nnx.merge(graphdef, params).features(x)
+def _pool3(graphdef: nnx.GraphDef, params: nnx.State, images):
+    """Preprocessing and network in one program, compiled once per model and batch shape."""
+    return nnx.merge(graphdef, params)(images)
 
 
 def inception_extractor(weights: str | os.PathLike | InceptionV3, batch_size: int = 50):
@@ -416,14 +412,6 @@ def inception_extractor(weights: str | os.PathLike | InceptionV3, batch_size: in
         if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
             raise ValueError("inception_extractor: need a non-empty batch of images (N, H, W, C) in "
                              f"[-1, 1] with C in (1, 3), got shape {images.shape}.")  # fmt: skip
-        b = min(batch_size, len(images))
-        out = []
-        for i in range(0, len(images), b):
-            chunk = images[i : i + b]
-            n = len(chunk)
-            if n < b:  # pad to the compiled batch shape
-                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), np.float32)])
-            out.append(np.asarray(_pool3(graphdef, params, _preprocess(chunk)))[:n])
-        return np.concatenate(out)
+        return map_batches(functools.partial(_pool3, graphdef, params), images, batch_size)
 
     return extract

@@ -1,6 +1,6 @@
 """Figure 8: samples of the trained MNIST models side by side — DDPM, VP SDE and flow matching.
 
-Each model is restored from its train.py work directory with `experiments/sample.py`'s `load`
+Each model is restored from its train.py work directory with `experiments/builders.load`
 (EMA parameters) and sampled with its config's default sampler (`experiments/builders.generate`),
 64 samples from the same seed, x̂0 clipped to the data range [−1, 1] at every step (`clip_denoised`;
 `--raw` samples the unclipped model), shown as an 8 × 8 grid (`diffjax.viz.image_grid`). Panel titles:

@@ -1,7 +1,7 @@
 """Figure 9: classifier-free guidance on class-conditional MNIST — the same noise at scales w.
 
 The model of `experiments/configs/mnist_cfg.py` (flow matching with label dropout, `--workdir`,
-default outputs/mnist_cfg) is restored with `experiments/sample.py`'s `load` (EMA parameters) and
+default outputs/mnist_cfg) is restored with `experiments/builders.load` (EMA parameters) and
 sampled with its config's sampler at guidance scales w (`diffjax.guidance.cfg_model`:
 pred = (1 − w)·pred(x, t, ∅) + w·pred(x, t, y); w = 0 unconditional, w = 1 conditional, w > 1
 sharper). One panel per w, rows = digits 0–9, `--per-digit` columns; every panel starts from the
