@@ -1,0 +1,100 @@
+"""diffjax: diffusion models and flow matching in JAX, with exact checks.
+
+    import diffjax as dj
+    process = dj.VPSDE()
+    mixture = dj.ring_mixture(8)
+    res = dj.sample("dpm_solver_pp", mixture.model(process, "eps"), process, key, (512, 2), 10)
+
+The layers, bottom up: `processes` (every process states α(t), σ(t); the rest is derived once) →
+`parameterization` (exact conversions between predictions) → `losses` → `solvers` (small frozen
+objects run by one integrator) → `sampling`, `likelihood`, `guidance` → `models` → `training`.
+The core imports only JAX, Flax, Optax and diffrax; training (Orbax), data, evaluation and plotting
+are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from diffjax.flow import ProbabilityFlow
+from diffjax.grids import edm_grid, logsnr_grid, make_grid, uniform_grid
+from diffjax.guidance import cfg_model, classifier_guided_model, classifier_guided_score
+from diffjax.langevin import langevin_dynamics
+from diffjax.likelihood import bits_per_dim, log_likelihood, variational_bound
+from diffjax.losses import (
+    cfm_loss,
+    conditional_loss,
+    constant_time,
+    denoising_loss,
+    dsm_loss,
+    logit_normal_time,
+    uniform_time,
+)
+from diffjax.oracle import GaussianMixture, gaussian, ring_mixture
+from diffjax.parameterization import PREDICTIONS, as_prediction, clip_denoised, convert
+from diffjax.processes import (
+    CondOTPath,
+    CosinePath,
+    CosineVPSDE,
+    DDPMChain,
+    GaussianPath,
+    GaussianProcess,
+    LinearSDE,
+    PolynomialPath,
+    SubVPSDE,
+    VESDE,
+    VPPath,
+    VPSDE,
+    build_process,
+    flow_path_from_sde,
+    sde_from_flow_path,
+)
+from diffjax.sampling import SampleResult, make_solver, sample
+from diffjax.solvers import (
+    EDM,
+    RK4,
+    SOLVERS,
+    Adaptive,
+    Ancestral,
+    DDIM,
+    DPMSolverPP,
+    Euler,
+    EulerMaruyama,
+    Heun,
+    Midpoint,
+    PredictorCorrector,
+    integrate,
+)
+
+__version__ = "0.2.0"
+
+_LAZY = {  # heavier subpackages and helpers, imported on first use
+    "models": "diffjax.models",
+    "training": "diffjax.training",
+    "data": "diffjax.data",
+    "evaluation": "diffjax.evaluation",
+    "metrics": "diffjax.metrics",
+    "viz": "diffjax.viz",
+    "load_model": "diffjax.training.workdir",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        return getattr(module, name) if name == "load_model" else module
+    raise AttributeError(f"module 'diffjax' has no attribute {name!r}")
+
+
+__all__ = [
+    "DDIM", "EDM", "PREDICTIONS", "RK4", "SOLVERS", "VESDE", "VPSDE", "Adaptive", "Ancestral",
+    "CondOTPath", "CosinePath", "CosineVPSDE", "DDPMChain", "DPMSolverPP", "Euler", "EulerMaruyama",
+    "GaussianMixture", "GaussianPath", "GaussianProcess", "Heun", "LinearSDE", "Midpoint",
+    "PolynomialPath", "PredictorCorrector", "ProbabilityFlow", "SampleResult", "SubVPSDE", "VPPath",
+    "as_prediction", "bits_per_dim", "build_process", "cfg_model", "cfm_loss", "classifier_guided_model",
+    "classifier_guided_score", "clip_denoised", "conditional_loss", "constant_time", "convert",
+    "denoising_loss", "dsm_loss", "edm_grid", "flow_path_from_sde", "gaussian", "integrate",
+    "langevin_dynamics", "load_model", "log_likelihood", "logit_normal_time", "logsnr_grid",
+    "make_grid", "make_solver", "ring_mixture", "sample", "sde_from_flow_path", "uniform_grid",
+    "uniform_time", "variational_bound",
+]  # fmt: skip

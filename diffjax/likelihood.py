@@ -1,4 +1,5 @@
-"""Log-likelihood through the probability-flow ODE (instantaneous change of variables).
+"""Log-likelihood through the probability-flow ODE (instantaneous change of variables), run by the
+same integrator and solvers as sampling.
 
 The probability-flow ODE dx/dt = v(x, t) transports p_t along the process's own time axis, and the
 continuity equation gives d/dt log p_t(x_t) = −∇·v(x_t, t) along its solutions (Chen et al. 2018,
@@ -6,22 +7,18 @@ continuity equation gives d/dt log p_t(x_t) = −∇·v(x_t, t) along its soluti
 
     d/dt [x, Δ] = [v(x, t), ∇·v(x, t)]    from t₀ (data end) to t_noise, x(t₀) = x, Δ(t₀) = 0,
 
-yields log p_{t₀}(x) = log p_prior(x(t_noise)) + Δ(t_noise), where
-Δ(t_noise) = ∫_{t₀}^{t_noise} ∇·v dt is a signed integral (t decreases towards the noise for
-flow-matching paths). The velocity v = α̇ E[x0|x] + σ̇ E[ε|x] comes from a model of any
-prediction kind (`diffjax.parameterization`). t₀ = t_data moved by `t_eps` towards the noise, so
-the result is log p_{t₀}, the density of slightly noised data. t_eps = 0 needs a velocity finite
-at the data end: true for CondOTPath, but VP-type SDEs have σ ∝ √t, so σ̇ = ∞ at t = 0 (use
-t_eps > 0; 1e-5 as in Song et al.), and x0-models are singular where σ = 0.
+yields log p_{t₀}(x) = log p_prior(x(t_noise)) + Δ(t_noise), where Δ(t_noise) = ∫_{t₀}^{t_noise} ∇·v dt
+is a signed integral. `LogDensityFlow` is this augmented term: Runge–Kutta and adaptive solvers use
+its velocity; DPM-Solver++ uses its semi-linear form, in which the Δ leaf has linear scale 1 and
+prediction P_Δ = ∇·v / (e^l dl/dt), e^l dl/dt = (α̇σ − ασ̇)/σ² (l = ½λ), so that
+Δ_next = Δ + ∫ e^l P_Δ dl is integrated with the same multistep weights as x. t₀ = t_data moved by
+`t_eps` towards the noise, so the result is log p_{t₀}, the density of slightly noised data (VP-type
+SDEs have σ̇ = ∞ at t = 0: use t_eps > 0, 1e-5 as in Song et al.).
 
 The divergence is exact (the Jacobian trace from D forward-mode products with basis vectors: small
 D) or Hutchinson's estimate zᵀ(∂v/∂x)z with E[zzᵀ] = I (Rademacher or Gaussian z, fixed along the
 trajectory: unbiased for log p, as Δ is linear in the divergence). Both assume the model treats the
 examples of a batch independently (no batch statistics).
-
-Everything runs on the device: an adaptive diffrax solve (Tsit5/Dopri5 with a PID controller whose
-error norm is the worst example's RMS, so every example meets rtol/atol) or a fixed-step
-Euler/Heun/RK4 `lax.scan`. Wrap calls in `jax.jit` (closing over the model) to compile once.
 
 Shapes: x is (batch, *event) (e.g. (batch, D) or images (batch, H, W, C)); results are (batch,).
 """
@@ -32,31 +29,25 @@ import math
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from diffjax._array import expand
+from diffjax._jit import filter_jit
+from diffjax._pytree import pytree_dataclass
 from diffjax._validate import is_concrete
-from diffjax.parameterization import ModelFn, Prediction, as_prediction
+from diffjax.flow import ProbabilityFlow, as_flow
+from diffjax.grids import make_grid
+from diffjax.parameterization import to_x0_eps
 from diffjax.processes.base import GaussianProcess
+from diffjax.processes.ddpm import DDPMChain, check_variance
+from diffjax.sampling import make_solver
+from diffjax.solvers import Adaptive, DPMSolverPP, RungeKutta, Solver, integrate
 
 VectorField = Callable[[Array], Array]
-ADAPTIVE_SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8}
-# explicit Runge–Kutta tableaus (a, b, c) for the fixed-step solvers
-FIXED_SOLVERS = {
-    "euler": ((), (1.0,), (0.0,)),
-    "heun": (((1.0,),), (0.5, 0.5), (0.0, 1.0)),
-    "rk4": (
-        ((0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
-        (1 / 6, 1 / 3, 1 / 3, 1 / 6),
-        (0.0, 0.5, 0.5, 1.0),
-    ),
-}
-# new vector-field evaluations per adaptive step (Tsit5/Dopri5 are first-same-as-last: 7 stages, the
-# last reused as the next first; Dopri8 has 13 stages)
-_EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "dopri8": 13}
+ADAPTIVE = ("tsit5", "dopri5", "dopri8")
 
 
 class LikelihoodResult(NamedTuple):
@@ -131,50 +122,69 @@ def sample_probes(
     raise ValueError(f"Unknown probe {probe!r}; choose 'rademacher' or 'gaussian'.")
 
 
-# -- integrators --------------------------------------------------------------------------------
-def _max_rms_per_example(err) -> Array:
-    """Error norm for the PID controller: RMS over (x, Δ) of each example, worst example."""
-    x_err, d_err = err
-    sq = jnp.sum(x_err.reshape(d_err.shape[0], -1) ** 2, axis=-1) + d_err**2
-    return jnp.sqrt(jnp.max(sq) / (x_err[0].size + 1))
+# -- the augmented term -----------------------------------------------------------------------
+@pytree_dataclass
+class LogDensityFlow:
+    """The probability flow augmented with Δ = ∫∇·v dt: state (x (batch, *event), Δ (batch,)).
+    probes None: exact divergence; else Hutchinson with these fixed probes."""
+
+    flow: ProbabilityFlow
+    probes: Array | None = None
+
+    @property
+    def process(self) -> GaussianProcess:
+        return self.flow.process
+
+    def _velocity_divergence(self, x, t):
+        t_batch = jnp.full(x.shape[:1], t, x.dtype)
+        fn = lambda y: self.flow.velocity(y, t_batch)  # noqa: E731
+        return exact_divergence(fn, x) if self.probes is None else hutchinson_divergence(fn, x, self.probes)
+
+    def velocity(self, y, t):
+        return self._velocity_divergence(y[0], t)
+
+    def data_prediction(self, y, t):
+        x = y[0]
+        v, div = self._velocity_divergence(x, t)
+        c = self.process.coefficients(jnp.full(x.shape[:1], t, x.dtype))
+        x0 = to_x0_eps(v, "velocity", x, c)[0]
+        rate = (c.d_alpha * c.sigma - c.alpha * c.d_sigma) / c.sigma**2  # e^l dl/dt
+        return x0, div / rate
+
+    def scales(self, t):
+        a, s = self.process.alpha(t), self.process.sigma(t)
+        return (s, jnp.ones_like(s)), (a, a / s)
 
 
-def _fixed_step_solve(field, y0, t0: float, t1: float, num_steps: int, tableau):
-    """Explicit Runge–Kutta with `num_steps` uniform steps from t0 to t1, as one `lax.scan`."""
-    a, b, c = tableau
-    h = (t1 - t0) / num_steps
-
-    def combine(y, ks, weights):
-        return jax.tree.map(
-            lambda yi, *k: yi + h * sum(w * kj for w, kj in zip(weights, k, strict=True)), y, *ks
+def _likelihood_solver(solver: str | Solver, rtol, atol, max_steps) -> Solver:
+    if isinstance(solver, str) and solver in ADAPTIVE:
+        return Adaptive(method=solver, rtol=rtol, atol=atol, max_steps=max_steps, initial_steps=None,
+                        norm="per_example", throw=False)  # fmt: skip
+    solver = make_solver(solver)
+    if not isinstance(solver, RungeKutta | Adaptive | DPMSolverPP):
+        raise ValueError(
+            f"log_likelihood integrates the probability-flow ODE with its divergence: use a "
+            f"deterministic ODE solver ({ADAPTIVE}, 'euler', 'heun', 'midpoint', 'rk4', "
+            f"'dpm_solver_pp'), not {type(solver).__name__}."
         )
-
-    def step(y, t):
-        ks = [field(t, y)]
-        for i, ai in enumerate(a):
-            ks.append(field(t + c[i + 1] * h, combine(y, ks, ai)))
-        return combine(y, ks, b), None
-
-    dtype = jax.tree.leaves(y0)[0].dtype
-    ts = t0 + h * jnp.arange(num_steps, dtype=dtype)
-    y1, _ = jax.lax.scan(step, y0, ts)
-    return y1
+    return solver
 
 
 def log_likelihood(
-    model_fn: ModelFn,
+    model,
     process: GaussianProcess,
     x: Float[Array, "batch ..."],
     key: Array | None = None,
     *,
-    kind: Prediction = "eps",
+    prediction: str | None = None,
     divergence: Literal["exact", "hutchinson"] = "exact",
     probe: Literal["rademacher", "gaussian"] = "rademacher",
     n_probes: int = 1,
-    solver: str = "tsit5",
+    solver: str | Solver = "tsit5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
     num_steps: int = 100,
+    grid: str = "uniform",
     t_eps: float = 1e-5,
     prior_logp: Callable[[Array], Array] | None = None,
     max_steps: int = 4096,
@@ -182,89 +192,103 @@ def log_likelihood(
     """log p_{t₀}(x) by the augmented probability-flow ODE (module docstring), per example.
 
     Args:
-      model_fn: model(x, t) -> prediction of type `kind`, x (batch, *event), t (batch,).
+      model: model(x, t) -> prediction of type `prediction` (default `model.prediction`).
       process: the process/path the model was trained on (either time convention).
       x: data, (batch, *event), on the scale the model was trained on.
       key: PRNG key for the Hutchinson probes (drawn once, fixed along the trajectory).
       divergence: 'exact' (D JVPs per evaluation; small D) or 'hutchinson' (n_probes JVPs).
-      solver: adaptive 'tsit5' | 'dopri5' | 'dopri8' (diffrax, rtol/atol, at most max_steps
-        steps; `success` reports failure) or fixed-step 'euler' | 'heun' | 'rk4' (num_steps).
+      solver: adaptive 'tsit5' | 'dopri5' | 'dopri8' (rtol/atol, at most max_steps steps;
+        `success` reports failure), or a fixed-grid ODE solver ('euler', 'heun', 'midpoint', 'rk4',
+        'dpm_solver_pp' or a solver object) on `num_steps` steps of the reversed sampling `grid`.
       t_eps: start at t₀ = t_data moved by t_eps towards the noise (process time units); the result
         is then log p_{t₀}(x), the density of data noised to t₀.
       prior_logp: log-density of x_T, (batch, *event) -> (batch,); default `process.prior_logp`,
         N(0, σ(t_noise)² I), which neglects α(t_noise)·x_data (exact when α(t_noise) = 0, e.g.
         CondOTPath; for VPSDE(β_max=20), α(T) ≈ 6.6e-3, an error of order α(T)·|x_T|·|E x_data|).
     Returns:
-      `LikelihoodResult` with log_prob and bits_per_dim of shape (batch,).
+      `LikelihoodResult` with log_prob and bits_per_dim of shape (batch,). Compiled once per
+      (shapes, solver, process and model structure).
     """
+    x = jnp.asarray(x)
     if x.ndim < 2:
         raise ValueError(f"log_likelihood: x must be (batch, *event); got shape {x.shape}.")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     if is_concrete(t_eps) and not 0.0 <= t_eps < abs(process.t_noise - process.t_data):
         raise ValueError(f"log_likelihood: t_eps must lie in [0, |t_noise − t_data|), got {t_eps}.")
-    velocity = as_prediction(model_fn, process, kind, "velocity")
-    b = x.shape[0]
-
-    if divergence == "exact":
-
-        def div_fn(xt, t):
-            return exact_divergence(lambda y: velocity(y, t), xt)
-    elif divergence == "hutchinson":
+    if not process.has_rates:
+        raise ValueError(f"log_likelihood: {type(process).__name__} has no probability-flow ODE; "
+                         "use variational_bound for the DDPM chain.")  # fmt: skip
+    solver = _likelihood_solver(solver, rtol, atol, max_steps)
+    probes = None
+    if divergence == "hutchinson":
         if key is None:
             raise ValueError("log_likelihood: divergence='hutchinson' needs a PRNG `key`.")
         if n_probes < 1:
             raise ValueError(f"log_likelihood: n_probes must be >= 1, got {n_probes}.")
         probes = sample_probes(key, x.shape, n_probes, probe, x.dtype)
-
-        def div_fn(xt, t):
-            return hutchinson_divergence(lambda y: velocity(y, t), xt, probes)
-    else:
+    elif divergence != "exact":
         raise ValueError(f"Unknown divergence {divergence!r}; choose 'exact' or 'hutchinson'.")
-
-    def field(t, y):
-        v, div = div_fn(y[0], jnp.full((b,), t, x.dtype))
-        return v, div
-
-    t0 = process.t_data - process.direction * t_eps
-    t1 = process.t_noise
-    y0 = (x, jnp.zeros((b,), x.dtype))
-    if solver in ADAPTIVE_SOLVERS:
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, y, args: field(t, y)),
-            ADAPTIVE_SOLVERS[solver](),
-            t0,
-            t1,
-            None,
-            y0,
-            stepsize_controller=diffrax.PIDController(
-                rtol=rtol, atol=atol, norm=_max_rms_per_example
-            ),
-            saveat=diffrax.SaveAt(t1=True),
-            max_steps=max_steps,
-            throw=False,  # no host callback; failure is reported in `success`
-        )
-        x_t, delta = (leaf[-1] for leaf in sol.ys)
-        # + 1: the initial step-size probe (diffrax may add a few after rejected steps)
-        nfe = _EVALS_PER_STEP[solver] * sol.stats["num_steps"] + 1
-        success = sol.result == diffrax.RESULTS.successful
-    elif solver in FIXED_SOLVERS:
-        if num_steps < 1:
-            raise ValueError(f"log_likelihood: num_steps must be >= 1, got {num_steps}.")
-        tableau = FIXED_SOLVERS[solver]
-        x_t, delta = _fixed_step_solve(field, y0, t0, t1, num_steps, tableau)
-        nfe, success = jnp.asarray(num_steps * len(tableau[1])), jnp.asarray(True)
-    else:
-        raise ValueError(
-            f"Unknown solver {solver!r}; choose one of "
-            f"{sorted(ADAPTIVE_SOLVERS) + sorted(FIXED_SOLVERS)}."
-        )
+    term = LogDensityFlow(as_flow(model, process, prediction), probes)
+    adaptive = isinstance(solver, Adaptive)
+    if not adaptive and (not isinstance(num_steps, int) or num_steps < 1):
+        raise ValueError(f"log_likelihood: num_steps must be an integer >= 1, got {num_steps}.")
+    (x_t, delta), nfe, success = _solve(term, solver, x, steps=1 if adaptive else num_steps,
+                                        grid="uniform" if adaptive else grid, t_eps=float(t_eps))  # fmt: skip
+    if not adaptive:
+        nfe, success = jnp.asarray(solver.num_evaluations(num_steps)), jnp.asarray(True)
     logp_prior = (prior_logp or process.prior_logp)(x_t)
     log_prob = logp_prior + delta
     d = math.prod(x.shape[1:])
     return LikelihoodResult(
         log_prob, -log_prob / (d * np.log(2.0)), logp_prior, delta, x_t, nfe, success
     )
+
+
+@filter_jit
+def _solve(term: LogDensityFlow, solver: Solver, x, *, steps: int, grid: str, t_eps: float):
+    ts = make_grid(term.process, steps, grid, t_eps)[::-1].astype(x.dtype)  # data end → noise
+    sol = integrate(solver, term, (x, jnp.zeros(x.shape[:1], x.dtype)), ts)
+    return sol.y, sol.nfe, sol.success
+
+
+# -- the discrete chain's bound -----------------------------------------------------------------
+class VariationalBound(NamedTuple):
+    """Per-example negative ELBO in bits/dim: total = prior + Σ_t terms[:, t−1]."""
+
+    total: Float[Array, " batch"]
+    terms: Float[Array, "batch T"]
+    prior: Float[Array, " batch"]
+
+
+def variational_bound(
+    model, chain: DDPMChain, x0: Array, key: Array, *, prediction: str | None = None,
+    variance: str = "posterior",
+) -> VariationalBound:  # fmt: skip
+    """Negative ELBO −log p_θ(x_0) ≤ L_T + Σ_{t>1} L_{t−1} + L_0 (Ho et al. eq. 5), bits/dim.
+
+    p_θ(x_{t−1}|x_t) = N(μ̃_t(x_t, x̂0), exp(chain.model_log_variance(t))), x̂0 the model's estimate
+    (Ho et al. eq. 11 for an ε-model). Each term uses its own draw x_t ~ q(x_t | x_0) (an unbiased
+    single-sample estimate per t); the loop over t is a `lax.scan` (one compiled model call).
+    x0: (batch, *event) on the 8-bit grid scaled to [−1, 1]."""
+    check_variance(variance)
+    flow = as_flow(model, chain, prediction or getattr(model, "prediction", None) or "eps")
+    batch = x0.shape[0]
+    ts = jnp.arange(1, chain.num_steps + 1, dtype=jnp.int32)
+    keys = jax.random.split(key, chain.num_steps)
+
+    def term(carry, kt):
+        k, t = kt
+        tb = jnp.full((batch,), t)
+        x_t = chain.sample_marginal(k, x0, tb).x_t
+        mean, _ = chain.posterior(x_t, flow.denoise(x_t, tb)[0], tb, tb - 1)
+        logvar = expand(chain.model_log_variance(tb, variance), x0)
+        return carry, chain.elbo_terms(x0, x_t, tb, mean, logvar)
+
+    _, terms = jax.lax.scan(term, None, (keys, ts))
+    terms = terms.T
+    prior = chain.prior_kl(x0)
+    return VariationalBound(prior + terms.sum(axis=1), terms, prior)
 
 
 # -- 8-bit data -------------------------------------------------------------------------------
@@ -306,19 +330,20 @@ def discrete_bits_per_dim(log_prob_scaled: Array, dim: int) -> Array:
 
 
 def bits_per_dim(
-    model_fn: ModelFn, process: GaussianProcess, x: Array, key: Array, **likelihood_kwargs
+    model, process: GaussianProcess, x: Array, key: Array, **likelihood_kwargs
 ) -> DequantizedBPD:
     """Bits/dim of 8-bit images under a model on [−1, 1] data, with uniform dequantization inside.
 
     x: (batch, *event) uint8 pixels in {0, …, 255} (or floats k/127.5 − 1). One dequantization
     draw per example (average over keys for a lower-variance estimate of the bound); the
     change of variables to [−1, 1] and the bin width are accounted for
-    (`discrete_bits_per_dim`). likelihood_kwargs go to `log_likelihood` (kind, divergence, solver,
-    tolerances, t_eps, …). Note the dequantized y spans [−1, 1) while k/127.5 − 1 spans [−1, 1].
+    (`discrete_bits_per_dim`). likelihood_kwargs go to `log_likelihood` (prediction, divergence,
+    solver, tolerances, t_eps, …). Note the dequantized y spans [−1, 1) while k/127.5 − 1 spans [−1, 1].
     """
     k_deq, k_div = jax.random.split(key)
     y = dequantize(k_deq, x)
-    res = log_likelihood(model_fn, process, y, k_div, **likelihood_kwargs)
+    res = log_likelihood(model, process, y, k_div, **likelihood_kwargs)
     d = math.prod(y.shape[1:])
     log_bound = res.log_prob + d * np.log(2.0 / 256.0)
     return DequantizedBPD(discrete_bits_per_dim(res.log_prob, d), log_bound, res)
+

@@ -1,142 +1,160 @@
-"""Training losses as pure functions of (model_fn, x_data, key) once their configuration is bound.
+"""Training losses: one regression, configured by small pieces that compose.
 
-All of them are one regression, `denoising_loss`: draw t from a time sampler and ε ~ N(0, I), form
-x_t = α(t) x_data + σ(t) ε, convert the network output (declared as `prediction`) into the `target`
-parameterization and regress it onto the true target computed from (x_data, ε):
+`denoising_loss` draws times from a time sampler and ε ~ N(0, I), forms x_t = α(t) x0 + σ(t) ε
+(`process.sample_marginal`: one record, the coefficients computed once), converts the network output
+(declared as `prediction`) into the `target` parameterization and regresses it onto the true target
+computed from (x0, ε):
 
-    L = E_{t, x_data, ε} [ w(t) · mean_over_dims ‖target_θ(x_t, t) − target(x_data, ε, t)‖² ].
+    L = E_{t, x0, ε} [ w(t) · mean_over_dims ‖target_θ(x_t, t) − target(x0, ε, t)‖² ].
 
-Special cases (Song et al. 2021 eq. 7; Ho et al. 2020; Lipman et al. 2023):
-    dsm_loss, weighting λ(t):  λ(t)‖s_θ − ∇log p(x_t|x_0)‖² = (λ/σ²)‖ε_θ − ε‖²
-        'eps'        λ = σ²  (ε-matching, DDPM's "simple" loss in continuous time)
-        'likelihood' λ = g²  (the weighting that bounds the KL / negative log-likelihood)
-        'uniform'    λ = 1
-    cfm_loss:  ‖u_θ(x_t, t) − (α̇ x_data + σ̇ ε)‖², the conditional flow-matching loss.
+The weighting w is stated once for every target, as the score-matching weight λ(t) of Song et al.
+(2021, eq. 7): since every prediction is affine in ε at fixed x_t, ‖target_θ − target‖² =
+c_target(t)²·σ²·‖s_θ − ∇log p(x_t|x0)‖² with c_target = ∂target/∂ε|_x (eps 1, score −1/σ,
+x0 −σ/α, v (α²+σ²)/α, velocity σ̇ − α̇σ/α), so w = λ/(c_target² σ²):
 
-`model_fn(x, t) -> prediction` with x: (batch, *event), t: (batch,). To train parameters, close over
-them: `lambda params, x, key: dsm_loss(partial(apply, params), x, key, process=sde)`. Class
-conditioning is closed over the same way. Every loss is jit/grad/vmap-able.
+    'none'        w = 1: the plain regression in the target's own space (CFM, ε-matching)
+    'eps'         λ = σ²: ε-matching (DDPM's "simple" loss in continuous time)
+    'likelihood'  λ = g²: the weighting that bounds the KL / negative log-likelihood
+    'uniform'     λ = 1
+    λ(t)          any function of t (the score-matching weight)
+
+    dsm_loss = denoising_loss(target='eps', weighting='eps' by default)
+    cfm_loss = denoising_loss(target='velocity', weighting='none' by default)
+
+On the discrete DDPM chain `uniform_time` draws integer steps, so `dsm_loss` there is Ho et al.'s
+L_simple (eq. 14). `model(x, t) -> prediction` with x (batch, *event), t (batch,); a class-
+conditional model is bound first (`conditional_loss` adds label dropout for classifier-free guidance).
+Every loss is a pure function of (model, x0, key), jit/grad/vmap-able.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array
+from jaxtyping import Array, PyTree
 
-from diffjax.parameterization import ModelFn, Prediction, convert, from_x0_eps
-from diffjax.processes.base import GaussianProcess
+from diffjax.flow import check_model_output, model_prediction
+from diffjax.parameterization import ModelFn, Prediction, check_prediction, from_x0_eps, to_x0_eps
+from diffjax.processes.base import Coefficients, GaussianProcess
 
 TimeSampler = Callable[[Array, int], Array]
-Weighting = Literal["eps", "likelihood", "uniform"]
+WEIGHTINGS = ("none", "eps", "likelihood", "uniform")
 
 
 # -- time samplers ---------------------------------------------------------------------------
-def _data_end_range(process: GaussianProcess, t_eps: float) -> tuple[float, float]:
-    """[lo, hi] of the process's time range with the data end moved inward by t_eps."""
-    lo, hi = process.t_range
-    if process.t_data == lo:
-        lo = lo + t_eps
-    else:
-        hi = hi - t_eps
-    if not lo < hi:
-        raise ValueError(f"t_eps={t_eps} leaves an empty time range for {type(process).__name__}.")
-    return lo, hi
-
-
-def uniform_time(process: GaussianProcess, t_eps: float = 1e-3) -> TimeSampler:
-    """t ~ U[t_data ± t_eps, t_noise]: the data end is avoided by t_eps, where σ → 0."""
-    lo, hi = _data_end_range(process, t_eps)
+def uniform_time(process: GaussianProcess, t_eps: float | None = None) -> TimeSampler:
+    """t ~ U between the data end (moved by t_eps, default `process.default_t_eps`) and t_noise;
+    integer steps U{1, …, T} on a discrete chain."""
+    if process.discrete:
+        lo, hi = sorted((int(process.data_end(t_eps)), int(process.t_noise)))
+        return lambda key, n: jax.random.randint(key, (n,), max(lo, 1), hi + 1)
+    lo, hi = process.time_interval(t_eps)
     return lambda key, n: jax.random.uniform(key, (n,), minval=lo, maxval=hi)
 
 
 def logit_normal_time(
-    process: GaussianProcess, mean: float = 0.0, std: float = 1.0, t_eps: float = 1e-3
+    process: GaussianProcess, mean: float = 0.0, std: float = 1.0, t_eps: float | None = None
 ) -> TimeSampler:
     """t = lo + (hi − lo)·sigmoid(N(mean, std²)) (Esser et al. 2024): emphasises mid times."""
-    lo, hi = _data_end_range(process, t_eps)
+    if process.discrete:
+        raise ValueError("logit_normal_time: the process is discrete; use uniform_time.")
+    lo, hi = process.time_interval(t_eps)
     return lambda key, n: lo + (hi - lo) * jax.nn.sigmoid(mean + std * jax.random.normal(key, (n,)))
+
+
+def constant_time(t: float) -> TimeSampler:
+    """A sampler that always returns t (for evaluating a loss at a fixed time)."""
+    return lambda key, n: jnp.full((n,), t)
+
+
+TIME_SAMPLERS = {"uniform": uniform_time, "logit_normal": logit_normal_time}
+
+
+# -- weightings ------------------------------------------------------------------------------
+def loss_weight(
+    weighting: str | Callable, process: GaussianProcess, t: Array, c: Coefficients, target: Prediction
+) -> Array | None:
+    """w(t) of the module docstring for `target` (None for 'none': no weighting)."""
+    if weighting == "none" or (weighting == "eps" and target == "eps"):
+        return None
+    if callable(weighting):
+        lam = weighting(t)
+    elif weighting == "eps":
+        lam = c.sigma**2
+    elif weighting == "likelihood":
+        lam = process.diffusion_squared(t)
+    elif weighting == "uniform":
+        lam = jnp.ones_like(c.sigma)
+    else:
+        raise ValueError(f"Unknown weighting {weighting!r}: use one of {WEIGHTINGS} or a function λ(t).")
+    if target == "eps":
+        return lam / c.sigma**2
+    # c_target = ∂target/∂ε at fixed x: the image of the direction (δx0, δε) = (−σ/α, 1)
+    zero = jnp.zeros_like(c.sigma)
+    scale = from_x0_eps(-c.sigma / c.alpha, jnp.ones_like(c.sigma), target, zero, c)
+    return lam / (scale**2 * c.sigma**2)
 
 
 # -- the one regression ----------------------------------------------------------------------
 def denoising_loss(
-    model_fn: ModelFn,
-    x_data: Array,
+    model: ModelFn,
+    x0: Array,
     key: Array,
     *,
     process: GaussianProcess,
-    prediction: Prediction = "eps",
+    prediction: Prediction | None = None,
     target: Prediction = "eps",
-    weight_fn: Callable[[Array], Array] | None = None,
+    weighting: str | Callable = "none",
     time_sampler: TimeSampler | None = None,
     reduce: bool = True,
-):
-    """E[w(t)·mean‖target_θ − target‖²]; returns a scalar (or the per-example losses (batch,))."""
+) -> Array:
+    """E[w(t)·mean‖target_θ − target‖²]; a scalar (or the per-example losses (batch,)).
+
+    prediction defaults to `model.prediction`; time_sampler to `uniform_time(process)`."""
+    prediction = prediction or model_prediction(model)
+    check_prediction(prediction)
+    check_prediction(target)
+    if x0.ndim < 1 or x0.shape[0] == 0:
+        raise ValueError(f"denoising_loss: x0 must be a non-empty batch (batch, *event), got {x0.shape}.")
+    if not jnp.issubdtype(x0.dtype, jnp.floating):
+        raise ValueError(f"denoising_loss: x0 must be floating point, got {x0.dtype}; scale the data first.")
     time_sampler = time_sampler or uniform_time(process)
     k_t, k_eps = jax.random.split(key)
-    t = time_sampler(k_t, x_data.shape[0])
-    x_t, eps = process.sample_marginal(k_eps, x_data, t)
-    pred = convert(model_fn(x_t, t), x_t, t, process, prediction, target)
-    true = from_x0_eps(x_data, eps, target, x_t, process.coefficients(t))
-    per_example = jnp.mean(jnp.square(pred - true).reshape(x_data.shape[0], -1), axis=-1)
-    if weight_fn is not None:
-        per_example = weight_fn(t) * per_example
+    noised = process.sample_marginal(k_eps, x0, time_sampler(k_t, x0.shape[0]))
+    out = model(noised.x_t, noised.t)
+    check_model_output(out, x0, "denoising_loss")
+    c = noised.coefficients
+    pred = from_x0_eps(*to_x0_eps(out, prediction, noised.x_t, c), target, noised.x_t, c) \
+        if prediction != target else out  # fmt: skip
+    true = from_x0_eps(x0, noised.eps, target, noised.x_t, c)
+    per_example = jnp.mean(jnp.square(pred - true).reshape(x0.shape[0], -1), axis=-1)
+    w = loss_weight(weighting, process, noised.t, c, target)
+    if w is not None:
+        per_example = w * per_example
     return jnp.mean(per_example) if reduce else per_example
 
 
-def dsm_weight(process: GaussianProcess, weighting: Weighting | Callable) -> Callable:
-    """w(t) = λ(t)/σ(t)² that turns the ε-regression into λ-weighted score matching."""
-    if callable(weighting):
-        return lambda t: weighting(t) / process.sigma(t) ** 2
-    if weighting == "eps":
-        return lambda t: jnp.ones_like(t)
-    if weighting == "likelihood":
-        return lambda t: process.diffusion_squared(t) / process.sigma(t) ** 2
-    if weighting == "uniform":
-        return lambda t: 1.0 / process.sigma(t) ** 2
-    raise ValueError(
-        f"Unknown weighting {weighting!r}: use 'eps', 'likelihood', 'uniform' or a function λ(t)."
-    )
+def dsm_loss(model, x0, key, *, process, prediction=None, weighting="eps", time_sampler=None,
+             reduce=True) -> Array:  # fmt: skip
+    """Denoising score matching E[λ(t)·mean‖s_θ(x_t, t) − ∇log p(x_t | x0)‖²], computed as the
+    ε-regression with w = λ/σ² (weighting 'eps' is ε-matching). A model that does not declare its
+    prediction is taken to predict ε."""
+    prediction = prediction or getattr(model, "prediction", None) or "eps"
+    return denoising_loss(model, x0, key, process=process, prediction=prediction, target="eps",
+                          weighting=weighting, time_sampler=time_sampler, reduce=reduce)  # fmt: skip
 
 
-def dsm_loss(
-    model_fn: ModelFn,
-    x_data: Array,
-    key: Array,
-    *,
-    process: GaussianProcess,
-    prediction: Prediction = "eps",
-    weighting: Weighting | Callable = "eps",
-    time_sampler: TimeSampler | None = None,
-    reduce: bool = True,
-):
-    """Denoising score matching E[λ(t)·mean‖s_θ(x_t, t) − ∇log p(x_t | x_0)‖²]."""
-    return denoising_loss(
-        model_fn, x_data, key, process=process, prediction=prediction, target="eps",
-        weight_fn=dsm_weight(process, weighting), time_sampler=time_sampler, reduce=reduce,
-    )  # fmt: skip
-
-
-def cfm_loss(
-    model_fn: ModelFn,
-    x_data: Array,
-    key: Array,
-    *,
-    path: GaussianProcess,
-    prediction: Prediction = "velocity",
-    target: Prediction = "velocity",
-    time_sampler: TimeSampler | None = None,
-    reduce: bool = True,
-):
-    """Conditional flow matching E[mean‖u_θ(x_t, t) − (α̇ x_data + σ̇ ε)‖²] (target='velocity');
-    'x0' or 'v' targets regress the same model in those parameterizations instead."""
-    return denoising_loss(
-        model_fn, x_data, key, process=path, prediction=prediction, target=target,
-        time_sampler=time_sampler or uniform_time(path, 0.0), reduce=reduce,
-    )  # fmt: skip
+def cfm_loss(model, x0, key, *, process, prediction=None, target="velocity", weighting="none",
+             time_sampler=None, reduce=True) -> Array:  # fmt: skip
+    """Conditional flow matching E[w(t)·mean‖u_θ(x_t, t) − (α̇ x0 + σ̇ ε)‖²] (target='velocity');
+    'x0' or 'v' targets regress the same model in those parameterizations instead. A model that does
+    not declare its prediction is taken to predict the velocity."""
+    prediction = prediction or getattr(model, "prediction", None) or "velocity"
+    return denoising_loss(model, x0, key, process=process, prediction=prediction, target=target,
+                          weighting=weighting, time_sampler=time_sampler, reduce=reduce)  # fmt: skip
 
 
 def irreducible_loss_gaussian(process, t, data_std: float, target: Prediction = "eps") -> Array:
@@ -157,12 +175,50 @@ def irreducible_loss_gaussian(process, t, data_std: float, target: Prediction = 
     return num[target] / var_x
 
 
-def constant_time(t: float) -> TimeSampler:
-    """A sampler that always returns t (for evaluating a loss at a fixed time)."""
-    return lambda key, n: jnp.full((n,), t)
+# -- class conditioning ----------------------------------------------------------------------
+def drop_labels(key: Array, labels: Array, p_uncond: float, null_label: int) -> Array:
+    """Replace each label by the null label ∅ with probability p_uncond (classifier-free guidance
+    training, Ho & Salimans 2022)."""
+    drop = jax.random.bernoulli(key, p_uncond, labels.shape)
+    return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
+
+
+def conditional_loss(
+    loss: Callable[[ModelFn, Array, Array], Array],
+    model: Callable[..., Array],
+    x0: Array,
+    labels: PyTree,
+    key: Array,
+    *,
+    p_uncond: float = 0.0,
+    null_label: Any = None,
+    **model_kwargs,
+) -> Array:
+    """`loss` of the class-conditional `model(x, t, labels, **model_kwargs)` with the labels dropped
+    to `null_label` with probability p_uncond (one network learns p(x | y) and p(x): classifier-free
+    guidance). loss: (model_fn, x0, key) -> scalar, e.g. `functools.partial(cfm_loss, process=p)`."""
+    k_loss, k_drop = jax.random.split(key)
+    if p_uncond > 0:
+        if null_label is None:
+            raise ValueError("conditional_loss: label dropout (p_uncond > 0) needs the null_label.")
+        labels = drop_labels(k_drop, labels, p_uncond, null_label)
+    bound = _BoundLabels(model, labels, model_kwargs)
+    return loss(bound, x0, k_loss)
+
+
+class _BoundLabels:
+    """model(x, t) = model(x, t, labels, **kwargs), keeping the model's declared prediction."""
+
+    def __init__(self, model, labels, kwargs):
+        self.model, self.labels, self.kwargs = model, labels, kwargs
+        self.prediction = getattr(model, "prediction", None)
+
+    def __call__(self, x, t):
+        return self.model(x, t, self.labels, **self.kwargs)
 
 
 __all__ = [
-    "TimeSampler", "uniform_time", "logit_normal_time", "constant_time", "denoising_loss",
-    "dsm_weight", "dsm_loss", "cfm_loss", "irreducible_loss_gaussian",
+    "TIME_SAMPLERS", "WEIGHTINGS", "TimeSampler", "cfm_loss", "conditional_loss", "constant_time",
+    "denoising_loss", "drop_labels", "dsm_loss", "irreducible_loss_gaussian", "logit_normal_time",
+    "loss_weight", "uniform_time",
 ]  # fmt: skip

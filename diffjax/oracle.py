@@ -25,7 +25,7 @@ from jaxtyping import Array, Float, Int
 
 from diffjax._pytree import pytree_dataclass, static_field
 from diffjax._validate import check_batch_time, is_concrete
-from diffjax.parameterization import Prediction, from_x0_eps
+from diffjax.parameterization import Prediction, check_prediction, from_x0_eps
 from diffjax.processes.base import GaussianProcess
 
 
@@ -149,11 +149,11 @@ class GaussianMixture:
         _, _, x0, eps, _ = self._posterior(x, process, t)
         return x0, eps
 
-    def predict(self, x, process, t, kind: Prediction) -> Array:
-        """The Bayes-optimal prediction of type `kind` ('eps', 'x0', 'score', 'v', 'velocity')."""
+    def predict(self, x, process, t, prediction: Prediction) -> Array:
+        """The Bayes-optimal prediction of type `prediction` ('eps', 'x0', 'score', 'v', 'velocity')."""
         x0, eps = self.posterior_x0_eps(x, process, t)
         t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
-        return from_x0_eps(x0, eps, kind, x, process.coefficients(t))
+        return from_x0_eps(x0, eps, prediction, x, process.coefficients(t))
 
     def velocity(self, x, process, t) -> Array:
         """Marginal velocity E[α̇ x0 + σ̇ ε | x_t = x] (the probability-flow / flow-matching field)."""
@@ -168,9 +168,23 @@ class GaussianMixture:
         resp = self.component_posterior(x, process, t)
         return resp @ jax.nn.one_hot(self.labels, self.n_classes, dtype=resp.dtype)
 
-    def model_fn(self, process, kind: Prediction = "eps"):
-        """The exact model as a function (x, t) -> prediction, ready for samplers and losses."""
-        return lambda x, t: self.predict(x, process, t, kind)
+    def model(self, process, prediction: Prediction = "eps") -> ExactModel:
+        """The exact model (x, t) -> prediction, ready for samplers, losses and likelihoods: a pytree
+        holding the mixture and the process, so samplers compile once for it."""
+        check_prediction(prediction)
+        return ExactModel(self, process, prediction)
+
+
+@pytree_dataclass
+class ExactModel:
+    """The Bayes-optimal network of a `GaussianMixture` under a process (see `GaussianMixture.model`)."""
+
+    mixture: GaussianMixture
+    process: GaussianProcess
+    prediction: str = static_field(default="eps")
+
+    def __call__(self, x, t):
+        return self.mixture.predict(x, self.process, t, self.prediction)
 
 
 def gaussian(mean, cov) -> GaussianMixture:

@@ -11,7 +11,8 @@ time axis):
 
 Each prediction is converted to the pair (x0, ε) by solving the 2×2 linear system it forms with
 x = αx0 + σε, and from there to any other; the formulas are exact (no approximation), and are
-singular only where the system is (e.g. x0 from ε at α = 0).
+singular only where the system is (e.g. x0 from ε at α = 0). 'velocity' needs the time derivatives,
+which a discrete chain does not have (a clear error, not a NaN).
 """
 
 from __future__ import annotations
@@ -24,118 +25,119 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from diffjax._array import expand
 from diffjax._validate import check_batch_time
-from diffjax.processes.base import Coefficients, GaussianProcess, expand
+from diffjax.processes.base import Coefficients, GaussianProcess
 
 Prediction = Literal["eps", "x0", "score", "v", "velocity"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "score", "v", "velocity")
 ModelFn = Callable[[Array, Array], Array]
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in PREDICTIONS:
-        raise ValueError(f"Unknown prediction type {kind!r}; choose one of {PREDICTIONS}.")
+def check_prediction(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"Unknown prediction type {prediction!r}; choose one of {PREDICTIONS}.")
 
 
-def to_x0_eps(pred: Array, kind: Prediction, x: Array, c: Coefficients) -> tuple[Array, Array]:
-    """(x0, ε) implied by a prediction of type `kind` at x with coefficients c (broadcast to x)."""
-    _check_kind(kind)
-    a, s, da, ds = (expand(v, x) for v in c)
-    if kind == "eps":
+def _rates(c: Coefficients, x: Array) -> tuple[Array, Array]:
+    if c.d_alpha is None:
+        raise ValueError(
+            "The 'velocity' prediction is dx/dt = α̇ x0 + σ̇ ε and needs the time derivatives of α and "
+            "σ, which a discrete chain (DDPMChain) does not have; use 'eps', 'x0', 'score' or 'v'."
+        )
+    return expand(c.d_alpha, x), expand(c.d_sigma, x)
+
+
+def to_x0_eps(pred: Array, prediction: Prediction, x: Array, c: Coefficients) -> tuple[Array, Array]:
+    """(x0, ε) implied by a prediction of type `prediction` at x with coefficients c."""
+    check_prediction(prediction)
+    a, s = expand(c.alpha, x), expand(c.sigma, x)
+    if prediction == "eps":
         return (x - s * pred) / a, pred
-    if kind == "x0":
+    if prediction == "x0":
         return pred, (x - a * pred) / s
-    if kind == "score":
+    if prediction == "score":
         eps = -s * pred
         return (x - s * eps) / a, eps
-    if kind == "v":  # [α σ; −σ α] [x0; ε] = [x; v] with x0 ↔ first row
+    if prediction == "v":  # [α σ; −σ α] [x0; ε] = [x; v] with x0 ↔ first row
         norm = a**2 + s**2
         return (a * x - s * pred) / norm, (s * x + a * pred) / norm
-    # velocity: [α σ; α̇ σ̇] [x0; ε] = [x; u]
+    da, ds = _rates(c, x)  # velocity: [α σ; α̇ σ̇] [x0; ε] = [x; u]
     det = a * ds - s * da
     return (ds * x - s * pred) / det, (a * pred - da * x) / det
 
 
-def from_x0_eps(x0: Array, eps: Array, kind: Prediction, x: Array, c: Coefficients) -> Array:
-    """The prediction of type `kind` that corresponds to the pair (x0, ε)."""
-    _check_kind(kind)
-    a, s, da, ds = (expand(v, x) for v in c)
-    if kind == "eps":
+def from_x0_eps(x0: Array, eps: Array, prediction: Prediction, x: Array, c: Coefficients) -> Array:
+    """The prediction of type `prediction` that corresponds to the pair (x0, ε)."""
+    check_prediction(prediction)
+    if prediction == "eps":
         return eps
-    if kind == "x0":
+    if prediction == "x0":
         return x0
-    if kind == "score":
+    a, s = expand(c.alpha, x), expand(c.sigma, x)
+    if prediction == "score":
         return -eps / s
-    if kind == "v":
+    if prediction == "v":
         return a * eps - s * x0
+    da, ds = _rates(c, x)
     return da * x0 + ds * eps
 
 
 def convert(
-    pred: Array, x: Array, t, process: GaussianProcess, source: Prediction, target: Prediction
+    pred: Array, x: Array, t, process: GaussianProcess, prediction: Prediction, to: Prediction
 ) -> Array:
-    """Convert a `source`-type prediction at (x, t) into the `target` type under `process`."""
-    _check_kind(source)
-    _check_kind(target)
-    if source == target:
+    """Convert a prediction of type `prediction` at (x, t) into type `to` under `process`."""
+    check_prediction(prediction)
+    check_prediction(to)
+    if prediction == to:
         return pred
     t = check_batch_time(x, t, "convert")
     c = process.coefficients(t)
-    x0, eps = to_x0_eps(pred, source, x, c)
-    return from_x0_eps(x0, eps, target, x, c)
+    return from_x0_eps(*to_x0_eps(pred, prediction, x, c), to, x, c)
+
+
+def _converted(model_fn, process, prediction, to, x, t):
+    return convert(model_fn(x, jnp.broadcast_to(jnp.asarray(t), x.shape[:1])), x, t, process,
+                   prediction, to)  # fmt: skip
 
 
 def as_prediction(
-    model_fn: ModelFn, process: GaussianProcess, source: Prediction, target: Prediction
+    model_fn: ModelFn, process: GaussianProcess, prediction: Prediction, to: Prediction
 ) -> ModelFn:
-    """Wrap `model_fn(x, t)` (which predicts `source`) into a function predicting `target`."""
-    _check_kind(source)
-    _check_kind(target)
-    if source == target:
-        return model_fn
-
-    def wrapped(x, t):
-        return convert(model_fn(x, t), x, t, process, source, target)
-
-    return wrapped
+    """`model_fn(x, t)` (which predicts `prediction`) as a model predicting `to`; a pytree
+    (`jax.tree_util.Partial`), so samplers compile once for it."""
+    check_prediction(prediction)
+    check_prediction(to)
+    return jax.tree_util.Partial(_converted, model_fn, process, prediction, to)
 
 
-def x0_eps_fn(model_fn: ModelFn, process: GaussianProcess, source: Prediction):
-    """Wrap `model_fn` into a function returning the pair (x0, ε) — what samplers consume."""
-    _check_kind(source)
-
-    def wrapped(x, t):
-        t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
-        return to_x0_eps(model_fn(x, t), source, x, process.coefficients(t))
-
-    return wrapped
-
-
-def _clipped_prediction(model_fn, process, low, high, x, t, *, kind):
+def _clipped_prediction(model_fn, process, low, high, x, t, *, prediction):
     t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
     c = process.coefficients(t)
-    x0, eps = to_x0_eps(model_fn(x, t), kind, x, c)
+    x0, eps = to_x0_eps(model_fn(x, t), prediction, x, c)
     x0 = jnp.clip(x0, low.astype(x0.dtype), high.astype(x0.dtype))
     a, s = expand(c.alpha, x), expand(c.sigma, x)
     eps = jnp.where(s > 0, (x - a * x0) / jnp.where(s > 0, s, 1), eps)  # σ = 0: x0 = x/α, ε free
-    return from_x0_eps(x0, eps, kind, x, c)
+    return from_x0_eps(x0, eps, prediction, x, c)
 
 
-# one module-level function per kind: the same Partial structure for every call → samplers compile once
-_CLIPPED = {kind: functools.partial(_clipped_prediction, kind=kind) for kind in PREDICTIONS}
+# one module-level function per prediction: the same Partial structure for every call → compile once
+_CLIPPED = {p: functools.partial(_clipped_prediction, prediction=p) for p in PREDICTIONS}
 
 
 def clip_denoised(
-    model_fn: ModelFn, process: GaussianProcess, kind: Prediction, low: float = -1.0, high: float = 1.0
-) -> ModelFn:
+    model_fn: ModelFn, process: GaussianProcess, prediction: Prediction, low: float = -1.0,
+    high: float = 1.0,
+) -> ModelFn:  # fmt: skip
     """The model with its denoised estimate x̂0 clipped to the data range [low, high] (Ho et al. 2020's
-    `clip_denoised`; diffusers' `clip_sample`), ε re-derived from x = αx̂0 + σε, returned as `kind`.
+    `clip_denoised`; diffusers' `clip_sample`), ε re-derived from x = αx̂0 + σε, returned as the same
+    `prediction`.
 
     For data inside the box the exact E[x0 | x_t] lies inside it too (a mean of points in a convex
     set), so clipping only removes model error; it is a static projection, not dynamic thresholding.
     Returns a `jax.tree_util.Partial` (model_fn, process and bounds are leaves): samplers compile once.
     """
-    _check_kind(kind)
+    check_prediction(prediction)
     dtype = jnp.result_type(float)
-    return jax.tree_util.Partial(_CLIPPED[kind], model_fn, process, jnp.asarray(low, dtype),
+    return jax.tree_util.Partial(_CLIPPED[prediction], model_fn, process, jnp.asarray(low, dtype),
                                  jnp.asarray(high, dtype))  # fmt: skip

@@ -11,13 +11,30 @@ from flax import nnx
 
 from diffjax.models.embeddings import (
     TimeEmbedding,
-    drop_labels,
     fourier_embedding,
     null_labels,
     sinusoidal_embedding,
 )
 from diffjax.models.mlp import ResidualMLP, ResidualMLPConfig
 from diffjax.models.unet import UNet, UNetConfig
+
+
+MODELS = {"unet": (UNet, UNetConfig), "mlp": (ResidualMLP, ResidualMLPConfig)}
+
+
+def build_model(spec: dict, seed: int = 0) -> nnx.Module:
+    """The network spec['kind'] ('unet' or 'mlp') with the other entries as its config fields
+    (including `prediction`), initialised from `seed`."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind not in MODELS:
+        raise ValueError(f"Unknown model kind {kind!r}; choose one of {tuple(MODELS)}.")
+    module, config = MODELS[kind]
+    try:
+        cfg = config(**spec)
+    except TypeError as err:
+        raise ValueError(f"model {kind!r}: invalid config fields {sorted(spec)} ({err}).") from None
+    return module(cfg, rngs=nnx.Rngs(seed))
 
 
 def count_params(tree) -> int:
@@ -29,13 +46,14 @@ def count_params(tree) -> int:
 
 
 __all__ = [
+    "MODELS",
     "ResidualMLP",
     "ResidualMLPConfig",
     "TimeEmbedding",
     "UNet",
     "UNetConfig",
+    "build_model",
     "count_params",
-    "drop_labels",
     "fourier_embedding",
     "null_labels",
     "sinusoidal_embedding",

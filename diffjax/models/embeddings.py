@@ -63,12 +63,6 @@ def null_labels(batch: int, num_classes: int) -> Int[Array, " B"]:
     return jnp.full((batch,), num_classes, jnp.int32)
 
 
-def drop_labels(key, y: Int[Array, " B"], p: float, num_classes: int) -> Int[Array, " B"]:
-    """Replace each label by the null class with probability p (classifier-free guidance)."""
-    drop = jax.random.bernoulli(key, p, y.shape)
-    return jnp.where(drop, num_classes, y).astype(jnp.int32)
-
-
 class TimeEmbedding(nnx.Module):
     """Conditioning vector c(t, y) = MLP(features(time_scale · t)) + E[y]  → (B, emb_dim).
 

@@ -41,14 +41,14 @@ class ResidualMLPConfig:
     time_embedding: TimeEmbeddingKind = "sinusoidal"
     time_scale: float | None = None
     fourier_scale: float = 16.0
-    output: Prediction = "eps"
+    prediction: Prediction = "eps"
     dtype: Any = "float32"
     param_dtype: Any = "float32"
 
     def __post_init__(self):
-        if self.output not in PREDICTIONS:
+        if self.prediction not in PREDICTIONS:
             raise ValueError(
-                f"ResidualMLPConfig: output {self.output!r} must be one of {PREDICTIONS}."
+                f"ResidualMLPConfig: prediction {self.prediction!r} must be one of {PREDICTIONS}."
             )
         if self.time_embedding not in TIME_EMBEDDINGS:
             raise ValueError(
@@ -79,7 +79,7 @@ class MLPBlock(nnx.Module):
 
 
 class ResidualMLP(nnx.Module):
-    """MLP model (x, t[, y]) -> prediction of kind `config.output`."""
+    """MLP model (x, t[, y]) -> prediction of type `config.prediction`."""
 
     def __init__(self, config: ResidualMLPConfig, *, rngs: nnx.Rngs):
         cfg = config
@@ -95,9 +95,9 @@ class ResidualMLP(nnx.Module):
         self.linear_out = nnx.Linear(cfg.width, cfg.dim, **kw)
 
     @property
-    def output(self) -> str:
-        """The prediction kind the network's output declares."""
-        return self.config.output
+    def prediction(self) -> str:
+        """What the network's output is ('eps', 'x0', 'score', 'v' or 'velocity')."""
+        return self.config.prediction
 
     def __call__(
         self,

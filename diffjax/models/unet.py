@@ -53,7 +53,7 @@ class UNetConfig:
     attention head; num_groups: GroupNorm groups; num_classes: class conditioning with null class
     index num_classes; time_embedding / time_scale / fourier_scale: see `embeddings`
     (time_scale=None → 1000 for sinusoidal, 1 for Fourier, i.e. t in [0, 1]; use 1 for integer
-    DDPM steps); output: the prediction kind the network's output declares; dtype: computation
+    DDPM steps); prediction: what the network's output is ('eps', 'x0', 'v', ...); dtype: computation
     dtype (e.g. 'bfloat16' on GPU), param_dtype: parameter dtype.
     """
 
@@ -72,7 +72,7 @@ class UNetConfig:
     time_embedding: TimeEmbeddingKind = "sinusoidal"
     time_scale: float | None = None
     fourier_scale: float = 16.0
-    output: Prediction = "eps"
+    prediction: Prediction = "eps"
     dtype: Any = "float32"
     param_dtype: Any = "float32"
 
@@ -81,8 +81,8 @@ class UNetConfig:
         object.__setattr__(
             self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions)
         )
-        if self.output not in PREDICTIONS:
-            raise ValueError(f"UNetConfig: output {self.output!r} must be one of {PREDICTIONS}.")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"UNetConfig: prediction {self.prediction!r} must be one of {PREDICTIONS}.")
         if self.time_embedding not in TIME_EMBEDDINGS:
             raise ValueError(
                 f"UNetConfig: time_embedding {self.time_embedding!r} must be one of "
@@ -201,7 +201,7 @@ def _upsample(h, size):
 
 
 class UNet(nnx.Module):
-    """Denoising U-Net; `output` declares what its output means ('eps', 'x0', 'v', ...)."""
+    """Denoising U-Net; `prediction` declares what its output is ('eps', 'x0', 'v', ...)."""
 
     def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
         cfg = config
@@ -244,9 +244,9 @@ class UNet(nnx.Module):
         self.conv_out = _conv(ch, cfg.out_channels or cfg.in_channels, 3, cfg, rngs, zero=True)
 
     @property
-    def output(self) -> str:
-        """The prediction kind the network's output declares."""
-        return self.config.output
+    def prediction(self) -> str:
+        """What the network's output is ('eps', 'x0', 'score', 'v' or 'velocity')."""
+        return self.config.prediction
 
     def __call__(
         self,

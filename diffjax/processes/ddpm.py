@@ -7,18 +7,18 @@ Steps t = 1..T; x_0 is the data. With β_t ∈ (0, 1), α_t = 1 − β_t and ᾱ
     q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I),                                             (Ho eqs. 6–7)
         μ̃_t = √ᾱ_{t−1} β_t/(1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) · x_t,
         β̃_t = β_t (1 − ᾱ_{t−1})/(1 − ᾱ_t)
-    μ_θ(x_t, t) = (x_t − β_t/√(1 − ᾱ_t) · ε_θ) / √α_t                                   (Ho eq. 11)
 
-(Note the β_t factor in β̃_t and the 1/√α_t — not 1/√ᾱ_t — in μ_θ; some lecture notes drop or
-swap them.) The chain is a `GaussianProcess` on the time axis [0, T] with α(t) = √ᾱ_t and
-σ(t) = √(1 − ᾱ_t) at integer t, so every generic tool (parameterizations, the mixture oracle)
-applies. ᾱ is computed in log space, log ᾱ_t = Σ log1p(−β_s), and 1 − ᾱ_t = −expm1(log ᾱ_t),
-which keeps float32 relative errors ~1e-7 even for T = 10⁴ (a float32 cumprod loses ~1e-3 in
-1 − ᾱ_t at small t).
+(Note the β_t factor in β̃_t; some lecture notes drop it.) The chain is a `GaussianProcess` on the
+integer steps of [0, T] with α(t) = √ᾱ_t and σ(t) = √(1 − ᾱ_t): its forward marginal, transition and
+posterior are the generic ones (`GaussianProcess.posterior` with s = t − 1 is Ho's μ̃_t, β̃_t), and it
+declares `has_rates = False` (no time derivatives: ODE/SDE solvers refuse it with a clear error) and
+`discrete = True` (grids round to steps). ᾱ is computed in log space, log ᾱ_t = Σ log1p(−β_s), and
+1 − ᾱ_t = −expm1(log ᾱ_t), which keeps float32 relative errors ~1e-7 even for T = 10⁴.
 
 Units: `normal_kl` and `discretized_gaussian_log_likelihood` are elementwise and in nats; the
-per-example ELBO quantities (`prior_kl`, `elbo_terms`, `variational_bound`) are in bits per
-dimension (mean over the non-batch axes, divided by ln 2), as reported by Ho et al.
+per-example ELBO quantities (`prior_kl`, `elbo_terms`) are in bits per dimension (mean over the
+non-batch axes, divided by ln 2), as reported by Ho et al. The bound of a model is
+`diffjax.likelihood.variational_bound`.
 
 Shapes: x is (batch, *event); t is an integer step, scalar or (batch,) (floats are rounded to
 the nearest integer; concrete non-integer values raise).
@@ -26,8 +26,7 @@ the nearest integer; concrete non-integer values raise).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -36,16 +35,14 @@ from jaxtyping import Array, ArrayLike, Float
 
 from diffjax._pytree import pytree_dataclass
 from diffjax._validate import check_batch_time, check_less, check_positive, check_time, is_concrete
-from diffjax.parameterization import to_x0_eps
-from diffjax.processes.base import Coefficients, GaussianProcess, expand
+from diffjax.processes.base import GaussianProcess, expand
 
 ReverseVariance = Literal["posterior", "beta"]
-EpsModelFn = Callable[[Array, Array], Array]
 _LN2 = float(np.log(2.0))
 
 
 def _validate_betas(betas) -> None:
-    if not isinstance(betas, (np.ndarray, jax.Array)) or not is_concrete(betas):
+    if not isinstance(betas, np.ndarray | jax.Array) or not is_concrete(betas):
         return  # tracer or placeholder leaf inside a JAX transformation
     b = np.asarray(betas)
     if b.ndim == 0 or b.size == 0:  # ndim > 1 is allowed: chains stacked for jax.vmap
@@ -63,22 +60,24 @@ def _validate_betas(betas) -> None:
 class DDPMChain(GaussianProcess):
     """Discrete Gaussian noising chain with variances betas = (β_1, …, β_T), shape (T,).
 
-    Index convention: `betas[t-1]` and `alphas[t-1]` belong to step t; `alpha_bars` has T + 1
-    entries with `alpha_bars[t]` = ᾱ_t and `alpha_bars[0]` = 1. Prefer the accessors
-    `beta(t)`, `alpha_bar(t)` which take t directly.
+    Index convention: `betas[t-1]` belongs to step t; `alpha_bars` has T + 1 entries with
+    `alpha_bars[t]` = ᾱ_t and `alpha_bars[0]` = 1. Prefer the accessors `beta(t)`, `alpha_bar(t)`.
     """
 
     betas: Float[Array, " T"]
 
+    has_rates: ClassVar[bool] = False
+    discrete: ClassVar[bool] = True
+
     def __post_init__(self):
-        if isinstance(self.betas, (list, tuple)):
+        if isinstance(self.betas, list | tuple):
             object.__setattr__(self, "betas", jnp.asarray(self.betas, dtype=jnp.float32))
         _validate_betas(self.betas)
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
     def linear(
-        cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+        cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, dtype=jnp.float32
     ) -> DDPMChain:
         """β_t linear from beta_start (t=1) to beta_end (t=T) (Ho et al. 2020: 1e-4 → 0.02)."""
         _check_num_steps(num_steps, "DDPMChain.linear")
@@ -86,10 +85,12 @@ class DDPMChain(GaussianProcess):
         check_less("beta_start", beta_start, "beta_end", beta_end, "DDPMChain.linear")
         check_less("beta_end", beta_end, "1", 1.0, "DDPMChain.linear")
         betas = np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)
-        return cls(jnp.asarray(betas, dtype=jnp.float32))
+        return cls(jnp.asarray(betas, dtype=dtype))
 
     @classmethod
-    def cosine(cls, num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> DDPMChain:
+    def cosine(
+        cls, num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999, dtype=jnp.float32
+    ) -> DDPMChain:
         """Nichol & Dhariwal (2021), eq. 17: ᾱ_t = f(t)/f(0), f(t) = cos²(π/2 · (t/T + s)/(1 + s)),
         β_t = min(1 − ᾱ_t/ᾱ_{t−1}, max_beta) (the clip only binds near t = T)."""
         _check_num_steps(num_steps, "DDPMChain.cosine")
@@ -99,7 +100,7 @@ class DDPMChain(GaussianProcess):
         check_less("max_beta", max_beta, "1", 1.0, "DDPMChain.cosine")
         f = cosine_alpha_bar(np.arange(num_steps + 1), num_steps, s)
         betas = np.minimum(1.0 - f[1:] / f[:-1], max_beta)
-        return cls(jnp.asarray(betas, dtype=jnp.float32))
+        return cls(jnp.asarray(betas, dtype=dtype))
 
     # -- the schedule ------------------------------------------------------------------------
     @property
@@ -116,11 +117,6 @@ class DDPMChain(GaussianProcess):
         return float(self.num_steps)
 
     @property
-    def alphas(self) -> Float[Array, " T"]:
-        """α_t = 1 − β_t for t = 1..T."""
-        return 1.0 - self.betas
-
-    @property
     def log_alpha_bars(self) -> Float[Array, " T+1"]:
         """log ᾱ_t for t = 0..T (log ᾱ_0 = 0)."""
         zero = jnp.zeros((1,), self.betas.dtype)
@@ -128,7 +124,7 @@ class DDPMChain(GaussianProcess):
 
     @property
     def alpha_bars(self) -> Float[Array, " T+1"]:
-        """ᾱ_t = Π_{s≤t} α_s for t = 0..T (ᾱ_0 = 1)."""
+        """ᾱ_t = Π_{s≤t} (1 − β_s) for t = 0..T (ᾱ_0 = 1)."""
         return jnp.exp(self.log_alpha_bars)
 
     @property
@@ -177,93 +173,44 @@ class DDPMChain(GaussianProcess):
         """ᾱ_t for t in 0..T."""
         return self.alpha_bars[self._index(self.check_time(t))]
 
-    def _alpha(self, t):
-        return jnp.exp(0.5 * self.log_alpha_bars[self._index(t)])
+    def alpha(self, t):
+        """√ᾱ_t (t an integer step in [0, T], checked where concrete: the chain is a lookup)."""
+        return jnp.exp(0.5 * self.log_alpha_bars[self._index(self.check_time(t))])
 
-    def _sigma(self, t):
-        return jnp.sqrt(self.one_minus_alpha_bars[self._index(t)])
+    def sigma(self, t):
+        """√(1 − ᾱ_t)."""
+        return jnp.sqrt(self.one_minus_alpha_bars[self._index(self.check_time(t))])
 
-    def _step_terms(self, t):
-        """(β_t, α_t, 1 − ᾱ_t, ᾱ_{t−1}, 1 − ᾱ_{t−1}) at a checked step t ∈ 1..T."""
-        i = self._index(self.check_step(t))
-        lab, omab = self.log_alpha_bars, self.one_minus_alpha_bars
-        beta = self.betas[i - 1]
-        return beta, 1.0 - beta, omab[i], jnp.exp(lab[i - 1]), omab[i - 1]
+    def log_snr(self, t: ArrayLike) -> Array:
+        """λ_t = log ᾱ_t − log(1 − ᾱ_t), from the log-space schedule."""
+        i = self._index(self.check_time(t))
+        return self.log_alpha_bars[i] - jnp.log(self.one_minus_alpha_bars[i])
 
-    def coefficients(self, t: ArrayLike) -> Coefficients:
-        """(α, σ, dα/dt, dσ/dt) with α = √ᾱ_t, σ = √(1 − ᾱ_t) and NaN derivatives.
-
-        A discrete chain has no time derivative. NaN (rather than raising) keeps everything that
-        needs only α and σ working — the 'eps'/'x0'/'score'/'v' conversions of
-        `diffjax.parameterization` and the mixture oracle's exact ε-model — while any use of the
-        derivatives (the 'velocity' kind, ODE/SDE rates) comes out NaN instead of a plausible
-        wrong number (which zeros would give). `drift_coeff`/`diffusion_squared` raise.
-        """
-        t = self.check_time(t)
-        alpha, sigma = self._alpha(t), self._sigma(t)
-        nan = jnp.full_like(alpha, jnp.nan)
-        return Coefficients(alpha, sigma, nan, nan)
-
-    def drift_coeff(self, t: ArrayLike) -> Array:
-        raise ValueError(
-            "DDPMChain is a discrete chain: it has no drift f(t). Use ancestral_step for sampling, "
-            "or the continuous limit VPSDE(beta_min=T·β_1, beta_max=T·β_T) for SDE/ODE solvers."
-        )
-
-    def diffusion_squared(self, t: ArrayLike) -> Array:
-        raise ValueError(
-            "DDPMChain is a discrete chain: it has no diffusion rate g²(t). Use ancestral_step, "
-            "or the continuous limit VPSDE(beta_min=T·β_1, beta_max=T·β_T) for SDE/ODE solvers."
-        )
-
-    # -- forward chain -----------------------------------------------------------------------
-    def q_sample(self, key: Array, x0: Array, t: ArrayLike) -> tuple[Array, Array]:
-        """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, ε ~ N(0, I); returns (x_t, ε), both shaped like x0."""
-        return self.sample_marginal(key, x0, t)
-
+    # -- forward and reverse steps --------------------------------------------------------------
     def q_step_mean_var(self, x_prev: Array, t: ArrayLike) -> tuple[Array, Array]:
         """Mean √α_t x_{t−1} and variance β_t of q(x_t | x_{t−1}); the variance has shape
         (batch, 1, …) (broadcastable to x_prev)."""
         t = check_batch_time(x_prev, t, "DDPMChain.q_step_mean_var")
-        beta, alpha, *_ = self._step_terms(t)
-        return expand(jnp.sqrt(alpha), x_prev) * x_prev, expand(beta, x_prev)
+        beta = self.beta(t)
+        return expand(jnp.sqrt(1.0 - beta), x_prev) * x_prev, expand(beta, x_prev)
 
-    # -- reverse chain -----------------------------------------------------------------------
     def posterior_mean_variance(
         self, x_t: Array, x0: Array, t: ArrayLike
     ) -> tuple[Array, Array, Array]:
-        """q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I) (Ho et al. eqs. 6–7).
-
-        μ̃_t = √ᾱ_{t−1} β_t/(1 − ᾱ_t) x_0 + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) x_t and
-        β̃_t = β_t (1 − ᾱ_{t−1})/(1 − ᾱ_t). Returns (mean like x_t, variance, clipped log-variance),
-        the last two of shape (batch, 1, …); the log-variance at t = 1 is log β̃_2 (β̃_1 = 0).
-        """
-        t = check_batch_time(x_t, t, "DDPMChain.posterior_mean_variance")
-        beta, alpha, omab, ab_prev, omab_prev = self._step_terms(t)
-        c0 = jnp.sqrt(ab_prev) * beta / omab
-        ct = jnp.sqrt(alpha) * omab_prev / omab
-        mean = expand(c0, x_t) * x0 + expand(ct, x_t) * x_t
-        var = beta * omab_prev / omab
+        """q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I) (Ho et al. eqs. 6–7): the generic
+        `posterior(x_t, x0, t, t − 1)`, with Ho et al.'s clipped log-variance (log β̃_2 at t = 1,
+        where β̃_1 = 0). Returns (mean like x_t, variance, log-variance), the last two (batch, 1, …)."""
+        t = self.check_step(check_batch_time(x_t, t, "DDPMChain.posterior_mean_variance"))
+        mean, var = self.posterior(x_t, x0, t, t - 1)
         logvar = self.posterior_log_variances_clipped[self._index(t) - 1]
-        return mean, expand(var, x_t), expand(logvar, x_t)
-
-    def predict_x0_from_eps(self, x_t: Array, eps: Array, t: ArrayLike) -> Array:
-        """x̂_0 = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t."""
-        t = check_batch_time(x_t, t, "DDPMChain.predict_x0_from_eps")
-        return to_x0_eps(eps, "eps", x_t, self.coefficients(t))[0]
-
-    def mean_from_eps(self, x_t: Array, eps: Array, t: ArrayLike) -> Array:
-        """μ_θ = (x_t − β_t/√(1 − ᾱ_t) ε)/√α_t (Ho et al. eq. 11); equals μ̃_t(x_t, x̂_0(ε))."""
-        t = check_batch_time(x_t, t, "DDPMChain.mean_from_eps")
-        beta, alpha, omab, *_ = self._step_terms(t)
-        return (x_t - expand(beta / jnp.sqrt(omab), x_t) * eps) / expand(jnp.sqrt(alpha), x_t)
+        return mean, var, expand(logvar, x_t)
 
     def model_log_variance(self, t: ArrayLike, variance: ReverseVariance = "posterior") -> Array:
         """log of the fixed reverse variance of p_θ(x_{t−1} | x_t) (Ho et al. §3.2).
 
         'posterior': β̃_t (the lower bound on the optimal variance); 'beta': β_t (the upper one).
         At t = 1 both give log β̃_2, the decoder variance of Ho et al.'s code (β̃_1 = 0)."""
-        _check_variance(variance)
+        check_variance(variance)
         i = self._index(self.check_step(t)) - 1
         clipped = self.posterior_log_variances_clipped
         if variance == "posterior":
@@ -275,7 +222,7 @@ class DDPMChain(GaussianProcess):
         """KL(q(x_T | x_0) ‖ N(0, I)) in bits per dimension, shape (batch,)."""
         mean, std = self.marginal(x0, self.num_steps)
         kl = normal_kl(mean, 2.0 * jnp.log(std), 0.0, 0.0)
-        return _mean_bits(kl)
+        return mean_bits(kl)
 
     def elbo_terms(
         self, x0: Array, x_t: Array, t: ArrayLike, model_mean: Array, model_logvar: Array
@@ -289,87 +236,11 @@ class DDPMChain(GaussianProcess):
         model_logvar broadcasts against x (e.g. shape (batch, 1, …) for a fixed variance)."""
         t = check_batch_time(x0, t, "DDPMChain.elbo_terms")
         true_mean, _, true_logvar = self.posterior_mean_variance(x_t, x0, t)
-        kl = _mean_bits(normal_kl(true_mean, true_logvar, model_mean, model_logvar))
-        nll = -_mean_bits(
+        kl = mean_bits(normal_kl(true_mean, true_logvar, model_mean, model_logvar))
+        nll = -mean_bits(
             discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * jnp.asarray(model_logvar))
         )
         return jnp.where(self._index(t) == 1, nll, kl)
-
-
-class VariationalBound(NamedTuple):
-    """Per-example negative ELBO in bits/dim: total = prior + Σ_t terms[:, t−1]."""
-
-    total: Float[Array, " batch"]
-    terms: Float[Array, "batch T"]
-    prior: Float[Array, " batch"]
-
-
-def variational_bound(
-    key: Array,
-    x0: Array,
-    eps_model_fn: EpsModelFn,
-    chain: DDPMChain,
-    variance: ReverseVariance = "posterior",
-) -> VariationalBound:
-    """Negative ELBO −log p_θ(x_0) ≤ L_T + Σ_{t>1} L_{t−1} + L_0 (Ho et al. eq. 5), bits/dim.
-
-    p_θ(x_{t−1}|x_t) = N(mean_from_eps(x_t, ε_θ(x_t, t)), exp(model_log_variance(t))). Each
-    term uses its own draw x_t ~ q(x_t | x_0) (an unbiased single-sample estimate per t); the
-    loop over t is a `lax.scan` (one compiled model call). x0: (batch, *event) on the 8-bit grid.
-    """
-    _check_variance(variance)
-    batch = x0.shape[0]
-    ts = jnp.arange(1, chain.num_steps + 1, dtype=jnp.int32)
-    keys = jax.random.split(key, chain.num_steps)
-
-    def term(carry, kt):
-        k, t = kt
-        tb = jnp.full((batch,), t)
-        x_t, _ = chain.q_sample(k, x0, tb)
-        mean = chain.mean_from_eps(x_t, eps_model_fn(x_t, tb), tb)
-        logvar = expand(chain.model_log_variance(tb, variance), x0)
-        return carry, chain.elbo_terms(x0, x_t, tb, mean, logvar)
-
-    _, terms = jax.lax.scan(term, None, (keys, ts))
-    terms = terms.T
-    prior = chain.prior_kl(x0)
-    return VariationalBound(prior + terms.sum(axis=1), terms, prior)
-
-
-# -- training and sampling ---------------------------------------------------------------------
-def simple_eps_loss(model_fn: EpsModelFn, x0: Array, key: Array, chain: DDPMChain) -> Array:
-    """L_simple = E_{t ~ U{1..T}, ε} ‖ε − ε_θ(x_t, t)‖² / D (Ho et al. eq. 14), a scalar.
-
-    model_fn(x_t, t) receives integer t of shape (batch,); the squared error is averaged over
-    the D event dimensions and then over the batch. Pure: usable under jit, grad and vmap."""
-    t_key, eps_key = jax.random.split(key)
-    t = jax.random.randint(t_key, (x0.shape[0],), 1, chain.num_steps + 1)
-    x_t, eps = chain.q_sample(eps_key, x0, t)
-    err = (model_fn(x_t, t) - eps) ** 2
-    return jnp.mean(err.reshape(x0.shape[0], -1).mean(axis=1))
-
-
-def ancestral_step(
-    key: Array,
-    x_t: Array,
-    t: ArrayLike,
-    eps_pred: Array,
-    chain: DDPMChain,
-    variance: ReverseVariance = "posterior",
-) -> Array:
-    """One DDPM reverse step (Ho et al. Algorithm 2):
-
-        x_{t−1} = (x_t − β_t/√(1 − ᾱ_t) ε_θ)/√α_t + √v_t z,   z ~ N(0, I),
-
-    with v_t = β̃_t ('posterior') or β_t ('beta'), and no noise at t = 1. t: scalar or (batch,).
-    """
-    _check_variance(variance)
-    t = check_batch_time(x_t, t, "ancestral_step")
-    mean = chain.mean_from_eps(x_t, eps_pred, t)
-    std = jnp.exp(0.5 * chain.model_log_variance(t, variance))
-    std = jnp.where(chain._index(t) > 1, std, 0.0)
-    z = jax.random.normal(key, x_t.shape, x_t.dtype)
-    return mean + expand(std, x_t) * z
 
 
 # -- Gaussian log-likelihood helpers ------------------------------------------------------------
@@ -423,14 +294,14 @@ def cosine_alpha_bar(t: ArrayLike, num_steps: int, s: float = 0.008) -> np.ndarr
     return f(t) / f(0.0)
 
 
-# -- checks ------------------------------------------------------------------------------------
-def _mean_bits(x: Array) -> Array:
+def mean_bits(x: Array) -> Array:
     """Mean over all but the leading axis, converted from nats to bits."""
     return x.reshape(x.shape[0], -1).mean(axis=1) / _LN2
 
 
+# -- checks ------------------------------------------------------------------------------------
 def _check_num_steps(num_steps, owner: str) -> None:
-    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
+    if not isinstance(num_steps, int | np.integer) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"{owner}: num_steps must be a positive integer, got {num_steps!r}.")
 
 
@@ -444,7 +315,7 @@ def _check_integer(t: Array, owner: str) -> None:
             )
 
 
-def _check_variance(variance: str) -> None:
+def check_variance(variance: str) -> None:
     if variance not in ("posterior", "beta"):
         raise ValueError(
             f"Unknown reverse variance {variance!r}; choose 'posterior' (β̃_t) or 'beta' (β_t)."

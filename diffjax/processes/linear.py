@@ -18,10 +18,10 @@ scalar or of shape (batch,) (then every output gains a leading batch axis).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +29,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from diffjax._pytree import pytree_dataclass, static_field
 from diffjax._validate import check_positive, check_time, is_concrete
+from diffjax.solvers import ODE, Adaptive, Solver, integrate
 
 Coefficient = Callable[[Array], Array]
 
@@ -341,23 +342,14 @@ class LinearSDE:
         dtype = jnp.result_type(t, float)
         y0 = (jnp.eye(d, dtype=dtype), jnp.zeros(d, dtype), jnp.zeros((d, d), dtype))
         rtol, atol = self._tolerances(dtype)
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(_moment_vector_field),
-            diffrax.Tsit5(),
-            t0=0.0,
-            t1=1.0,
-            dt0=None,
-            y0=y0,
-            args=(self, t),
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            max_steps=self.max_steps,
-        )
-        phi, m, v = (y[-1] for y in sol.ys)
+        solver = Adaptive(rtol=rtol, atol=atol, max_steps=self.max_steps, initial_steps=None)
+        term = ODE(functools.partial(_moment_vector_field, self, t))
+        phi, m, v = integrate(solver, term, y0, jnp.asarray([0.0, 1.0], dtype)).y
         return Transition(phi, m, 0.5 * (v + v.T))
 
     def transition(self, t: ArrayLike) -> Transition:
         """(Φ(t), m(t), V(t)) with X_t | X_0 = x0 ~ N(Φ x0 + m, V), from the moment ODEs solved with
-        diffrax (Tsit5, adaptive steps). t scalar, or (k,) for a leading axis k on every output."""
+        the shared integrator (adaptive Tsit5). t scalar, or (k,) for a leading axis k on every output."""
         return _solve_transition(self, self.check_time(t))
 
     def moments(
@@ -393,26 +385,27 @@ class LinearSDE:
             raise ValueError(f"LinearSDE: ts must be a 1-D grid of >= 2 times, got {ts.shape}.")
         x0 = self._check_x(x0, jnp.zeros(()))
         d = self.dim
-        eye = jnp.eye(d, dtype=ts.dtype)
-
-        def step(carry, inp):
-            phi, m, v = carry
-            t, t_next = inp
-            dt = t_next - t
-            k = eye + self.A(t).astype(ts.dtype) * dt
-            s = self.diffusion_covariance(t).astype(ts.dtype)
-            return (k @ phi, k @ m + self._b(t) * dt, k @ v @ k.T + s * jnp.abs(dt)), None
-
-        init = (eye, jnp.zeros(d, ts.dtype), jnp.zeros((d, d), ts.dtype))
-        (phi, m, v), _ = jax.lax.scan(step, init, (ts[:-1], ts[1:]))
+        y0 = (jnp.eye(d, dtype=ts.dtype), jnp.zeros(d, ts.dtype), jnp.zeros((d, d), ts.dtype))
+        phi, m, v = integrate(_EulerMaruyamaMoments(), self, y0, ts).y
         return Transition(phi, m, v).mean(x0), 0.5 * (v + v.T)
 
 
-def _moment_vector_field(s, y, args):
+@pytree_dataclass
+class _EulerMaruyamaMoments(Solver):
+    """The exact moment recursion of an Euler–Maruyama step on a linear SDE (the term):
+    (Φ, m, V) ← (KΦ, Km + bΔ, KVKᵀ + GQGᵀ|Δ|) with K = I + AΔ."""
+
+    def step(self, sde, y, carry, t, t_next, key):
+        phi, m, v = y
+        dt = t_next - t
+        k = jnp.eye(m.shape[0], dtype=m.dtype) + sde.A(t).astype(m.dtype) * dt
+        s = sde.diffusion_covariance(t).astype(m.dtype)
+        return (k @ phi, k @ m + sde._b(t) * dt, k @ v @ k.T + s * jnp.abs(dt)), carry
+
+
+def _moment_vector_field(sde, t, y, s):
     """(Φ, m, V)' = (AΦ, Am + b, AV + VAᵀ + GQGᵀ) at τ = s·t, times t: the time is rescaled to
-    s ∈ [0, 1] so that every solve runs on a fixed interval and t = 0 needs no special case.
-    Module-level (not a closure), so the compiled solve is reused across calls."""
-    sde, t = args
+    s ∈ [0, 1] so that every solve runs on a fixed interval and t = 0 needs no special case."""
     phi, m, v = y
     tau = s * t
     a = sde.A(tau).astype(v.dtype)

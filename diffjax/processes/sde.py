@@ -1,4 +1,4 @@
-"""Forward diffusion SDEs dX = f(t)·X dt + g(t) dW with data at t=0 and noise at t=T.
+"""Forward diffusion SDEs dX = f(t)·X dt + g(t) dW with data at t = 0 and noise at t = T.
 
 Closed forms follow Song et al. (2021), "Score-Based Generative Modeling through SDEs",
 eqs. (19)–(22) of `shared/seeds/001`, written with B(t) = ∫₀ᵗ β(s) ds:
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from diffjax._pytree import pytree_dataclass, static_field
-from diffjax._validate import check_batch_time, check_less, check_positive
+from diffjax._validate import check_less, check_positive
 from diffjax.processes.base import GaussianProcess, expand
 
 ScoreFn = Callable[[Array, Array], Array]
@@ -39,14 +39,10 @@ class SDE(GaussianProcess):
     def t_noise(self) -> float:
         return self.T
 
-    def drift(self, x: Array, t) -> Array:
-        """f(x, t) = f(t)·x."""
-        t = check_batch_time(x, t, type(self).__name__)
-        return expand(self.drift_coeff(t), x) * x
-
-    def diffusion(self, t) -> Array:
-        """g(t)."""
-        return jnp.sqrt(self.diffusion_squared(t))
+    @property
+    def default_t_eps(self) -> float:
+        """1e-3·T, score_sde's sampling end (σ̇ ~ 1/√t is singular at t = 0 for VP-type SDEs)."""
+        return 1e-3 * self.T
 
     def reverse_drift(self, score_fn: ScoreFn) -> Callable[[Array, Array], Array]:
         """Drift f − g²·∇log p_t of the reverse-time SDE (Anderson 1982), run from T to 0."""
@@ -65,14 +61,13 @@ class SDE(GaussianProcess):
         return drift
 
 
-class _LinearBeta:
-    """β(t) = β_min + (β_max − β_min) t/T and its integral B(t)."""
+class _LinearBetaSDE(SDE):
+    """β(t) = β_min + (β_max − β_min) t/T, its integral B(t) and α = e^{−B/2}: what VP and sub-VP share."""
 
     beta_min: float
     beta_max: float
-    T: float
 
-    def _validate(self):
+    def __post_init__(self):
         name = type(self).__name__
         check_positive("beta_min", self.beta_min, name)
         check_less("beta_min", self.beta_min, "beta_max", self.beta_max, name)
@@ -87,25 +82,22 @@ class _LinearBeta:
         t = jnp.asarray(t)
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2 / self.T
 
+    def alpha(self, t):
+        return jnp.exp(-0.5 * self.integrated_beta(t))
+
     def drift_coeff(self, t) -> Array:
         return -0.5 * self.beta(t)
 
 
 @pytree_dataclass
-class VPSDE(_LinearBeta, SDE):
+class VPSDE(_LinearBetaSDE):
     """Variance-preserving SDE dx = −½β(t) x dt + √β(t) dW (DDPM's continuous limit)."""
 
     beta_min: float = static_field(default=0.1)
     beta_max: float = static_field(default=20.0)
     T: float = static_field(default=1.0)
 
-    def __post_init__(self):
-        self._validate()
-
-    def _alpha(self, t):
-        return jnp.exp(-0.5 * self.integrated_beta(t))
-
-    def _sigma(self, t):
+    def sigma(self, t):
         return jnp.sqrt(-jnp.expm1(-self.integrated_beta(t)))
 
     def diffusion_squared(self, t) -> Array:
@@ -113,20 +105,14 @@ class VPSDE(_LinearBeta, SDE):
 
 
 @pytree_dataclass
-class SubVPSDE(_LinearBeta, SDE):
+class SubVPSDE(_LinearBetaSDE):
     """Sub-VP SDE dx = −½β x dt + √(β(1 − e^{−2B(t)})) dW; its variance stays below VP's."""
 
     beta_min: float = static_field(default=0.1)
     beta_max: float = static_field(default=20.0)
     T: float = static_field(default=1.0)
 
-    def __post_init__(self):
-        self._validate()
-
-    def _alpha(self, t):
-        return jnp.exp(-0.5 * self.integrated_beta(t))
-
-    def _sigma(self, t):
+    def sigma(self, t):
         return -jnp.expm1(-self.integrated_beta(t))
 
     def diffusion_squared(self, t) -> Array:
@@ -151,12 +137,12 @@ class VESDE(SDE):
         t = jnp.asarray(t)
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** (t / self.T)
 
-    def _alpha(self, t):
-        return jnp.ones_like(t)
+    def alpha(self, t):
+        return jnp.ones_like(jnp.asarray(t) + 0.0)
 
-    def _sigma(self, t):
+    def sigma(self, t):
         log_ratio = jnp.log(self.sigma_max / self.sigma_min)
-        return self.sigma_min * jnp.sqrt(jnp.expm1(2.0 * log_ratio * t / self.T))
+        return self.sigma_min * jnp.sqrt(jnp.expm1(2.0 * log_ratio * jnp.asarray(t) / self.T))
 
     def drift_coeff(self, t) -> Array:
         return jnp.zeros_like(self.check_time(t))
@@ -189,13 +175,12 @@ class CosineVPSDE(SDE):
         b = jnp.arctan(jnp.exp(-0.5 * self.logsnr_min))
         return -2.0 * jnp.log(jnp.tan(a + (b - a) * t / self.T))
 
-    def _alpha(self, t):
+    def alpha(self, t):
         return jnp.sqrt(jax.nn.sigmoid(self._logsnr(t)))
 
-    def _sigma(self, t):
+    def sigma(self, t):
         return jnp.sqrt(jax.nn.sigmoid(-self._logsnr(t)))
 
     def beta(self, t) -> Array:
         """β(t) = −2 d log α/dt."""
         return -2.0 * self.drift_coeff(t)
-

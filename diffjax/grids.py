@@ -1,96 +1,52 @@
 """Time grids for samplers, from the noise end to the data end of any `GaussianProcess`.
 
 Every grid is an array of shape (n+1,) on the process's own time axis with ts[0] = t_noise (where
-the prior is drawn) and ts[n] = t_end = t_data ∓ t_eps (the data end, offset by t_eps towards the
-noise; t_eps = 0 ends exactly at the data). Diffusion SDEs run t from T down to t_eps, flow paths
-from 0 up to 1 − t_eps, the discrete DDPM chain over integer steps T..0 (uniform grids only,
-rounded: the respacing of Nichol & Dhariwal 2021).
+the prior is drawn) and ts[n] = `process.data_end(t_eps)` (t_data moved by t_eps towards the noise;
+t_eps = 0 ends exactly at the data). A discrete process (the DDPM chain) takes uniform grids only,
+rounded to integer steps (the respacing of Nichol & Dhariwal 2021).
 
     uniform   t_i = t_noise + (i/n)(t_end − t_noise)
     edm       r_i^{1/ρ} = r_max^{1/ρ} + (i/n)(r_min^{1/ρ} − r_max^{1/ρ}),  r = σ/α   (Karras et al.
               2022, eq. 5; for VE σ/α = σ, for general processes the noise-to-signal ratio)
     logsnr    λ_i = λ_noise + (i/n)(λ_end − λ_noise),  λ = log(α²/σ²)   (uniform in log-SNR)
 
-The non-uniform grids are defined through σ/α or λ and mapped back to times by bisection
-(`time_at_log_snr`, jittable). Where these are infinite (α = 0 at a flow's noise end, σ = 0 at the
-data end) the spacing uses a finite stand-in (`max_ratio`/`min_ratio`, `max_abs_logsnr`) and the end point is
-still t_noise / t_end; finite values are never clipped, so the grids refine everywhere as n grows
-(except for the interval from an infinite end to its stand-in, where every solver is accurate).
+The non-uniform grids are defined through σ/α or λ and mapped back to times by
+`process.time_at_log_snr` (bisection, jittable). Where these are infinite (α = 0 at a flow's noise
+end, σ = 0 at the data end) the spacing uses a finite stand-in (`max_ratio`/`min_ratio`,
+`max_abs_logsnr`) and the end point is still t_noise / t_end; finite values are never clipped, so
+the grids refine everywhere as n grows (except for the interval from an infinite end to its
+stand-in, where every solver is accurate).
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, Float
 
 from diffjax.processes.base import GaussianProcess
-from diffjax.processes.ddpm import DDPMChain
 
 GRIDS = ("uniform", "edm", "logsnr")
 
 
-def default_t_eps(process: GaussianProcess) -> float:
-    """1e-3·T for diffusion SDEs (score_sde's sampling end), 0 for flow paths and the DDPM chain
-    (whose models are finite at the data end)."""
-    if isinstance(process, DDPMChain) or process.direction > 0:
-        return 0.0
-    return 1e-3 * abs(process.t_noise - process.t_data)
-
-
-def data_end(process: GaussianProcess, t_eps: float | None = None) -> float:
-    """t_end = t_data − direction·t_eps, the last time of every grid (a static float)."""
-    t_eps = default_t_eps(process) if t_eps is None else t_eps
-    span = abs(process.t_noise - process.t_data)
-    if not isinstance(t_eps, (int, float, np.floating, np.integer)) or not 0.0 <= t_eps < span:
-        raise ValueError(
-            f"t_eps must be a float in [0, {span}) (the offset of the last time from the data end "
-            f"t_data={process.t_data}), got {t_eps!r}."
-        )
-    if isinstance(process, DDPMChain) and float(t_eps) != round(float(t_eps)):
-        raise ValueError(f"t_eps must be an integer number of steps for DDPMChain, got {t_eps}.")
-    return float(process.t_data - process.direction * t_eps)
-
-
 def _check_n(n, process: GaussianProcess, grid: str) -> None:
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
         raise ValueError(f"the number of steps must be a positive integer, got {n!r}.")
-    if isinstance(process, DDPMChain):
+    if process.discrete:
         if grid != "uniform":
             raise ValueError(
-                f"{grid}_grid: the DDPM chain's log-SNR jumps to +inf at its last step, so rounded "
-                "non-uniform grids repeat steps; use uniform_grid or pass an array of distinct "
-                "integer steps."
+                f"{grid}_grid: the log-SNR of {type(process).__name__} jumps to +inf at its last step, "
+                "so rounded non-uniform grids repeat steps; use uniform_grid or pass an array of "
+                "distinct integer steps."
             )
-        if n > process.num_steps:
-            raise ValueError(f"uniform_grid: at most T = {process.num_steps} steps, got {n}.")
+        span = abs(process.t_noise - process.t_data)
+        if n > span:
+            raise ValueError(f"uniform_grid: at most {int(span)} steps on {type(process).__name__}, got {n}.")
 
 
 def _finish(process: GaussianProcess, ts: Array, t_end: float) -> Array:
     ts = ts.at[0].set(process.t_noise).at[-1].set(t_end)
-    return jnp.round(ts) if isinstance(process, DDPMChain) else ts
-
-
-def time_at_log_snr(
-    process: GaussianProcess, lam: Float[ArrayLike, "*n"], t_noise: ArrayLike, t_end: ArrayLike
-) -> Float[Array, "*n"]:
-    """The time t between t_noise and t_end with λ(t) = lam, by bisection (λ increases from the
-    noise to the data end). Values of lam outside [λ(t_noise), λ(t_end)] give the nearer end.
-    Jittable; accurate to the floating-point resolution of t."""
-    lam = jnp.asarray(lam, jnp.result_type(float))
-    t_noise = jnp.asarray(t_noise, lam.dtype)
-    t_end = jnp.asarray(t_end, lam.dtype)
-
-    def body(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        below = process.log_snr(t_noise + mid * (t_end - t_noise)) < lam
-        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-    zeros = jnp.zeros_like(lam)
-    lo, hi = jax.lax.fori_loop(0, jnp.finfo(lam.dtype).nmant + 3, body, (zeros, zeros + 1.0))
-    return t_noise + 0.5 * (lo + hi) * (t_end - t_noise)
+    return jnp.round(ts) if process.discrete else ts
 
 
 def uniform_grid(
@@ -98,7 +54,7 @@ def uniform_grid(
 ) -> Float[Array, " n_plus_1"]:
     """n equal steps in t from t_noise to t_end."""
     _check_n(n, process, "uniform")
-    t_end = data_end(process, t_eps)
+    t_end = process.data_end(t_eps)
     ts = jnp.linspace(process.t_noise, t_end, n + 1, dtype=jnp.result_type(float))
     return _finish(process, ts, t_end)
 
@@ -119,7 +75,7 @@ def edm_grid(
     _check_n(n, process, "edm")
     if not rho > 0:
         raise ValueError(f"edm_grid: rho must be > 0, got {rho}.")
-    t_end = data_end(process, t_eps)
+    t_end = process.data_end(t_eps)
     dtype = jnp.result_type(float)
     log_ratio = lambda t: -0.5 * process.log_snr(jnp.asarray(t, dtype))  # noqa: E731
     log_r_max = log_ratio(process.t_noise)
@@ -128,7 +84,7 @@ def edm_grid(
     r_min = jnp.where(r_min > 0, r_min, min_ratio)
     i = jnp.arange(n + 1, dtype=dtype) / n
     r = (r_max ** (1 / rho) + i * (r_min ** (1 / rho) - r_max ** (1 / rho))) ** rho
-    ts = time_at_log_snr(process, -2.0 * jnp.log(r), process.t_noise, t_end)
+    ts = process.time_at_log_snr(-2.0 * jnp.log(r), process.t_noise, t_end)
     return _finish(process, ts, t_end)
 
 
@@ -139,7 +95,7 @@ def logsnr_grid(
     infinite end (α = 0 or σ = 0) is replaced by ∓max_abs_logsnr (±15: the truncation of the cosine
     schedule)."""
     _check_n(n, process, "logsnr")
-    t_end = data_end(process, t_eps)
+    t_end = process.data_end(t_eps)
     dtype = jnp.result_type(float)
 
     def finite_log_snr(t):
@@ -147,7 +103,7 @@ def logsnr_grid(
         return jnp.where(jnp.isfinite(lam), lam, jnp.sign(lam) * max_abs_logsnr)
 
     lam = jnp.linspace(finite_log_snr(process.t_noise), finite_log_snr(t_end), n + 1, dtype=dtype)
-    ts = time_at_log_snr(process, lam, process.t_noise, t_end)
+    ts = process.time_at_log_snr(lam, process.t_noise, t_end)
     return _finish(process, ts, t_end)
 
 

@@ -1,0 +1,109 @@
+"""The bridge between the diffusion and the flow-matching time conventions.
+
+Diffusion: data at t = 0, noise at t = T, x_t = α(t) x_0 + σ(t) ε.
+Flow matching: noise at τ = 0, data at τ = 1, x_τ = α_τ x_1 + σ_τ x_0.
+(The translation table at the end of `shared/seeds/003`.)
+
+Every algorithm of diffjax works on a process's own time axis (`diffjax.processes.base`), so neither
+convention is privileged; this module re-reads any process in the other one. Under the time change
+τ = 1 − t/T (dt/dτ = −T) a diffusion SDE *is* a Gaussian path (`flow_path_from_sde`) and any path is a
+diffusion SDE (`sde_from_flow_path`, with the drift f = d log α/dt and g² = dσ²/dt − 2fσ² of
+`GaussianProcess`). The probability-flow ODE of the SDE and the flow-matching ODE of its path are the
+same ODE: u_τ(x) = −T · v_pf(x, t(τ)).
+"""
+
+from __future__ import annotations
+
+from jaxtyping import Array
+
+from diffjax._pytree import pytree_dataclass
+from diffjax.processes.base import GaussianProcess
+from diffjax.processes.paths import GaussianPath
+from diffjax.processes.sde import SDE, VPSDE
+
+
+def flow_time(t, T: float = 1.0):
+    """Diffusion time t ∈ [0, T] → flow-matching time τ = 1 − t/T."""
+    return 1.0 - t / T
+
+
+def diffusion_time(tau, T: float = 1.0):
+    """Flow-matching time τ ∈ [0, 1] → diffusion time t = T(1 − τ)."""
+    return T * (1.0 - tau)
+
+
+def velocity_to_flow_time(velocity: Array, T: float = 1.0) -> Array:
+    """dx/dτ = (dt/dτ)·dx/dt = −T·dx/dt."""
+    return -T * velocity
+
+
+def velocity_to_diffusion_time(velocity: Array, T: float = 1.0) -> Array:
+    """dx/dt = −dx/dτ / T."""
+    return -velocity / T
+
+
+@pytree_dataclass
+class FlowTime(GaussianPath):
+    """`process` read in flow-matching time: noise at τ = 0, data at τ = 1, with the base time
+    t(τ) = t_noise + (t_data − t_noise)·τ (for a diffusion SDE, t = T(1 − τ))."""
+
+    process: GaussianProcess
+
+    @property
+    def default_t_eps(self) -> float:
+        """The base process's data-end offset, in this time's units."""
+        return self.process.default_t_eps / abs(self.process.t_noise - self.process.t_data)
+
+    def _base_time(self, tau):
+        p = self.process
+        return p.t_noise + (p.t_data - p.t_noise) * tau
+
+    def alpha(self, tau):
+        return self.process.alpha(self._base_time(tau))
+
+    def sigma(self, tau):
+        return self.process.sigma(self._base_time(tau))
+
+
+@pytree_dataclass
+class DiffusionTime(SDE):
+    """`process` read as a diffusion SDE on t ∈ [0, 1]: data at 0, noise at 1, base time
+    t_data + (t_noise − t_data)·t (for a flow path, 1 − t). Its drift and diffusion are the generic
+    f = d log α/dt, g² = dσ²/dt − 2fσ², which lets SDE samplers run on flow-matching models."""
+
+    process: GaussianProcess
+
+    @property
+    def T(self) -> float:
+        return 1.0
+
+    @property
+    def default_t_eps(self) -> float:
+        """The base process's data-end offset, in this time's units."""
+        return self.process.default_t_eps / abs(self.process.t_noise - self.process.t_data)
+
+    def _base_time(self, t):
+        p = self.process
+        return p.t_data + (p.t_noise - p.t_data) * t
+
+    def alpha(self, t):
+        return self.process.alpha(self._base_time(t))
+
+    def sigma(self, t):
+        return self.process.sigma(self._base_time(t))
+
+
+def flow_path_from_sde(sde: GaussianProcess) -> GaussianPath:
+    """The Gaussian path (flow-matching convention) with the marginals of `sde`."""
+    return FlowTime(sde)
+
+
+def sde_from_flow_path(path: GaussianProcess) -> SDE:
+    """The diffusion-convention SDE (T = 1) with the marginals of `path`."""
+    return DiffusionTime(path)
+
+
+def VPPath(beta_min: float = 0.1, beta_max: float = 20.0) -> GaussianPath:  # noqa: N802 (a path)
+    """The VP path of Lipman et al. (2023): α_τ = e^{−B(1−τ)/2}, σ_τ = √(1 − α_τ²), the linear-β VP
+    SDE of `VPSDE(beta_min, beta_max)` read in flow-matching time."""
+    return FlowTime(VPSDE(beta_min=beta_min, beta_max=beta_max))

@@ -1,0 +1,41 @@
+"""Solvers: small frozen objects with a pure `step`, run by one integrator (`integrate`).
+
+    from diffjax.solvers import DPMSolverPP, Heun, integrate
+    sol = integrate(Heun(), term, y0, ts)      # any term: a model's flow, a likelihood, any ODE/SDE
+
+`SOLVERS` maps the names used by configs and `diffjax.sample` to the solver classes.
+"""
+
+from diffjax.solvers.adaptive import Adaptive
+from diffjax.solvers.ancestral import Ancestral
+from diffjax.solvers.base import Solution, Solver, integrate
+from diffjax.solvers.ddim import DDIM
+from diffjax.solvers.dpm_solver import DPMSolverPP
+from diffjax.solvers.edm import EDM
+from diffjax.solvers.euler_maruyama import EulerMaruyama
+from diffjax.solvers.predictor_corrector import PredictorCorrector
+from diffjax.solvers.runge_kutta import RK4, Euler, Heun, Midpoint, RungeKutta, Tableau
+from diffjax.solvers.terms import SDE, ODE, Langevin
+
+SOLVERS = {
+    # probability-flow ODE
+    "euler": Euler,
+    "heun": Heun,
+    "midpoint": Midpoint,
+    "rk4": RK4,
+    "ddim": DDIM,  # eta = 0 deterministic; eta > 0 stochastic
+    "dpm_solver_pp": DPMSolverPP,
+    "tsit5": lambda **kw: Adaptive(method="tsit5", **kw),
+    "dopri5": lambda **kw: Adaptive(method="dopri5", **kw),
+    # stochastic
+    "euler_maruyama": EulerMaruyama,
+    "ancestral": Ancestral,
+    "pc": PredictorCorrector,
+    "edm": EDM,  # s_churn = 0: EDM's deterministic Heun in σ/α
+}
+
+__all__ = [
+    "EDM", "ODE", "RK4", "SDE", "SOLVERS", "Adaptive", "Ancestral", "DDIM", "DPMSolverPP", "Euler",
+    "EulerMaruyama", "Heun", "Langevin", "Midpoint", "PredictorCorrector", "RungeKutta", "Solution",
+    "Solver", "Tableau", "integrate",
+]  # fmt: skip
