@@ -197,28 +197,28 @@ def conditional_loss(
     """`loss` of the class-conditional `model(x, t, labels, **model_kwargs)` with the labels dropped
     to `null_label` with probability p_uncond (one network learns p(x | y) and p(x): classifier-free
     guidance). loss: (model_fn, x0, key) -> scalar, e.g. `functools.partial(cfm_loss, process=p)`."""
-    k_loss, k_drop = jax.random.split(key)
+    k_loss, k_label = jax.random.split(key)
     if p_uncond > 0:
         if null_label is None:
             raise ValueError("conditional_loss: label dropout (p_uncond > 0) needs the null_label.")
-        labels = drop_labels(k_drop, labels, p_uncond, null_label)
-    bound = _BoundLabels(model, labels, model_kwargs)
-    return loss(bound, x0, k_loss)
+        labels = drop_labels(k_label, labels, p_uncond, null_label)
+    return loss(BoundLabels(model, labels, model_kwargs), x0, k_loss)
 
 
-class _BoundLabels:
-    """model(x, t) = model(x, t, labels, **kwargs), keeping the model's declared prediction."""
+class BoundLabels:
+    """model(x, t) = model(x, t·1.0, labels, **kwargs) (t as floats), keeping the model's declared
+    prediction: a class-conditional network seen by a loss or a sampler."""
 
-    def __init__(self, model, labels, kwargs):
-        self.model, self.labels, self.kwargs = model, labels, kwargs
+    def __init__(self, model, labels, kwargs=None):
+        self.model, self.labels, self.kwargs = model, labels, dict(kwargs or {})
         self.prediction = getattr(model, "prediction", None)
 
     def __call__(self, x, t):
-        return self.model(x, t, self.labels, **self.kwargs)
+        return self.model(x, jnp.asarray(t).astype(x.dtype), self.labels, **self.kwargs)
 
 
 __all__ = [
-    "TIME_SAMPLERS", "WEIGHTINGS", "TimeSampler", "cfm_loss", "conditional_loss", "constant_time",
+    "TIME_SAMPLERS", "WEIGHTINGS", "BoundLabels", "TimeSampler", "cfm_loss", "conditional_loss", "constant_time",
     "denoising_loss", "drop_labels", "dsm_loss", "irreducible_loss_gaussian", "logit_normal_time",
     "loss_weight", "uniform_time",
 ]  # fmt: skip

@@ -1,127 +1,173 @@
-"""Config → library objects: the glue between `ml_collections` configs and diffjax.
+"""Config → library objects: the glue between an experiment config and diffjax, plus its validation.
 
-Plain functions of a ConfigDict; the library itself never imports from `experiments/`.
+`validate_config(cfg)` runs before any data is read or anything compiled: every key must exist in
+`configs/base.py` (a typo is an error, not a silently ignored setting) and every value must make sense
+(names of the process, loss, weighting, time sampler and sampler; positive sizes and periods; labels
+and label dropout only for class-conditional models); the network's config fields, the process's
+parameters and the solver's options are checked by constructing them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import sys
 
-import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
-from diffjax.guidance import cfg_model
-from diffjax.losses import cfm_loss, dsm_loss, uniform_time
-from diffjax.models import ResidualMLP, ResidualMLPConfig, UNet, UNetConfig, drop_labels
-from diffjax.parameterization import clip_denoised
-from diffjax.paths.gaussian import CondOTPath, CosinePath
-from diffjax.processes.ddpm import DDPMChain, simple_eps_loss
-from diffjax.processes.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
-from diffjax.samplers import sample
-from diffjax.training import Checkpointer, create_train_state, make_optimizer
+import diffjax as dj
+from diffjax.losses import TIME_SAMPLERS, WEIGHTINGS
+from diffjax.models import MODELS
+from diffjax.processes import PROCESSES
+from diffjax.training import Checkpointer, TrainedModel
+from diffjax.training.workdir import RunMismatchError
+from experiments.configs import base
 
-PROCESSES = {
-    "vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine_vp": CosineVPSDE,
-    "condot": CondOTPath, "cosine_path": CosinePath, "ddpm": DDPMChain.linear,
-}  # fmt: skip
+LOSSES = {"dsm": "eps", "cfm": "velocity", "ddpm": "eps"}  # name → regression target
+FREE_FORM = {"model.kwargs", "process.kwargs", "loss.time_kwargs", "sample.options"}
 
 
-def _choose(table: dict, name: str, what: str):
-    if name not in table:
-        raise ValueError(f"Unknown {what} {name!r}; choose one of {tuple(table)}.")
-    return table[name]
+class ConfigError(ValueError):
+    """An experiment config with an unknown key or a value that cannot work."""
 
 
-def build_process(cfg):
-    return _choose(PROCESSES, cfg.process.name, "process")(**cfg.process.get("kwargs", {}))
+@contextlib.contextmanager
+def user_errors():
+    """Inside a script's main: a mistake in what the user asked for ends the process with its message
+    (exit status 2), not a traceback."""
+    try:
+        yield
+    except (ConfigError, RunMismatchError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
-def build_model(cfg, seed: int):
-    """The network (NNX module) declared by cfg.model, with output kind cfg.model.output."""
-    kwargs = dict(cfg.model.kwargs)
-    if cfg.model.kind == "mlp":
-        return ResidualMLP(ResidualMLPConfig(output=cfg.model.output, **kwargs), rngs=nnx.Rngs(seed))
-    if cfg.model.kind == "unet":
-        return UNet(UNetConfig(output=cfg.model.output, **kwargs), rngs=nnx.Rngs(seed))
-    raise ValueError(f"Unknown model kind {cfg.model.kind!r}; choose 'mlp' or 'unet'.")
+def _unknown_keys(cfg, schema, prefix="") -> list[str]:
+    out = []
+    for key in cfg:
+        path = f"{prefix}{key}"
+        if key not in schema:
+            out.append(path)
+        elif path not in FREE_FORM and isinstance(schema[key], ml_collections.ConfigDict):
+            out += _unknown_keys(cfg[key], schema[key], path + ".")
+    return out
+
+
+def model_spec(cfg) -> dict:
+    return {"kind": cfg.model.kind, "prediction": cfg.model.prediction, **dict(cfg.model.kwargs)}
+
+
+def process_spec(cfg) -> dict:
+    return {"name": cfg.process.name, **dict(cfg.process.kwargs)}
+
+
+def optimizer_spec(cfg) -> dict:
+    t = cfg.train
+    return dict(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, total_steps=t.num_steps,
+                weight_decay=t.weight_decay, clip_norm=t.clip_norm)  # fmt: skip
 
 
 def num_classes(cfg) -> int | None:
     return cfg.model.kwargs.get("num_classes")
 
 
-def build_loss_fn(cfg, graphdef, process):
-    """loss_fn(params, batch, key) -> scalar for `diffjax.training.make_train_step`."""
-    kind, output = cfg.loss.name, cfg.model.output
-    n_cls, p_drop = num_classes(cfg), cfg.train.get("label_dropout", 0.0)
-    if kind == "dsm":
-        sampler = uniform_time(process, cfg.loss.t_eps)
+def validate_config(cfg) -> None:
+    """Raise ConfigError naming the offending key and value (module docstring)."""
+    unknown = _unknown_keys(cfg, base.get_config())
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown}; every key is listed in experiments/configs/base.py.")
+    problems = []
 
-        def loss(fn, x, key):
-            return dsm_loss(fn, x, key, process=process, prediction=output,
-                            weighting=cfg.loss.weighting, time_sampler=sampler)  # fmt: skip
-    elif kind == "cfm":
-        sampler = uniform_time(process, cfg.loss.t_eps)
+    def need(ok, message):
+        if not ok:
+            problems.append(message)
 
-        def loss(fn, x, key):
-            return cfm_loss(fn, x, key, path=process, prediction=output, time_sampler=sampler)
-    elif kind == "ddpm":
-        if output != "eps" or not isinstance(process, DDPMChain):
-            raise ValueError("loss 'ddpm' needs process 'ddpm' and a model with output 'eps'.")
-
-        def loss(fn, x, key):
-            return simple_eps_loss(fn, x, key, process)
-    else:
-        raise ValueError(f"Unknown loss {kind!r}; choose 'dsm', 'cfm' or 'ddpm'.")
-
-    def loss_fn(params, batch, key):
-        x, y = batch
-        k_loss, k_drop, k_label = jax.random.split(key, 3)
-        model = nnx.merge(graphdef, params)
-        if n_cls is not None:
-            y = drop_labels(k_label, y, p_drop, n_cls) if p_drop > 0 else y
-        else:
-            y = None
-        return loss(lambda x_, t_: model(x_, t_.astype(x_.dtype), y, rngs=k_drop), x, k_loss)
-
-    return loss_fn
-
-
-@functools.cache
-def make_apply(graphdef):
-    """apply(params, x, t, y=None) without dropout — for sampling with the EMA parameters. One
-    function per graphdef, so samplers given `Partial(apply, params)` compile once per model."""
-
-    def apply(params, x, t, y=None):
-        return nnx.merge(graphdef, params)(x, t.astype(x.dtype), y)
-
-    return apply
+    t, s = cfg.train, cfg.sample
+    for key in ("num_steps", "batch_size", "checkpoint_every", "keep", "log_every"):
+        need(isinstance(t[key], int) and t[key] >= 1, f"train.{key} must be an integer >= 1, got {t[key]!r}")
+    need(isinstance(t.sample_every, int) and t.sample_every >= 0,
+         f"train.sample_every must be an integer >= 0 (0: no previews), got {t.sample_every!r}")
+    need(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}")
+    need(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
+    need(0.0 <= t.label_dropout < 1.0, f"train.label_dropout must lie in [0, 1), got {t.label_dropout}")
+    need(t.label_dropout == 0.0 or num_classes(cfg) is not None,
+         "train.label_dropout > 0 needs a class-conditional model (model.kwargs.num_classes)")
+    need(isinstance(s.num_steps, int) and s.num_steps >= 1, f"sample.num_steps must be >= 1, got {s.num_steps!r}")
+    need(isinstance(s.num_samples, int) and s.num_samples >= 1,
+         f"sample.num_samples must be >= 1, got {s.num_samples!r}")
+    need(cfg.data.num_examples >= 0, f"data.num_examples must be >= 0 (0: all), got {cfg.data.num_examples}")
+    need(cfg.loss.name in LOSSES, f"loss.name {cfg.loss.name!r} is not one of {tuple(LOSSES)}")
+    need(cfg.loss.weighting in WEIGHTINGS, f"loss.weighting {cfg.loss.weighting!r} is not one of {WEIGHTINGS}")
+    need(cfg.loss.time in TIME_SAMPLERS, f"loss.time {cfg.loss.time!r} is not one of {tuple(TIME_SAMPLERS)}")
+    need(cfg.model.kind in MODELS, f"model.kind {cfg.model.kind!r} is not one of {tuple(MODELS)}")
+    need(cfg.model.prediction in dj.PREDICTIONS,
+         f"model.prediction {cfg.model.prediction!r} is not one of {dj.PREDICTIONS}")
+    need(cfg.process.name in PROCESSES, f"process.name {cfg.process.name!r} is not one of {tuple(PROCESSES)}")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    try:  # the free-form parts, by constructing what consumes them (cheap: no parameters)
+        MODELS[cfg.model.kind][1](prediction=cfg.model.prediction, **dict(cfg.model.kwargs))
+        process = dj.build_process(process_spec(cfg))
+        dj.make_solver(s.sampler, **dict(s.options))
+        build_time_sampler(cfg, process)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid config: {err}") from None
+    if cfg.process.name == "ddpm" and cfg.model.prediction == "velocity":
+        raise ConfigError("invalid config: the DDPM chain has no velocity (model.prediction='velocity').")
 
 
-def generate(cfg, graphdef, params, process, key, n, save_trajectory=False, labels=None):
-    """Samples from the model with the configured sampler (classifier-free guidance for class-conditional
-    models; x̂0 clipped to [−1, 1] when cfg.sample.clip_denoised)."""
-    apply = make_apply(graphdef)
-    if cfg.model.kind == "mlp":
-        shape = (n, cfg.model.kwargs["dim"])
-    else:
-        k = cfg.model.kwargs
-        shape = (n, k["image_size"], k["image_size"], k["in_channels"])
+def build_time_sampler(cfg, process):
+    return TIME_SAMPLERS[cfg.loss.time](process, t_eps=cfg.loss.t_eps, **dict(cfg.loss.time_kwargs))
+
+
+def build_loss(cfg, process):
+    """loss(model, x0, key) -> scalar, the configured regression (`diffjax.losses.denoising_loss`)."""
+    return functools.partial(
+        dj.denoising_loss, process=process, prediction=cfg.model.prediction,
+        target=LOSSES[cfg.loss.name], weighting=cfg.loss.weighting,
+        time_sampler=build_time_sampler(cfg, process),
+    )  # fmt: skip
+
+
+def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_trajectory=False):
+    """n samples from `model` (an NNX network with the parameters to use) with the configured sampler,
+    classifier-free guidance for class-conditional models (labels cycle 0..C−1 unless given) and x̂0
+    clipped to [−1, 1] when cfg.sample.clip_denoised."""
     n_cls = num_classes(cfg)
-    if n_cls is None:
-        model_fn = jax.tree_util.Partial(apply, params)
-    else:
-        labels = np.arange(n) % n_cls if labels is None else labels
-        model_fn = cfg_model(jax.tree_util.Partial(apply, params), jax.numpy.asarray(labels),
-                             cfg.sample.guidance_scale, n_cls)  # fmt: skip
-    if cfg.sample.get("clip_denoised", False):  # images live in [−1, 1]
-        model_fn = clip_denoised(model_fn, process, cfg.model.output)
-    return sample(cfg.sample.sampler, model_fn, process, key, shape, cfg.sample.num_steps,
-                  prediction=cfg.model.output, save_trajectory=save_trajectory)  # fmt: skip
+    if n_cls is not None:
+        labels = np.arange(n) % n_cls if labels is None else np.asarray(labels)
+        model = dj.cfg_model(model, jnp.asarray(labels), cfg.sample.guidance_scale, n_cls)
+    elif labels is not None:
+        raise ConfigError("labels were given for a model that is not class-conditional.")
+    if cfg.sample.clip_denoised:
+        model = dj.clip_denoised(model, process, cfg.model.prediction)
+    shape = (n, *data_shape)
+    return dj.sample(cfg.sample.sampler, model, process, key, shape, cfg.sample.num_steps,
+                     prediction=cfg.model.prediction, save_trajectory=save_trajectory,
+                     **dict(cfg.sample.options))  # fmt: skip
+
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config saved with the newest checkpoint of `workdir` (not the possibly edited file)."""
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1)
+    try:
+        meta = ckpt.metadata() or {}
+    finally:
+        ckpt.close()
+    if "config" not in meta:
+        raise FileNotFoundError(f"No checkpoint with a saved config in {workdir}/checkpoints: train first.")
+    return ml_collections.ConfigDict(meta["config"])
+
+
+def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, TrainedModel]:
+    """(config, trained model with EMA parameters) of a work directory written by experiments.train."""
+    trained = dj.load_model(workdir)
+    return saved_config(workdir), trained
 
 
 def train_wall_time(workdir) -> float | None:
@@ -131,21 +177,3 @@ def train_wall_time(workdir) -> float | None:
         return None
     with open(path) as f:
         return json.load(f).get("wall_time_s")
-
-
-def load(workdir):
-    """(config, graphdef, EMA params, step) from a train.py work directory."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        cfg = ml_collections.ConfigDict(json.load(f))
-    model = build_model(cfg, cfg.seed)
-    graphdef, params = nnx.split(model)
-    optimizer, _ = make_optimizer(cfg.train.learning_rate, warmup_steps=cfg.train.warmup_steps,
-                                  total_steps=cfg.train.num_steps, weight_decay=cfg.train.weight_decay,
-                                  clip_norm=cfg.train.clip_norm)  # fmt: skip
-    target = create_train_state(params, optimizer, jax.random.key(0))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1)
-    state = ckpt.restore_latest(target)
-    ckpt.close()
-    if state is None:
-        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints: train first (train.py).")
-    return cfg, graphdef, state.ema_params, int(state.step)

@@ -2,7 +2,7 @@
 
     # once, on a machine with internet access and torch installed:
     wget https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
-    python experiments/convert_inception_weights.py \
+    python -m experiments.convert_inception_weights \
         --pth pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
 
 The .npz keeps the PyTorch state-dict names and layouts (`Conv2d_1a_3x3.conv.weight` (O, I, kh, kw),

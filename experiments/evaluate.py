@@ -1,6 +1,6 @@
 """Evaluate trained MNIST models: FD-MNIST, class histogram / conditional accuracy, bits/dim.
 
-    python experiments/evaluate.py --workdirs outputs/mnist_fm,outputs/mnist_cfg \
+    python -m experiments.evaluate --workdirs outputs/mnist_fm,outputs/mnist_cfg \
         --samplers euler:20,heun:10,dpm_solver_pp:10,dpm_solver_pp:20:4 --num 1000 \
         --bpd_examples 64 --data_dir ../shared/data/mnist --out outputs/results.json
 
@@ -21,17 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import numpy as np
+from absl import app, flags, logging
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from builders import build_process, generate, load, make_apply, num_classes, train_wall_time  # noqa: E402
-
-from diffjax.data import load_dataset  # noqa: E402
-from diffjax.evaluation import (  # noqa: E402
+from diffjax.data import load_dataset
+from diffjax.evaluation import (
     class_histogram,
     class_tv,
     conditional_accuracy,
@@ -39,11 +35,11 @@ from diffjax.evaluation import (  # noqa: E402
     frechet_distance,
     load_or_train_classifier,
 )
-from diffjax.evaluation.classifier import RECIPE  # noqa: E402
-from diffjax.likelihood import bits_per_dim  # noqa: E402
-from diffjax.processes.ddpm import variational_bound  # noqa: E402
+from diffjax.evaluation.classifier import RECIPE
+from diffjax.likelihood import bits_per_dim, variational_bound
+from experiments.builders import generate, load_run, num_classes, train_wall_time, user_errors
 
-flags.DEFINE_string("workdirs", None, "Comma-separated work directories written by train.py.")
+flags.DEFINE_string("workdirs", None, "Comma-separated work directories written by experiments.train.")
 flags.DEFINE_string("table", None, "Only print the markdown table of the rows in this JSON lines file.")
 flags.DEFINE_string("samplers", "euler:20,heun:10,dpm_solver_pp:10", "name:steps[:w], comma-separated.")
 flags.DEFINE_integer("num", 1000, "Samples per model × sampler.")
@@ -60,8 +56,8 @@ FLAGS = flags.FLAGS
 
 
 def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
-    cfg, graphdef, params, step = load(workdir)
-    process = build_process(cfg)
+    cfg, trained = load_run(workdir)
+    process, step, model = trained.process, trained.step, trained.model
     if FLAGS.clip_denoised is not None:
         cfg.sample.clip_denoised = FLAGS.clip_denoised
     clip = bool(cfg.sample.get("clip_denoised", False))
@@ -69,15 +65,13 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
     bpd = bpd_se = None
     if FLAGS.bpd_examples:
         x8 = np.round((test_x[: FLAGS.bpd_examples] + 1) * 127.5).astype(np.uint8)
-        model_fn = jax.tree_util.Partial(make_apply(graphdef), params)
-        if cfg.process.name == "ddpm":
-            res = jax.jit(variational_bound)(jax.random.key(0), x8 / np.float32(127.5) - 1, model_fn,
-                                             process)  # fmt: skip
+        if not process.has_rates:  # the DDPM chain: its variational bound
+            res = jax.jit(variational_bound)(model, process, x8 / np.float32(127.5) - 1, jax.random.key(0))
             per_image = np.asarray(res.total)
         else:
-            res = bits_per_dim(model_fn, process, x8, jax.random.key(0), kind=cfg.model.output,
-                               divergence="hutchinson", solver=FLAGS.bpd_solver, rtol=FLAGS.bpd_tol,
-                               atol=FLAGS.bpd_tol, num_steps=FLAGS.bpd_steps)  # fmt: skip
+            res = bits_per_dim(model, process, x8, jax.random.key(0), divergence="hutchinson",
+                               solver=FLAGS.bpd_solver, rtol=FLAGS.bpd_tol, atol=FLAGS.bpd_tol,
+                               num_steps=FLAGS.bpd_steps)  # fmt: skip
             per_image = np.asarray(res.bits_per_dim)
         bpd, bpd_se = float(per_image.mean()), float(per_image.std() / np.sqrt(len(per_image)))
     for spec in FLAGS.samplers.split(","):
@@ -86,7 +80,8 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
         if w:
             cfg.sample.guidance_scale = float(w[0])
         labels = np.arange(FLAGS.num) % 10 if num_classes(cfg) is not None else None
-        res = generate(cfg, graphdef, params, process, jax.random.key(1), FLAGS.num, labels=labels)
+        res = generate(cfg, model, process, jax.random.key(1), FLAGS.num, trained.record["data_shape"],
+                       labels=labels)  # fmt: skip
         samples = np.clip(np.asarray(res.samples), -1, 1)
         fd = frechet_distance(*feature_statistics(clf.features(samples)), *test_stats)
         hist = class_histogram(clf, samples)
@@ -144,8 +139,9 @@ def main(argv):
     print(f"{FLAGS.num} real training images (the floor at this sample size): FD-MNIST {fd_ref:.2f}, "
           f"class TV {tv_ref:.3f}")  # fmt: skip
     rows = []
-    for workdir in FLAGS.workdirs.split(","):
-        rows += evaluate_workdir(workdir, clf, test_stats, test_x, test_freq)
+    with user_errors():
+        for workdir in FLAGS.workdirs.split(","):
+            rows += evaluate_workdir(workdir, clf, test_stats, test_x, test_freq)
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
     with open(FLAGS.out, "a") as f:
         for row in rows:

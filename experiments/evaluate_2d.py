@@ -1,6 +1,6 @@
 """Evaluate trained 2D (toy-data) models against the generator of their data.
 
-    python experiments/evaluate_2d.py --workdirs outputs/demo --samplers heun:32,euler:10,dpm_solver_pp:10
+    python -m experiments.evaluate_2d --workdirs outputs/demo --samplers heun:32,euler:10,dpm_solver_pp:10
 
 Per model × sampler (spec name:steps), on `--num` samples against the held-out test split:
 sliced W2 and MMD² (RBF, bandwidth `--mmd_bandwidth`), each beside its floor (the same statistic
@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from builders import build_process, generate, load, make_apply, train_wall_time  # noqa: E402
+from diffjax.data import TOY_DATASETS, TOY_LOG_PROBS, in_checkerboard, load_dataset
+from diffjax.likelihood import log_likelihood
+from diffjax.metrics import mmd_rbf, sliced_wasserstein
+from experiments.builders import generate, load_run, train_wall_time, user_errors
 
-from diffjax.data import TOY_DATASETS, TOY_LOG_PROBS, in_checkerboard, load_dataset  # noqa: E402
-from diffjax.likelihood import log_likelihood  # noqa: E402
-from diffjax.metrics import mmd_rbf, sliced_wasserstein  # noqa: E402
-
-flags.DEFINE_string("workdirs", None, "Comma-separated work directories of 2D models (train.py).")
+flags.DEFINE_string("workdirs", None, "Comma-separated work directories of 2D models (experiments.train).")
 flags.DEFINE_string("samplers", "heun:32,euler:10,dpm_solver_pp:10", "name:steps, comma-separated.")
 flags.DEFINE_integer("num", 4000, "Samples per model × sampler (and test points for the distances).")
 flags.DEFINE_integer("nll_examples", 1000, "Test points for the likelihood (0 to skip).")
@@ -45,12 +42,10 @@ def distances(x, y, key):
     return float(sliced_wasserstein(x, y, key)), float(mmd_rbf(x, y, FLAGS.mmd_bandwidth))
 
 
-def likelihood(cfg, graphdef, params, process, x):
+def likelihood(cfg, model, process, x):
     """(mean NLL, mean −log p_data, KL estimate, its standard error) in nats on the points x."""
-    model_fn = jax.tree_util.Partial(make_apply(graphdef), params)
-    solve = jax.jit(lambda fn, x: log_likelihood(fn, process, x, kind=cfg.model.output, divergence="exact",
-                                                 rtol=FLAGS.nll_tol, atol=FLAGS.nll_tol))  # fmt: skip
-    res = solve(model_fn, jnp.asarray(x))
+    res = log_likelihood(model, process, jnp.asarray(x), divergence="exact", rtol=FLAGS.nll_tol,
+                         atol=FLAGS.nll_tol)  # fmt: skip
     if not bool(res.success):
         raise RuntimeError("likelihood: the adaptive ODE solve failed; loosen --nll_tol")
     nll = -np.asarray(res.log_prob, np.float64)
@@ -63,23 +58,22 @@ def likelihood(cfg, graphdef, params, process, x):
 
 
 def evaluate_workdir(workdir):
-    cfg, graphdef, params, step = load(workdir)
-    name = cfg.data.name
+    cfg, trained = load_run(workdir)
+    name, process, step = cfg.data.name, trained.process, trained.step
     if name not in TOY_DATASETS:
-        raise ValueError(f"{workdir}: data {name!r} is not a 2D toy; use experiments/evaluate.py for images")
-    process = build_process(cfg)
+        raise ValueError(f"{workdir}: data {name!r} is not a 2D toy; use experiments.evaluate for images")
     test_x, _ = load_dataset(name, "test", num_examples=FLAGS.num)
     fresh, _ = TOY_DATASETS[name](jax.random.key(7), FLAGS.num)
     k_dist = jax.random.key(3)
     sw_floor, mmd_floor = distances(fresh, test_x, k_dist)
     nll = None
     if FLAGS.nll_examples:
-        nll = likelihood(cfg, graphdef, params, process, test_x[: FLAGS.nll_examples])
+        nll = likelihood(cfg, trained.model, process, test_x[: FLAGS.nll_examples])
     rows = []
     for spec in FLAGS.samplers.split(","):
         sampler, steps = spec.split(":")
         cfg.sample.sampler, cfg.sample.num_steps = sampler, int(steps)
-        res = generate(cfg, graphdef, params, process, jax.random.key(1), FLAGS.num)
+        res = generate(cfg, trained.model, process, jax.random.key(1), FLAGS.num, trained.record["data_shape"])
         sw, mmd = distances(res.samples, test_x, k_dist)
         row = dict(model=os.path.basename(os.path.normpath(workdir)), data=name, sampler=sampler,
                    steps=int(steps), nfe=int(res.nfe), sliced_w2=round(sw, 4),
@@ -102,7 +96,8 @@ def fmt(v, spec):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    rows = [row for workdir in FLAGS.workdirs.split(",") for row in evaluate_workdir(workdir)]
+    with user_errors():
+        rows = [row for workdir in FLAGS.workdirs.split(",") for row in evaluate_workdir(workdir)]
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
     with open(FLAGS.out, "a") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)

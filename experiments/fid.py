@@ -1,7 +1,7 @@
 """FID between two image sets with the standard FID Inception network (pytorch-fid's port of TF's
 `inception-2015-12-05`; Heusel et al. 2017).
 
-    python experiments/fid.py --samples outputs/cifar/sample_dpm_solver_pp_20.npz \
+    python -m experiments.fid --samples outputs/cifar/sample_dpm_solver_pp_20.npz \
         --reference cifar10_train.npz --inception_weights inception_fid.npz
 
 Each images file is an .npz with an array under `samples` (what sample.py writes) or `images`:

@@ -1,67 +1,73 @@
 """Train a diffusion / flow-matching model from a Python config, data-parallel over all devices.
 
-    python experiments/train.py --config experiments/configs/checkerboard_fm.py --workdir outputs/demo
-    python experiments/train.py --config experiments/configs/mnist_fm.py --workdir outputs/mnist_fm \
+    python -m experiments.train --config experiments/configs/checkerboard_fm.py --workdir outputs/demo
+    python -m experiments.train --config experiments/configs/mnist_fm.py --workdir outputs/mnist_fm \
         --config.data.data_dir=../shared/data/mnist --config.train.num_steps=3000
 
-Any config field can be overridden on the command line (`--config.train.batch_size=256`). Rerunning
-the same command resumes from the newest good checkpoint in the work directory. Multi-host: set
+Any config field can be overridden on the command line (`--config.train.batch_size=256`); every field
+is listed with its default in experiments/configs/base.py. Rerunning the same command resumes from the
+newest good checkpoint in the work directory (a run whose model, process or optimizer differs from the
+checkpoints' run record is refused by field, and the checkpoints stay untouched). Multi-host: set
 `--config.distributed.coordinator_address=HOST:PORT --config.distributed.num_processes=N
---config.distributed.process_id=i` on every host (or leave empty where the cluster provides it).
+--config.distributed.process_id=i` on every host.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from builders import build_loss_fn, build_model, build_process, generate, num_classes  # noqa: E402
-from flax import nnx  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from diffjax.data import batches, in_checkerboard, load_dataset  # noqa: E402
-from diffjax.models import count_params  # noqa: E402
-from diffjax.training import (  # noqa: E402
+import diffjax as dj
+from diffjax.data import batches, in_checkerboard, load_dataset
+from diffjax.models import build_model, count_params
+from diffjax.training import (
     TrainConfig,
     create_train_state,
     make_optimizer,
     make_train_step,
     maybe_initialize_distributed,
+    model_loss,
+    run_record,
     train,
 )
-from diffjax.viz import save_image_grid, save_samples_2d  # noqa: E402
+from diffjax.viz import save_image_grid, save_samples_2d
+from experiments.builders import (
+    build_loss,
+    user_errors,
+    generate,
+    model_spec,
+    num_classes,
+    optimizer_spec,
+    process_spec,
+    validate_config,
+)
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a Python config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples go here.")
-flags.mark_flags_as_required(["config", "workdir"])
 
-
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    cfg, workdir = FLAGS.config, FLAGS.workdir
+def train_and_evaluate(cfg, workdir: str) -> dict:
+    """Train (or resume) the run `cfg` in `workdir`, then sample `cfg.sample.num_samples` with the EMA
+    parameters and write samples.npz / samples.png. Returns a summary: steps, final loss, whether the
+    run was preempted, the number of model evaluations per sample and, for the checkerboard, the
+    fraction of samples on its squares."""
+    validate_config(cfg)
     dist = cfg.distributed
     maybe_initialize_distributed(dist.coordinator_address or None,
                                  dist.num_processes if dist.coordinator_address else None,
                                  dist.process_id if dist.coordinator_address else None)  # fmt: skip
     is_main = jax.process_index() == 0
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"--workdir {workdir!r} is a file; give a directory for checkpoints and logs.")
     os.makedirs(workdir, exist_ok=True)
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2))
 
     data, labels = load_dataset(cfg.data.name, "train", cfg.data.data_dir or None,
                                 cfg.data.source, cfg.data.num_examples or None)  # fmt: skip
-    process = build_process(cfg)
-    model = build_model(cfg, cfg.seed)
+    process = dj.build_process(process_spec(cfg))
+    model = build_model(model_spec(cfg), cfg.seed)
     graphdef, params = nnx.split(model)
     if is_main:
         print(f"{cfg.data.name}: {data.shape[0]} examples; model {cfg.model.kind} with "
@@ -69,12 +75,14 @@ def main(argv):
               f"{jax.process_count()} process(es)")  # fmt: skip
 
     t = cfg.train
-    optimizer, schedule = make_optimizer(t.learning_rate, warmup_steps=t.warmup_steps,
-                                         total_steps=t.num_steps, weight_decay=t.weight_decay,
-                                         clip_norm=t.clip_norm)  # fmt: skip
-    train_step = make_train_step(build_loss_fn(cfg, graphdef, process), optimizer,
-                                 ema_decay=t.ema_decay, schedule=schedule)  # fmt: skip
+    optimizer, schedule = make_optimizer(**optimizer_spec(cfg))
+    loss_fn = model_loss(graphdef, build_loss(cfg, process), num_classes=num_classes(cfg),
+                         p_uncond=t.label_dropout)  # fmt: skip
+    train_step = make_train_step(loss_fn, optimizer, ema_decay=t.ema_decay, schedule=schedule)
     state = create_train_state(params, optimizer, jax.random.key(cfg.seed))
+    data_shape = data.shape[1:]
+    record = run_record(model_spec(cfg), process_spec(cfg), optimizer_spec(cfg), data_shape, num_classes(cfg))
+    config_json = json.loads(cfg.to_json_best_effort())
     use_labels = labels if num_classes(cfg) is not None else None
 
     def batch_iter(start_step):
@@ -82,35 +90,65 @@ def main(argv):
                        process_index=jax.process_index(), process_count=jax.process_count())
 
     def preview(step, state):
-        res = generate(cfg, graphdef, state.ema_params, process, jax.random.key(step), 64)
+        res = generate(cfg, nnx.merge(graphdef, state.ema_params), process, jax.random.key(step), 64, data_shape)
         if is_main and cfg.model.kind == "unet":
             save_image_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), res.samples, 8)
 
     hooks = [(t.sample_every, preview)] if t.sample_every else []
-    result = train(TrainConfig(workdir, t.num_steps, checkpoint_every=t.checkpoint_every, keep=t.keep,
-                               log_every=t.log_every, metadata=json.loads(cfg.to_json_best_effort())),
-                   train_step, state, batch_iter, hooks=hooks)  # fmt: skip
+    train_config = TrainConfig(workdir, t.num_steps, checkpoint_every=t.checkpoint_every, keep=t.keep,
+                               log_every=t.log_every, metadata={"run": record, "config": config_json})  # fmt: skip
+    config_path = os.path.join(workdir, "config.json")
+    fresh = not os.path.exists(config_path)
+    result = train(train_config, train_step, state, batch_iter, hooks=hooks,
+                   on_start=lambda: _write_config(config_path, config_json, fresh and is_main))  # fmt: skip
+    summary = {"step": result.step, "start_step": result.start_step, "preempted": result.preempted,
+               "loss": float(result.last_metrics["loss"]) if "loss" in result.last_metrics else None}  # fmt: skip
     if result.preempted:
-        return
+        return summary
 
     n = cfg.sample.num_samples
-    res = generate(cfg, graphdef, result.state.ema_params, process, jax.random.key(10_000), n,
-                   save_trajectory=cfg.model.kind == "mlp")  # fmt: skip
+    res = generate(cfg, nnx.merge(graphdef, result.state.ema_params), process, jax.random.key(10_000), n,
+                   data_shape, save_trajectory=cfg.model.kind == "mlp")  # fmt: skip
     samples = np.asarray(res.samples)
+    summary["nfe"] = int(res.nfe)
     if not is_main:
-        return
+        return summary
     np.savez(os.path.join(workdir, "samples.npz"), samples=samples)
     if cfg.model.kind == "mlp":
-        summary = ""
+        title = cfg.data.name
         if cfg.data.name == "checkerboard":
-            frac = float(np.mean(np.asarray(in_checkerboard(samples))))
-            summary = f"{100 * frac:.1f}% of samples on the checkerboard's squares (data: 100%)"
-        path = save_samples_2d(os.path.join(workdir, "samples.png"), samples, data[:n],
-                               res.trajectory, title=f"{cfg.data.name}: {summary}", lim=3.0)  # fmt: skip
-        print(summary)
+            summary["on_squares"] = float(np.mean(np.asarray(in_checkerboard(samples))))
+            title += f": {100 * summary['on_squares']:.1f}% of samples on the checkerboard's squares (data: 100%)"
+            print(title.split(": ", 1)[1])
+        path = save_samples_2d(os.path.join(workdir, "samples.png"), samples, data[:n], res.trajectory,
+                               title=title, lim=3.0)  # fmt: skip
     else:
         path = save_image_grid(os.path.join(workdir, "samples.png"), samples[:64], 8)
-    print(f"wrote {path} ({int(res.nfe)} function evaluations per sample)")
+    print(f"wrote {path} ({summary['nfe']} function evaluations per sample)")
+    return summary
+
+
+def _write_config(path: str, config_json: dict, write: bool) -> None:
+    """config.json is the config of the run that created the work directory; it is written once the
+    run has started (checked against the checkpoints), never over an existing one."""
+    if write:
+        with open(path, "w") as f:
+            json.dump(config_json, f, indent=2)
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a Python config file (experiments/configs/*.py).",
+                                lock_config=True)  # fmt: skip
+flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples go here.")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    if FLAGS.config is None or FLAGS.workdir is None:
+        raise app.UsageError("give --config (e.g. experiments/configs/checkerboard_fm.py) and --workdir.")
+    with user_errors():
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

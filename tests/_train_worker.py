@@ -43,10 +43,10 @@ def build(steps: int, nan_at: int = -1):
     from diffjax.data import batches, load_dataset
     from diffjax.losses import cfm_loss
     from diffjax.models import ResidualMLP, ResidualMLPConfig
-    from diffjax.paths.gaussian import CondOTPath
+    from diffjax.processes import CondOTPath
     from diffjax.training import create_train_state, make_optimizer, make_train_step
 
-    cfg = ResidualMLPConfig(dim=2, width=32, depth=2, dropout=0.1, output="velocity")
+    cfg = ResidualMLPConfig(dim=2, width=32, depth=2, dropout=0.1, prediction="velocity")
     graphdef, params = nnx.split(ResidualMLP(cfg, rngs=nnx.Rngs(0)))
     path = CondOTPath()
     traces = []
@@ -55,7 +55,7 @@ def build(steps: int, nan_at: int = -1):
         traces.append(1)  # runs once per trace, not per step
         k_loss, k_drop = jax.random.split(key)
         model = nnx.merge(graphdef, params)
-        return cfm_loss(lambda x, t: model(x, t, rngs=k_drop), batch[0], k_loss, path=path)
+        return cfm_loss(lambda x, t: model(x, t, rngs=k_drop), batch[0], k_loss, process=path)
 
     optimizer, schedule = make_optimizer(
         3e-3, warmup_steps=4, total_steps=max(steps, 5), weight_decay=1e-4, clip_norm=1.0
@@ -179,5 +179,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

@@ -1,4 +1,6 @@
-"""The production path end to end: experiments/train.py and experiments/sample.py as users run them."""
+"""The experiments package end to end: `train_and_evaluate` in-process (train, resume, the run
+contract), and the command lines `python -m experiments.{train,sample,evaluate,evaluate_2d}` as users
+run them."""
 
 import json
 import os
@@ -8,42 +10,58 @@ import sys
 import numpy as np
 import pytest
 
+from diffjax.training import RunMismatchError
+from experiments.builders import ConfigError, validate_config
+from experiments.configs import checkerboard_fm, mnist_cfg
+from experiments.train import train_and_evaluate
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
 
 
-def run(script, *args, timeout=600):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", script), *args],
+def run(module, *args, timeout=600, expect=0):
+    proc = subprocess.run([sys.executable, "-m", f"experiments.{module}", *args],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout
+    assert proc.returncode == expect, proc.stderr[-4000:]
+    return proc.stdout + proc.stderr
 
 
-def test_checkerboard_train_resume_and_sample(tmp_path):
+def small_checkerboard(num_steps):
+    cfg = checkerboard_fm.get_config()
+    cfg.train.num_steps, cfg.train.warmup_steps = num_steps, 10
+    cfg.train.checkpoint_every, cfg.train.log_every = 400, 50
+    cfg.model.kwargs.width = 128
+    cfg.sample.num_samples, cfg.sample.num_steps = 500, 8
+    return cfg
+
+
+def test_checkerboard_trains_resumes_and_samples(tmp_path):
     workdir = str(tmp_path / "fm")
-    common = ["--config", os.path.join(ROOT, "experiments/configs/checkerboard_fm.py"),
-              "--workdir", workdir, "--config.train.warmup_steps=10",
-              "--config.train.checkpoint_every=400", "--config.train.log_every=50",
-              "--config.model.kwargs.width=128", "--config.sample.num_samples=500",
-              "--config.sample.num_steps=8"]  # fmt: skip
-    out = run("train.py", *common, "--config.train.num_steps=800")
-    assert "of samples on the checkerboard's squares" in out
-    frac = float(out.split("% of samples")[0].split()[-1])
-    assert frac > 60.0  # N(0, I) noise gives ~40%; the data gives 100%
+    summary = train_and_evaluate(small_checkerboard(800), workdir)
+    assert summary["on_squares"] > 0.6  # N(0, I) noise gives ~40%; the data give 100%
     # rerunning with more steps resumes from the last checkpoint (step 800), not from scratch
-    out = run("train.py", *common, "--config.train.num_steps=900")
-    assert "start_step=800" in out
+    summary = train_and_evaluate(small_checkerboard(900), workdir)
+    assert summary["start_step"] == 800 and summary["step"] == 900
     steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert steps == sorted(steps) and steps[-1] == 900
     assert os.path.exists(os.path.join(workdir, "samples.png"))
-    out = run("sample.py", "--workdir", workdir, "--sampler", "dpm_solver_pp", "--steps", "10",
-              "--num", "256")
+    assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == 800  # the first run's
+
+    # a changed network is refused by field, and the checkpoints stay usable
+    changed = small_checkerboard(1000)
+    changed.model.kwargs.width = 64
+    with pytest.raises(RunMismatchError, match=r"model\.width: 128 → 64"):
+        train_and_evaluate(changed, workdir)
+    out = run("sample", "--workdir", workdir, "--sampler", "dpm_solver_pp", "--steps", "10", "--num", "256")
     assert "step 900" in out
     samples = np.load(os.path.join(workdir, "sample_dpm_solver_pp_10.npz"))["samples"]
     assert samples.shape == (256, 2) and np.all(np.isfinite(samples))
+    out = run("sample", "--workdir", workdir, "--labels", "1,2", expect=2)
+    assert "not class-conditional" in out and "Traceback" not in out
+
     # evaluation against the data's generator: distances with floors, exact NLL vs −log p_data = log 6
     results = str(tmp_path / "results_2d.json")
-    run("evaluate_2d.py", "--workdirs", workdir, "--samplers", "euler:8,heun:4", "--num", "500",
+    run("evaluate_2d", "--workdirs", workdir, "--samplers", "euler:8,heun:4", "--num", "500",
         "--nll_examples", "64", "--out", results)  # fmt: skip
     rows = [json.loads(line) for line in open(results)]
     assert [(r["sampler"], r["nfe"]) for r in rows] == [("euler", 8), ("heun", 7)]
@@ -53,25 +71,52 @@ def test_checkerboard_train_resume_and_sample(tmp_path):
         assert r["kl_nats"] > -3 * r["kl_se"]  # Gibbs: E[log p_data − log p_model] = KL ≥ 0
 
 
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c.loss.update(weigthing="eps"), r"unknown config keys \['loss.weigthing'\]"),
+    (lambda c: c.sample.update(sampler="dpm"), "Unknown sampler 'dpm'"),
+    (lambda c: c.sample.update(sampler="dpm_solver_pp", options={"order": 5}), "order must be 1, 2 or 3"),
+    (lambda c: c.sample.update(options={"order": 2}), "sampler 'heun': invalid options"),
+    (lambda c: c.train.update(sample_every=-1), "sample_every must be an integer >= 0"),
+    (lambda c: c.loss.update(weighting="snr"), "loss.weighting 'snr'"),
+    (lambda c: c.model.kwargs.update(widht=3), "invalid config fields|unexpected keyword"),
+    (lambda c: c.train.update(label_dropout=0.1), "needs a class-conditional model"),
+])  # fmt: skip
+def test_configs_are_validated_before_any_work(edit, match):
+    cfg = checkerboard_fm.get_config()
+    cfg.unlock()
+    edit(cfg)
+    with pytest.raises(ConfigError, match=match):
+        validate_config(cfg)
+
+
+def test_every_config_validates_and_the_cli_lists_its_use():
+    for name in ("base", "checkerboard_fm", "mnist_ddpm", "mnist_fm", "mnist_cfg", "mnist_vp", "cifar10"):
+        module = __import__(f"experiments.configs.{name}", fromlist=["get_config"])
+        validate_config(module.get_config())
+    assert "--workdir" in run("train", "--help", expect=1)  # absl's help exits with status 1
+
+
 @pytest.mark.skipif(not os.path.exists(os.path.join(MNIST, "train-images-idx3-ubyte.gz")),
                     reason="MNIST IDX files not found in ../shared/data/mnist")
 def test_mnist_class_conditional_tiny_run_with_guided_sampling(tmp_path):
     workdir = str(tmp_path / "mnist")
-    run("train.py", "--config", os.path.join(ROOT, "experiments/configs/mnist_cfg.py"),
-        "--workdir", workdir, f"--config.data.data_dir={MNIST}", "--config.data.num_examples=256",
-        "--config.train.num_steps=3", "--config.train.warmup_steps=1", "--config.train.batch_size=16",
-        "--config.train.checkpoint_every=3", "--config.train.sample_every=0",
-        "--config.model.kwargs.channels=8", "--config.model.kwargs.num_res_blocks=1",
-        "--config.sample.num_steps=2", "--config.sample.num_samples=10")  # fmt: skip
-    out = run("sample.py", "--workdir", workdir, "--sampler", "euler", "--steps", "2",
+    cfg = mnist_cfg.get_config()
+    cfg.data.data_dir, cfg.data.num_examples = MNIST, 256
+    cfg.train.update(num_steps=3, warmup_steps=1, batch_size=16, checkpoint_every=3, sample_every=0)
+    cfg.model.kwargs.update(channels=8, num_res_blocks=1)
+    cfg.sample.update(num_steps=2, num_samples=10)
+    train_and_evaluate(cfg, workdir)
+    out = run("sample", "--workdir", workdir, "--sampler", "euler", "--steps", "2",
               "--guidance", "3.0", "--labels", "0,1,2,3,4,5,6,7,8,9", "--num", "10")
     assert "step 3" in out
     data = np.load(os.path.join(workdir, "sample_euler_2.npz"))
     assert data["samples"].shape == (10, 28, 28, 1)
     assert list(data["labels"]) == list(range(10))
     assert os.path.getsize(os.path.join(workdir, "sample_euler_2.png")) > 0
+    out = run("sample", "--workdir", workdir, "--labels", "3,10", expect=2)
+    assert "outside the classes 0..9" in out and "Traceback" not in out
     results = str(tmp_path / "results.json")
-    out = run("evaluate.py", "--workdirs", workdir, "--samplers", "euler:2,euler:2:0", "--num", "20",
+    out = run("evaluate", "--workdirs", workdir, "--samplers", "euler:2,euler:2:0", "--num", "20",
               "--bpd_examples", "2", "--bpd_solver", "heun", "--bpd_steps", "2", "--data_dir", MNIST,
               "--classifier_steps", "20",
               "--cache_dir", str(tmp_path / "cache"), "--out", results)  # fmt: skip
@@ -83,5 +128,5 @@ def test_mnist_class_conditional_tiny_run_with_guided_sampling(tmp_path):
         assert 0 < r["bits_per_dim"] < 20
     assert "| mnist | euler |" in out
     assert 0 <= rows[0]["class_tv"] <= 1
-    table = run("evaluate.py", "--table", results)
+    table = run("evaluate", "--table", results)
     assert table.count("| mnist | euler |") == 2  # one row per guidance scale

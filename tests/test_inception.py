@@ -1,6 +1,6 @@
 """The FID Inception network: weight-file errors, the .npz round trip, the torch resize convention,
 exact parity with pytorch-fid on random weights (when torch and pytorch-fid are installed), and
-experiments/fid.py end to end.
+`python -m experiments.fid` end to end.
 
 The real FID weights are not available offline, so every test uses random weights that keep
 activations O(1) (He-normal convs) and randomise all BatchNorm parameters and running statistics
@@ -32,9 +32,8 @@ from diffjax.evaluation.inception import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
-from convert_inception_weights import convert  # noqa: E402
-from fid import load_images  # noqa: E402
+from experiments.convert_inception_weights import convert  # noqa: E402
+from experiments.fid import load_images  # noqa: E402
 
 PTH = os.path.basename(FID_WEIGHTS_URL)  # pt_inception-2015-12-05-6726825d.pth
 
@@ -236,7 +235,7 @@ def test_resize_matches_torch_interpolate(shape):
 
 
 # --------------------------------------------------------------------------------------------------
-# experiments/fid.py
+# python -m experiments.fid
 # --------------------------------------------------------------------------------------------------
 
 
@@ -248,7 +247,7 @@ def test_fid_script_end_to_end(tmp_path, weights_file):
     np.savez(tmp_path / "b.npz", images=b)
 
     def fid(reference):
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "fid.py"),
+        proc = subprocess.run([sys.executable, "-m", "experiments.fid",
                                "--samples", str(tmp_path / "a.npz"), "--reference", str(reference),
                                "--inception_weights", weights, "--batch_size", "4"],
                               capture_output=True, text=True, timeout=300, cwd=ROOT,

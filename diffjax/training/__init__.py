@@ -5,8 +5,7 @@ Typical use (see `experiments/train.py`):
 
     graphdef, params = nnx.split(model)
     optimizer, schedule = make_optimizer(2e-4, warmup_steps=500)
-    loss_fn = lambda params, batch, key: dsm_loss(model_fn(graphdef, params, key), batch[0], key,
-                                                  process=sde)
+    loss_fn = model_loss(graphdef, functools.partial(dj.dsm_loss, process=sde))
     step = make_train_step(loss_fn, optimizer, ema_decay=0.999, schedule=schedule)
     state = create_train_state(params, optimizer, jax.random.key(0))
     train(TrainConfig(workdir, num_steps), step, state, lambda s: batches(x, y, B, 0, s, ...))
@@ -38,7 +37,15 @@ from diffjax.training.state import (
     make_optimizer,
     make_schedule,
 )
-from diffjax.training.step import all_finite, make_train_step
+from diffjax.training.step import all_finite, make_train_step, model_loss
+from diffjax.training.workdir import (
+    RunMismatchError,
+    TrainedModel,
+    check_resumable,
+    load_model,
+    read_record,
+    run_record,
+)
 
 __all__ = [
     "DATA_AXIS",
@@ -47,22 +54,29 @@ __all__ = [
     "CorruptCheckpointWarning",
     "MetricsLogger",
     "NonFiniteError",
+    "RunMismatchError",
     "SigtermFlag",
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "TrainedModel",
     "all_finite",
     "as_key_data",
+    "check_resumable",
     "compile_train_step",
     "create_train_state",
     "data_sharding",
     "make_data_mesh",
     "make_optimizer",
     "make_schedule",
+    "load_model",
     "make_train_step",
     "maybe_initialize_distributed",
+    "model_loss",
+    "read_record",
     "replicate",
     "replicated_sharding",
+    "run_record",
     "shard_batch",
     "train",
     "tree_checksums",

@@ -237,6 +237,18 @@ class Checkpointer:
         self._manager.close()
         self._manager = self._open()
 
+    def metadata(self, step: int | None = None) -> dict | None:
+        """The JSON record saved with checkpoint `step` (default: the newest), without restoring the
+        arrays; None when there is no checkpoint or its record cannot be read."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception:  # a damaged record: `restore` reports it when the state is needed
+            return None
+        return dict(restored.meta) if isinstance(restored.meta, Mapping) else None
+
     def wait(self) -> None:
         """Block until pending asynchronous saves are committed."""
         self._manager.wait_until_finished()

@@ -29,6 +29,7 @@ from diffjax.training.logging import MetricsLogger
 from diffjax.training.parallel import compile_train_step, make_data_mesh, replicate, shard_batch
 from diffjax.training.state import TrainState
 from diffjax.training.step import TrainStep
+from diffjax.training.workdir import RunMismatchError, check_resumable
 
 Hook = tuple[int, Callable[[int, TrainState], None]]
 
@@ -57,7 +58,8 @@ class TrainConfig:
     (counting resumed ones); checkpoint_every / keep: checkpoint period and number kept;
     log_every: metrics period; async_checkpoints: write checkpoints in the background;
     handle_sigterm: save and stop on SIGTERM; metadata: JSON-able record stored with every
-    checkpoint (e.g. the experiment config)."""
+    checkpoint (e.g. the experiment config); its entry "run" (`workdir.run_record`) is checked
+    against the checkpoints already in workdir before anything is restored."""
 
     workdir: str
     num_steps: int
@@ -96,6 +98,7 @@ def train(
     *,
     mesh: Mesh | None = None,
     hooks: Sequence[Hook] = (),
+    on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Run (or resume) training to `config.num_steps`; see the module docstring.
 
@@ -103,15 +106,25 @@ def train(
     initial state (host or single-device arrays, identical on every process); hooks: (period,
     fn(step, state)) called after every period-th step on every process, e.g. to write sample
     grids (write files from process 0 only; the state's buffers are donated to the next step,
-    so take what is needed before returning)."""
+    so take what is needed before returning); on_start: called once the checkpoints have been
+    checked and restored, before the first step (e.g. to record the run's config)."""
     mesh = make_data_mesh() if mesh is None else mesh
     state = replicate(state, mesh)
     ckpt = Checkpointer(
         os.path.join(config.workdir, "checkpoints"), save_every=config.checkpoint_every,
         keep=config.keep, async_save=config.async_checkpoints,
     )  # fmt: skip
+    run = (config.metadata or {}).get("run")
+    if run is not None:  # a different run's checkpoints are reported by field, never restored
+        try:
+            check_resumable(ckpt.metadata(), run, config.workdir)
+        except RunMismatchError:
+            ckpt.close()
+            raise
     state = ckpt.restore_latest(state) or state
     start = int(state.step)
+    if on_start is not None:
+        on_start()
     step_fn = compile_train_step(train_step, mesh)
     logger = MetricsLogger(config.workdir, num_steps=config.num_steps, start_step=start)
     save_meta = dict(config.metadata or {})

@@ -21,7 +21,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
+from diffjax.losses import BoundLabels, drop_labels
 from diffjax.training.state import PyTree, TrainState
 
 Batch = Any
@@ -33,6 +35,32 @@ def all_finite(tree: PyTree) -> jax.Array:
     """True iff every entry of every array in `tree` is finite (bool scalar)."""
     leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def model_loss(
+    graphdef: nnx.GraphDef,
+    loss: Callable[[Callable, jax.Array, jax.Array], jax.Array],
+    *,
+    num_classes: int | None = None,
+    p_uncond: float = 0.0,
+) -> LossFn:
+    """`loss_fn(params, (x, labels), key)` for `make_train_step`, from a loss of (model, x, key)
+    (e.g. `functools.partial(dj.cfm_loss, process=path)`): the NNX network `graphdef` with `params`,
+    dropout on (its own key), and for a class-conditional network (num_classes) the labels bound,
+    each replaced by the null label num_classes with probability p_uncond (classifier-free guidance,
+    Ho & Salimans 2022). Unconditional networks ignore the labels."""
+
+    def loss_fn(params, batch, key):
+        x, labels = batch
+        k_loss, k_dropout, k_label = jax.random.split(key, 3)
+        if num_classes is None:
+            labels = None
+        elif p_uncond > 0:
+            labels = drop_labels(k_label, labels, p_uncond, num_classes)
+        model = BoundLabels(nnx.merge(graphdef, params), labels, {"rngs": k_dropout})
+        return loss(model, x, k_loss)
+
+    return loss_fn
 
 
 def make_train_step(
@@ -66,7 +94,7 @@ def make_train_step(
         new = TrainState(state.step + 1, params, opt_state, ema, jax.random.key_data(key))
         finite = jnp.isfinite(loss) & all_finite(grads)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": finite}
+        metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_l2_norm(grads), "finite": finite}
         if schedule is not None:
             metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         return new, metrics

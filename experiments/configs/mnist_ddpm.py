@@ -5,11 +5,11 @@ resolution, attention at 7×7 (≈0.72M parameters) and 1500 steps of batch 128 
 recognisable digits in about 20 minutes on 2 CPU cores. On a GPU use wider settings, e.g.
 `--config.model.kwargs.channels=64 --config.model.kwargs.num_res_blocks=2 --config.train.num_steps=20000`.
 
-    python experiments/train.py --config experiments/configs/mnist_ddpm.py --workdir outputs/mnist_ddpm \
+    python -m experiments.train --config experiments/configs/mnist_ddpm.py --workdir outputs/mnist_ddpm \
         --config.data.data_dir=../shared/data/mnist
 """
 
-import ml_collections
+from experiments.configs import base
 
 
 def unet_kwargs(**overrides):
@@ -20,15 +20,14 @@ def unet_kwargs(**overrides):
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.data = dict(name="mnist", data_dir="", source="auto", num_examples=0)
-    c.model = dict(kind="unet", output="eps", kwargs=unet_kwargs(time_scale=1.0))
+    c = base.get_config()
+    c.data.name = "mnist"
+    c.model = dict(kind="unet", prediction="eps", kwargs=unet_kwargs(time_scale=1.0))
     c.process = dict(name="ddpm", kwargs=dict(num_steps=1000))
-    c.loss = dict(name="ddpm", t_eps=0.0, weighting="eps")
+    c.loss = dict(name="ddpm", weighting="eps", time="uniform", time_kwargs={}, t_eps=0.0)
     c.train = dict(num_steps=1500, batch_size=128, learning_rate=2e-3, warmup_steps=100,
                    weight_decay=0.0, clip_norm=1.0, ema_decay=0.995, checkpoint_every=500, keep=3,
                    log_every=50, sample_every=500, label_dropout=0.0)
-    c.sample = dict(sampler="ddim", num_steps=50, num_samples=64, guidance_scale=1.0, clip_denoised=True)
-    c.distributed = dict(coordinator_address="", num_processes=1, process_id=0)
+    c.sample = dict(sampler="ddim", num_steps=50, num_samples=64, guidance_scale=1.0, clip_denoised=True,
+                    options={})
     return c

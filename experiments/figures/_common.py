@@ -1,9 +1,9 @@
 """Shared plumbing of the figure scripts: the `--out` argument, saving, and skipping cleanly.
 
-Every figure script is `python experiments/figures/<name>.py [--out DIR]` and writes one PNG
-`DIR/<name>.png` (default DIR: outputs/figures). A script whose inputs are missing (MNIST files,
-checkpoints) raises `MissingInput`; `run` turns that into a one-line message and the exit code
-`SKIPPED` (3), which `make_all.py` reports as "skipped" rather than as a failure.
+Every figure script runs from the repository root as `python -m experiments.figures.<name> [--out DIR]`
+and writes one PNG `DIR/<name>.png` (default DIR: outputs/figures). A script whose inputs are missing
+(MNIST files, checkpoints) raises `MissingInput`; `run` turns that into a one-line message and the exit
+code `SKIPPED` (3), which `make_all` reports as "skipped" rather than as a failure.
 """
 
 from __future__ import annotations
@@ -18,12 +18,9 @@ import matplotlib
 matplotlib.use("Agg")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXPERIMENTS = os.path.join(ROOT, "experiments")
 DEFAULT_OUT = os.path.join("outputs", "figures")
 DEFAULT_MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
 SKIPPED = 3
-if EXPERIMENTS not in sys.path:  # experiments/builders.py and sample.py (train.py's glue)
-    sys.path.append(EXPERIMENTS)
 
 plt_rc = {
     "figure.dpi": 110,
@@ -69,18 +66,21 @@ def script_name(file: str) -> str:
 
 
 def has_checkpoint(workdir: str) -> bool:
-    """Whether `workdir` is a train.py work directory with a config and at least one checkpoint."""
+    """Whether `workdir` is an experiments.train work directory with at least one checkpoint (a step
+    directory under `workdir/checkpoints`; the run record and config are saved with each checkpoint)."""
     ckpt = os.path.join(workdir, "checkpoints")
-    return (os.path.isfile(os.path.join(workdir, "config.json")) and os.path.isdir(ckpt)
-            and any(name.isdigit() for name in os.listdir(ckpt)))  # fmt: skip
+    return os.path.isdir(ckpt) and any(
+        name.isdigit() and os.path.isdir(os.path.join(ckpt, name)) for name in os.listdir(ckpt)
+    )
 
 
 def load_run(workdir: str, hint: str):
-    """(cfg, graphdef, EMA params, step) of a train.py work directory via `experiments/sample.py`'s
-    `load`; raises MissingInput (message: `hint`, how to produce it) if it has no checkpoint."""
+    """(cfg, trained) of an experiments.train work directory (`experiments.builders.load_run`: the
+    saved config and the `TrainedModel` with EMA parameters); raises MissingInput (message: `hint`,
+    how to produce it) if it has no checkpoint."""
     if not has_checkpoint(workdir):
         raise MissingInput(f"no checkpoint in {workdir}; {hint}")
-    from builders import load
+    from experiments.builders import load_run as load
 
     return load(workdir)
 

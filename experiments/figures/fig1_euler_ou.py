@@ -5,37 +5,36 @@
     paths of dX = −θ(X − μ) dt + s dW with the exact marginal mean ± 2 std of `LinearSDE`, and the
     empirical mean ± 2 std of many simulated paths.
 
-Both integrators are `diffjax.simulate.euler_maruyama` (with G = 0 it is the Euler method).
+Both integrators are `diffjax.integrate` with the `diffjax.EulerMaruyama` solver on a
+`diffjax.solvers.SDE` term (with G = 0 it is the Euler method).
 
-    python experiments/figures/fig1_euler_ou.py --out outputs/figures
+    python -m experiments.figures.fig1_euler_ou --out outputs/figures
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
 
-import _common  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from diffjax.processes.linear import LinearSDE  # noqa: E402
-from diffjax.simulate import euler_maruyama  # noqa: E402
+import diffjax as dj
+from diffjax.processes import LinearSDE
+from experiments.figures import _common
 
 THETA, X0, T_ODE = 2.0, 1.0, 3.0
 OU_THETA, OU_MU, OU_S, OU_X0, T_OU = 1.0, 0.0, 0.8, 3.0, 5.0
 
 
 def euler_linear_ode(theta: float, x0: float, h: float, horizon: float):
-    """(ts, xs): Euler on dx/dt = −θx with step h (euler_maruyama with zero diffusion)."""
+    """(ts, xs): Euler on dx/dt = −θx with step h (Euler–Maruyama with zero diffusion)."""
     n = int(np.floor(horizon / h + 1e-9))
     ts = jnp.linspace(0.0, n * h, n + 1)
-    _, path = euler_maruyama(jax.random.key(0), jnp.full((1, 1), x0), lambda x, t: -theta * x,
-                             lambda t: jnp.zeros(()), ts, save_path=True)  # fmt: skip
+    term = dj.solvers.SDE(lambda x, t: -theta * x, lambda t: jnp.zeros(()))
+    path = dj.integrate(dj.EulerMaruyama(), term, jnp.full((1, 1), x0), ts, jax.random.key(0),
+                        save_every=1).trajectory  # fmt: skip
     return np.asarray(ts), np.asarray(path[:, 0, 0])
 
 
@@ -70,8 +69,8 @@ def main(argv=None) -> str:
     n_steps, n_paths = 500, 4000
     ts = jnp.linspace(0.0, T_OU, n_steps + 1)
     x0 = jnp.full((n_paths, 1), OU_X0)
-    simulate = jax.jit(lambda k: euler_maruyama(k, x0, lambda x, t: ou.drift(x, t[0]),
-                                                ou.diffusion_matrix, ts, save_path=True)[1])  # fmt: skip
+    term = dj.solvers.SDE(lambda x, t: ou.drift(x, t[0]), ou.diffusion_matrix)
+    simulate = jax.jit(lambda k: dj.integrate(dj.EulerMaruyama(), term, x0, ts, k, save_every=1).trajectory)
     paths = np.asarray(simulate(jax.random.key(1))[..., 0])  # (n+1, n_paths)
     tr = ou.transition(ts)
     mean = np.asarray(tr.mean(jnp.array([OU_X0])))[:, 0]

@@ -3,27 +3,24 @@
 Top: the mean coefficient α(t) and the std σ(t) of x_t | x_0 ~ N(α(t) x_0, σ(t)² I) (closed forms
 of `diffjax.processes.sde`), and the variance α² + σ² of x_t for unit-variance data (1 for VP:
 "variance preserving", below 1 for sub-VP, exploding for VE), with the empirical moments of
-Euler–Maruyama paths (`diffjax.simulate.euler_maruyama`) as markers. Bottom: simulated paths from
-x_0 = ±1 over the closed-form bands α(t) x_0 ± 2σ(t).
+Euler–Maruyama paths (`diffjax.integrate` with `diffjax.EulerMaruyama`) as markers. Bottom:
+simulated paths from x_0 = ±1 over the closed-form bands α(t) x_0 ± 2σ(t).
 
-    python experiments/figures/fig2_sde_marginals.py --out outputs/figures
+    python -m experiments.figures.fig2_sde_marginals --out outputs/figures
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
 
-import _common  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from diffjax.processes.sde import VESDE, VPSDE, SubVPSDE  # noqa: E402
-from diffjax.simulate import euler_maruyama  # noqa: E402
+import diffjax as dj
+from diffjax.processes import VESDE, VPSDE, SubVPSDE
+from experiments.figures import _common
 
 PROCESSES = {  # name: (SDE, colour, line style); sub-VP has VP's α(t), hence dashed
     "VP (β: 0.1→20)": (VPSDE(), "tab:blue", "-"),
@@ -36,7 +33,8 @@ N_STEPS = 1000
 def simulate(sde, x0, key):
     """Euler–Maruyama paths (N_STEPS+1, batch, 1) of the forward SDE from x0 (batch, 1)."""
     ts = jnp.linspace(0.0, sde.T, N_STEPS + 1)
-    run = jax.jit(lambda k, x: euler_maruyama(k, x, sde.drift, sde.diffusion, ts, save_path=True)[1])
+    term = dj.solvers.SDE(sde.drift, sde.diffusion)
+    run = jax.jit(lambda k, x: dj.integrate(dj.EulerMaruyama(), term, x, ts, k, save_every=1).trajectory)
     return np.asarray(ts), np.asarray(run(key, x0))
 
 

@@ -10,25 +10,21 @@ Columns run from data (left) to noise (right) in both panels; the titles give t,
 Skipped with a message if the MNIST IDX files are missing (`--data-dir`, default
 ../shared/data/mnist).
 
-    python experiments/figures/fig3_forward_noising.py --out outputs/figures
+    python -m experiments.figures.fig3_forward_noising --out outputs/figures
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
 
-import _common  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from diffjax.data import DatasetNotFoundError, load_dataset  # noqa: E402
-from diffjax.paths.gaussian import CondOTPath  # noqa: E402
-from diffjax.processes.ddpm import DDPMChain  # noqa: E402
+from diffjax.data import DatasetNotFoundError, load_dataset
+from diffjax.processes import CondOTPath, DDPMChain
+from experiments.figures import _common
 
 DDPM_TIMES = [0, 50, 100, 200, 300, 500, 700, 1000]
 FM_TIMES = [1.0, 0.9, 0.8, 0.7, 0.6, 0.4, 0.2, 0.0]

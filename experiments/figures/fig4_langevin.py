@@ -6,25 +6,22 @@ particles at several iterations over the contours of log p (`GaussianMixture.log
 sliced Wasserstein distance to exact samples per iteration against its noise floor (the distance
 between two independent exact sample sets of the same size).
 
-    python experiments/figures/fig4_langevin.py --out outputs/figures
+    python -m experiments.figures.fig4_langevin --out outputs/figures
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
 
-import _common  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from diffjax.langevin import langevin_dynamics  # noqa: E402
-from diffjax.metrics import sliced_wasserstein  # noqa: E402
-from diffjax.oracle import GaussianMixture  # noqa: E402
+from diffjax.langevin import langevin_dynamics
+from diffjax.metrics import sliced_wasserstein
+from diffjax.oracle import GaussianMixture
+from experiments.figures import _common
 
 SNAPSHOTS = [0, 10, 50, 250, 1000, 5000]
 STEP_SIZE, NUM_STEPS, SAVE_EVERY, N = 0.02, 5000, 10, 4000

@@ -12,26 +12,23 @@ through (t, x) weighted by μ0(x0)·μ1(x1) (the density of (X_0, X_t) there).
 (d) The field v_t(x) over (t, x) (arrows) on the marginal density p_t(x), with the probability-flow
 ODE trajectories dx/dt = v_t(x) integrated by the library's Heun sampler from noise quantiles.
 
-    python experiments/figures/fig5_flow_matching.py --out outputs/figures
+    python -m experiments.figures.fig5_flow_matching --out outputs/figures
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.collections import LineCollection
 
-import _common  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-
-from diffjax.oracle import GaussianMixture, gaussian  # noqa: E402
-from diffjax.paths.gaussian import CondOTPath  # noqa: E402
-from diffjax.samplers import sample  # noqa: E402
+from diffjax.oracle import GaussianMixture, gaussian
+from diffjax.processes import CondOTPath
+from diffjax.sampling import sample
+from experiments.figures import _common
 
 log_prob = jax.jit(lambda dist, x: dist.log_prob(x))  # x (N, 1); dist a GaussianMixture pytree
 velocity = jax.jit(lambda dist, x, t: dist.velocity(x, CondOTPath(), t))
@@ -111,8 +108,8 @@ def field_panel(ax, data, path):
     ax.quiver(qt, qx, 1 / norm, v / norm, color="tab:red", angles="xy", scale=28, width=0.003)
     n = 24
     x_init = jax.scipy.special.ndtri((jnp.arange(n) + 0.5) / n)[:, None]
-    res = sample("heun", data.model_fn(path, "velocity"), path, jax.random.key(0), (n, 1), 50,
-                 prediction="velocity", x_init=x_init, save_trajectory=True)  # fmt: skip
+    res = sample("heun", data.model(path, "velocity"), path, jax.random.key(0), (n, 1), 50,
+                 x_init=x_init, save_trajectory=True)  # fmt: skip
     traj = np.asarray(res.trajectory[:, :, 0])
     grid_t = np.linspace(0.0, 1.0, traj.shape[0])
     for i in range(n):

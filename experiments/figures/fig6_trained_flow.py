@@ -1,12 +1,12 @@
 """Figure 6: a trained 2D flow-matching model carrying noise to the checkerboard.
 
 Uses the checkpoint of `make demo` (`--workdir`, default outputs/demo: CondOT path, velocity
-MLP); skipped with a message if it has none. The model is restored with `experiments/sample.py`'s
-`load` (EMA parameters) and sampled with the configured sampler, keeping the trajectories:
-snapshots of x_t along the flow, the trajectories, and the share of samples on the checkerboard's
-squares (`diffjax.data.in_checkerboard`).
+MLP); skipped with a message if it has none. The model is restored with
+`experiments.builders.load_run` (EMA parameters) and sampled with the configured sampler
+(`experiments.builders.generate`), keeping the trajectories: snapshots of x_t along the flow, the
+trajectories, and the share of samples on the checkerboard's squares (`diffjax.data.in_checkerboard`).
 
-    python experiments/figures/fig6_trained_flow.py --out outputs/figures [--workdir outputs/demo]
+    python -m experiments.figures.fig6_trained_flow --out outputs/figures [--workdir outputs/demo]
 """
 
 from __future__ import annotations
@@ -14,31 +14,30 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
 
-import _common  # noqa: E402
-import jax  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from diffjax.data import checkerboard, in_checkerboard  # noqa: E402
-from diffjax.samplers import make_grid  # noqa: E402
+from diffjax.data import checkerboard, in_checkerboard
+from diffjax.grids import make_grid
+from experiments.figures import _common
 
 
 def main(argv=None) -> str:
     p = _common.parser(__doc__)
     p.add_argument("--workdir", default=os.path.join("outputs", "demo"),
-                   help="a train.py work directory with a 2D checkpoint (default outputs/demo)")
+                   help="an experiments.train work directory with a 2D checkpoint (default outputs/demo)")
     p.add_argument("--num", type=int, default=2000, help="number of samples")
     args = p.parse_args(argv)
     workdir = args.workdir
-    cfg, graphdef, params, step = _common.load_run(workdir, "fig6 needs `make demo` (run it first).")
-    from builders import build_process, generate
+    cfg, trained = _common.load_run(workdir, "fig6 needs `make demo` (run it first).")
+    from experiments.builders import generate
 
     if cfg.model.kind != "mlp" or cfg.model.kwargs.dim != 2:
         raise ValueError(f"fig6: {workdir} holds a {cfg.model.kind} model; need a 2D MLP (checkerboard).")
-    process = build_process(cfg)
-    res = generate(cfg, graphdef, params, process, jax.random.key(1), args.num, save_trajectory=True)
+    process, step = trained.process, trained.step
+    res = generate(cfg, trained.model, process, jax.random.key(1), args.num, trained.record["data_shape"],
+                   save_trajectory=True)  # fmt: skip
     traj = np.asarray(res.trajectory)  # (num_steps + 1, num, 2), t from t_noise to t_data
     samples = np.asarray(res.samples)
     frac = float(np.mean(np.asarray(in_checkerboard(samples))))
@@ -73,7 +72,7 @@ def main(argv=None) -> str:
     for ax in axes.ravel():
         ax.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal")
     fig.suptitle(
-        f"Trained 2D flow: {cfg.process.name} path, {cfg.model.output}-predicting MLP (width "
+        f"Trained 2D flow: {cfg.process.name} path, {cfg.model.prediction}-predicting MLP (width "
         f"{cfg.model.kwargs.width}, {step} training steps, {os.path.normpath(workdir)}),\nsampled with "
         f"{cfg.sample.sampler}, {cfg.sample.num_steps} steps ({int(res.nfe)} evaluations): {100 * frac:.1f}% "
         f"of {args.num} samples on the squares (data: {100 * frac_data:.0f}%)"

@@ -8,7 +8,7 @@ peers (diffusers, flow_matching): dashed, hollow. Dotted line: the noise floor (
 for fresh data). Skipped if the CSV is missing (`--csv`, default bench/results/samplers.csv, else
 the `--quick` run's samplers_quick.csv).
 
-    python experiments/figures/fig7_error_vs_nfe.py --out outputs/figures [--csv PATH]
+    python -m experiments.figures.fig7_error_vs_nfe --out outputs/figures [--csv PATH]
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
-import _common  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from experiments.figures import _common
 
 RESULTS = os.path.join(_common.ROOT, "bench", "results")
 CANDIDATES = [os.path.join(RESULTS, "samplers.csv"), os.path.join(RESULTS, "samplers_quick.csv")]

@@ -1,13 +1,14 @@
 """Figure 8: samples of the trained MNIST models side by side — DDPM, VP SDE and flow matching.
 
-Each model is restored from its train.py work directory with `experiments/builders.load`
-(EMA parameters) and sampled with its config's default sampler (`experiments/builders.generate`),
-64 samples from the same seed, x̂0 clipped to the data range [−1, 1] at every step (`clip_denoised`;
-`--raw` samples the unclipped model), shown as an 8 × 8 grid (`diffjax.viz.image_grid`). Panel titles:
-model (process, network output), sampler, steps, NFE (model evaluations per sample) and training
-steps. Work directories without a checkpoint are left out; skipped only if none has one.
+Each model is restored from its experiments.train work directory with
+`experiments.builders.load_run` (EMA parameters) and sampled with its config's default sampler
+(`experiments.builders.generate`), 64 samples from the same seed, x̂0 clipped to the data range
+[−1, 1] at every step (`clip_denoised`; `--raw` samples the unclipped model), shown as an 8 × 8 grid
+(`diffjax.viz.image_grid`). Panel titles: model (process, network prediction), sampler, steps, NFE
+(model evaluations per sample) and training steps. Work directories without a checkpoint are left
+out; skipped only if none has one.
 
-    python experiments/figures/fig8_mnist_samples.py --out outputs/figures \
+    python -m experiments.figures.fig8_mnist_samples --out outputs/figures \
         [--ddpm outputs/mnist_ddpm] [--vp outputs/mnist_vp] [--fm outputs/mnist_fm]
 """
 
@@ -17,14 +18,12 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
 
-import _common  # noqa: E402
-import jax  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from diffjax.viz import image_grid  # noqa: E402
+from diffjax.viz import image_grid
+from experiments.figures import _common
 
 MODELS = {  # flag: (title, default work directory, config file)
     "ddpm": ("DDPM", os.path.join("outputs", "mnist_ddpm"), "mnist_ddpm.py"),
@@ -34,7 +33,7 @@ MODELS = {  # flag: (title, default work directory, config file)
 
 
 def train_command(flag: str, workdir: str) -> str:
-    return (f"python experiments/train.py --config experiments/configs/{MODELS[flag][2]} "
+    return (f"python -m experiments.train --config experiments/configs/{MODELS[flag][2]} "
             f"--workdir {workdir} --config.data.data_dir=../shared/data/mnist")  # fmt: skip
 
 
@@ -50,15 +49,17 @@ def main(argv=None) -> str:
     if not present:
         cmds = "; ".join(train_command(f, getattr(args, f)) for f in MODELS)
         raise _common.MissingInput(f"fig8: no trained MNIST model found; train one: {cmds}")
-    from builders import build_process, generate
+    from experiments.builders import generate
 
     fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 5.3), squeeze=False,
                              layout="constrained")  # fmt: skip
     for ax, (flag, workdir) in zip(axes[0], present.items(), strict=True):
-        cfg, graphdef, params, step = _common.load_run(workdir, train_command(flag, workdir))
+        cfg, trained = _common.load_run(workdir, train_command(flag, workdir))
+        step = trained.step
         cfg.sample.clip_denoised = not args.raw
         t0 = time.perf_counter()
-        res = generate(cfg, graphdef, params, build_process(cfg), jax.random.key(args.seed), args.num)
+        res = generate(cfg, trained.model, trained.process, jax.random.key(args.seed), args.num,
+                       trained.record["data_shape"])  # fmt: skip
         samples = np.asarray(res.samples)
         s = cfg.sample
         print(f"  {flag}: {workdir} step {step}, {s.sampler} {s.num_steps} steps, NFE {int(res.nfe)}, "
@@ -66,7 +67,7 @@ def main(argv=None) -> str:
         ax.imshow(image_grid(samples, ncol=int(np.ceil(np.sqrt(args.num))))[..., 0], cmap="gray",
                   vmin=0, vmax=255, interpolation="nearest")  # fmt: skip
         ax.axis("off")
-        ax.set_title(f"{MODELS[flag][0]}: {cfg.process.name} process, {cfg.model.output} prediction\n"
+        ax.set_title(f"{MODELS[flag][0]}: {cfg.process.name} process, {cfg.model.prediction} prediction\n"
                      f"{s.sampler}, {s.num_steps} steps, NFE {int(res.nfe)}\n"
                      f"{step:,} training steps ({os.path.normpath(workdir)})")  # fmt: skip
     missing = [MODELS[f][0] for f in MODELS if f not in present]

@@ -1,13 +1,13 @@
 """Figure 9: classifier-free guidance on class-conditional MNIST — the same noise at scales w.
 
 The model of `experiments/configs/mnist_cfg.py` (flow matching with label dropout, `--workdir`,
-default outputs/mnist_cfg) is restored with `experiments/builders.load` (EMA parameters) and
+default outputs/mnist_cfg) is restored with `experiments.builders.load_run` (EMA parameters) and
 sampled with its config's sampler at guidance scales w (`diffjax.guidance.cfg_model`:
 pred = (1 − w)·pred(x, t, ∅) + w·pred(x, t, y); w = 0 unconditional, w = 1 conditional, w > 1
 sharper). One panel per w, rows = digits 0–9, `--per-digit` columns; every panel starts from the
 same prior draw, so a cell shows the same noise under different w. Skipped if the model is absent.
 
-    python experiments/figures/fig9_guidance_scales.py --out outputs/figures [--workdir outputs/mnist_cfg]
+    python -m experiments.figures.fig9_guidance_scales --out outputs/figures [--workdir outputs/mnist_cfg]
 """
 
 from __future__ import annotations
@@ -15,16 +15,14 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
 
-import _common  # noqa: E402
-import jax  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from diffjax.viz import image_grid
+from experiments.figures import _common
 
-from diffjax.viz import image_grid  # noqa: E402
-
-TRAIN = ("python experiments/train.py --config experiments/configs/mnist_cfg.py --workdir {} "
+TRAIN = ("python -m experiments.train --config experiments/configs/mnist_cfg.py --workdir {} "
          "--config.data.data_dir=../shared/data/mnist")  # fmt: skip
 
 
@@ -37,21 +35,21 @@ def main(argv=None) -> str:
     p.add_argument("--per-digit", type=int, default=4, help="samples per digit (columns per panel)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every w)")
     args = p.parse_args(argv)
-    cfg, graphdef, params, step = _common.load_run(args.workdir, "train it: " + TRAIN.format(args.workdir))
-    from builders import build_process, generate, num_classes
+    cfg, trained = _common.load_run(args.workdir, "train it: " + TRAIN.format(args.workdir))
+    from experiments.builders import generate, num_classes
 
     n_cls = num_classes(cfg)
     if n_cls is None:
         raise ValueError(f"fig9: {args.workdir} holds an unconditional model; need a class-conditional "
                          "one (experiments/configs/mnist_cfg.py).")  # fmt: skip
     labels = np.repeat(np.arange(n_cls), args.per_digit)  # row d of the grid: digit d
-    process = build_process(cfg)
+    process, step = trained.process, trained.step
     fig, axes = plt.subplots(1, len(args.scales), figsize=(1 + 0.7 * args.per_digit * len(args.scales), 6.8),
                              squeeze=False, layout="constrained")  # fmt: skip
     for ax, w in zip(axes[0], args.scales, strict=True):
         cfg.sample.guidance_scale = w
-        res = generate(cfg, graphdef, params, process, jax.random.key(args.seed), len(labels),
-                       labels=labels)  # fmt: skip
+        res = generate(cfg, trained.model, process, jax.random.key(args.seed), len(labels),
+                       trained.record["data_shape"], labels=labels)  # fmt: skip
         print(f"  w = {w:g}: NFE {int(res.nfe)} (each on the doubled batch [cond, uncond])", flush=True)
         ax.imshow(image_grid(np.asarray(res.samples), ncol=args.per_digit)[..., 0], cmap="gray",
                   vmin=0, vmax=255, interpolation="nearest")  # fmt: skip
@@ -66,7 +64,7 @@ def main(argv=None) -> str:
     axes[0, 0].set_ylabel("class label y")
     s = cfg.sample
     fig.suptitle(f"Classifier-free guidance $(1-w)f(x,t,\\varnothing) + w f(x,t,y)$ on the "
-                 f"{cfg.model.output} prediction f:\n"
+                 f"{cfg.model.prediction} prediction f:\n"
                  f"{os.path.normpath(args.workdir)}, {step:,} training steps, {s.sampler}, "
                  f"{s.num_steps} steps, NFE {int(res.nfe)}; same prior draw in every panel")  # fmt: skip
     return _common.save(fig, args.out, _common.script_name(__file__))

@@ -1,11 +1,12 @@
-"""Run every figure script (experiments/figures/fig*.py) into one folder and report.
+"""Run every figure module (experiments/figures/fig*.py) into one folder and report.
 
-Each script runs as its own subprocess from the repository root (so its default inputs, e.g.
-outputs/demo, resolve there) with `--out DIR`. A script exits 0 when it wrote its PNG, `SKIPPED`
-(3) when its inputs are missing (checkpoints, data, the benchmark CSV), anything else on failure.
-This exits 1 if any script failed, else 0 (skipped figures are not failures).
+Each figure runs as its own subprocess from the repository root, `python -m
+experiments.figures.<name> --out DIR` (so the package imports and its default inputs, e.g.
+outputs/demo, resolve there). A figure exits 0 when it wrote its PNG, `SKIPPED` (3) when its inputs
+are missing (checkpoints, data, the benchmark CSV), anything else on failure. This exits 1 if any
+figure failed, else 0 (skipped figures are not failures).
 
-    python experiments/figures/make_all.py [--out outputs/figures] [--only fig1 fig4]
+    python -m experiments.figures.make_all [--out outputs/figures] [--only fig1 fig4]
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+from experiments.figures._common import DEFAULT_OUT, ROOT, SKIPPED
 
-from _common import DEFAULT_OUT, ROOT, SKIPPED  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def scripts(only: list[str] | None) -> list[str]:
-    found = sorted(glob.glob(os.path.join(HERE, "fig*.py")))
+    """The figure modules' names (fig1_euler_ou, ...), those starting with a prefix in `only` if given."""
+    found = sorted(os.path.splitext(os.path.basename(f))[0] for f in glob.glob(os.path.join(HERE, "fig*.py")))
     if only:
-        found = [s for s in found if any(os.path.basename(s).startswith(o) for o in only)]
+        found = [name for name in found if any(name.startswith(o) for o in only)]
     return found
 
 
@@ -46,11 +47,10 @@ def main(argv=None) -> int:
         print(f"no figure script matches {args.only}", file=sys.stderr)
         return 1
     status: dict[str, list[str]] = {"wrote": [], "skipped": [], "failed": []}
-    for script in todo:
-        name = os.path.basename(script)
+    for name in todo:
         print(f"{name} ...", flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, script, "--out", out], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", f"experiments.figures.{name}", "--out", out], cwd=ROOT,
                               capture_output=True, text=True)  # fmt: skip
         dt = time.perf_counter() - t0
         if proc.returncode == 0:

@@ -1,0 +1,142 @@
+"""A training run's work directory: the run record saved with every checkpoint, resume checks, and
+`load_model`, which turns a work directory into a model ready to sample.
+
+Every checkpoint carries a *run record* (JSON, in the checkpoint's `meta` item) with what is needed
+to rebuild and use its parameters without the config file that produced them:
+
+    model      {"kind": "unet" | "mlp", "prediction": ..., <config fields>}   (`models.build_model`)
+    process    {"name": "vp" | "condot" | ..., <parameters>}                 (`processes.build_process`)
+    optimizer  the keyword arguments of `make_optimizer` (the optimizer state's structure)
+    data_shape the shape of one example, e.g. [28, 28, 1]
+    num_classes the number of classes of a class-conditional model (null label = num_classes) or None
+
+A resumed run must agree with the record on the network, the process, the data shape and classes
+and the optimizer state's structure (gradient clipping on or off) (`check_resumable`): a changed
+width, prediction or process is reported by name before anything is restored, instead of surfacing as
+a restore failure. Learning rate, schedule length, batch size and seed may change between segments. `load_model(workdir)` rebuilds the network, restores the newest good
+checkpoint (verified by its checksums) and returns the EMA parameters merged into the module:
+
+    trained = dj.load_model("outputs/mnist_fm")
+    dj.sample("heun", trained.model, trained.process, key, (16, 28, 28, 1), 20)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import jax
+from flax import nnx
+
+from diffjax.models import build_model
+from diffjax.processes import GaussianProcess, build_process
+from diffjax.training.checkpoint import Checkpointer
+from diffjax.training.state import create_train_state, make_optimizer
+
+RUN_FIELDS = ("model", "process", "optimizer", "data_shape", "num_classes")
+# what a resumed run must share with its checkpoints: everything that gives the parameters their
+# meaning or the state its structure (learning rate, schedule length, batch size, seed may change)
+MUST_MATCH = ("model", "process", "data_shape", "num_classes", "gradient_clipping")
+
+
+class RunMismatchError(ValueError):
+    """A run's configuration differs from the run record of the checkpoints in its work directory."""
+
+
+class TrainedModel(NamedTuple):
+    """model: the network with the restored (EMA) parameters; process: what it was trained on;
+    step: the checkpoint's step; record: the run record; num_classes: None if unconditional."""
+
+    model: nnx.Module
+    process: GaussianProcess
+    step: int
+    record: dict
+    num_classes: int | None
+
+
+def run_record(
+    model: dict, process: dict, optimizer: dict, data_shape, num_classes: int | None = None
+) -> dict:
+    """The run record of the module docstring (JSON-able)."""
+    return {"model": dict(model), "process": dict(process), "optimizer": dict(optimizer),
+            "data_shape": [int(d) for d in data_shape], "num_classes": num_classes}  # fmt: skip
+
+
+def differences(saved: dict, new: dict, fields=MUST_MATCH, prefix: str = "") -> list[str]:
+    """'field: saved → new' for every (nested) entry of `fields` that differs."""
+    out = []
+    for key in fields:
+        a, b = saved.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, sorted(set(a) | set(b)), f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} → {b!r}")
+    return out
+
+
+def _contract(record: dict) -> dict:
+    return {**record, "gradient_clipping": record["optimizer"].get("clip_norm") is not None}
+
+
+def check_resumable(saved: dict | None, new: dict, workdir: str) -> None:
+    """Raise RunMismatchError naming every field of `MUST_MATCH` where the new run differs from the
+    checkpoints' record (nothing is raised without a saved record: a fresh work directory)."""
+    if saved is None or "run" not in saved:
+        return
+    diff = differences(_contract(saved["run"]), _contract(new))
+    if diff:
+        raise RunMismatchError(
+            f"The work directory {workdir} holds checkpoints of a different run:\n  "
+            + "\n  ".join(diff)
+            + "\nIts checkpoints are untouched. Use a new work directory for the new configuration, or "
+            "run with the saved one (its record is in the checkpoint metadata and config.json)."
+        )
+
+
+def _checkpointer(workdir: str) -> Checkpointer:
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"{workdir!r} has no checkpoints (expected {directory}/): train a model there first "
+            "(python -m experiments.train --config ... --workdir ...)."
+        )
+    return Checkpointer(directory, save_every=1)
+
+
+def read_record(workdir: str) -> dict:
+    """The run record of the newest checkpoint in `workdir`."""
+    ckpt = _checkpointer(workdir)
+    try:
+        meta = ckpt.metadata()
+    finally:
+        ckpt.close()
+    if meta is None or "run" not in meta:
+        raise FileNotFoundError(f"No checkpoint with a run record in {workdir}/checkpoints.")
+    return meta["run"]
+
+
+def load_model(workdir: str, *, ema: bool = True, seed: int = 0) -> TrainedModel:
+    """The trained network of a work directory (EMA parameters unless ema=False), its process and
+    step, from the newest good checkpoint and its run record (module docstring)."""
+    record = read_record(workdir)
+    model = build_model(record["model"], seed)
+    graphdef, params = nnx.split(model)
+    optimizer, _ = make_optimizer(**record["optimizer"])
+    target = create_train_state(params, optimizer, jax.random.key(0))
+    ckpt = _checkpointer(workdir)
+    try:
+        state = ckpt.restore_latest(target)
+    finally:
+        ckpt.close()
+    if state is None:
+        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
+    model = nnx.merge(graphdef, state.ema_params if ema else state.params)
+    return TrainedModel(model, build_process(record["process"]), int(state.step), record,
+                        record.get("num_classes"))  # fmt: skip
+
+
+__all__ = [
+    "MUST_MATCH", "RUN_FIELDS", "RunMismatchError", "TrainedModel", "check_resumable", "differences",
+    "load_model", "read_record", "run_record",
+]  # fmt: skip
+

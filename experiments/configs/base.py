@@ -1,0 +1,32 @@
+"""Every key an experiment config has, with its default: the schema `validate_config` checks.
+
+Free-form sub-dicts (validated by what consumes them): model.kwargs (the network's config fields),
+process.kwargs (the process's parameters), loss.time_kwargs (the time sampler's parameters),
+sample.options (the solver's options).
+"""
+
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # data.name: checkerboard | moons | eight_gaussians | spirals | mnist | cifar10 ...;
+    # num_examples 0 = all (toys: how many to draw)
+    c.data = dict(name="checkerboard", data_dir="", source="auto", num_examples=0)
+    # model.kind: mlp | unet; model.prediction: eps | x0 | score | v | velocity
+    c.model = dict(kind="mlp", prediction="velocity", kwargs={})
+    # process.name: a key of diffjax.processes.PROCESSES (vp, subvp, ve, cosine_vp, condot, ddpm, ...)
+    c.process = dict(name="condot", kwargs={})
+    # loss.name: dsm (target ε) | cfm (target velocity) | ddpm (= dsm on the chain);
+    # weighting: none | eps | likelihood | uniform (the score-matching λ(t), see diffjax.losses);
+    # time: uniform | logit_normal; t_eps: data-end offset of the training times
+    c.loss = dict(name="cfm", weighting="none", time="uniform", time_kwargs={}, t_eps=0.0)
+    c.train = dict(num_steps=6000, batch_size=512, learning_rate=2e-3, warmup_steps=200,
+                   weight_decay=0.0, clip_norm=1.0, ema_decay=0.999, checkpoint_every=2000,
+                   keep=2, log_every=200, sample_every=0, label_dropout=0.0)
+    # sample.sampler: a name of diffjax.solvers.SOLVERS; options: its keyword options
+    c.sample = dict(sampler="heun", num_steps=32, num_samples=4000, guidance_scale=1.0,
+                    clip_denoised=False, options={})
+    c.distributed = dict(coordinator_address="", num_processes=1, process_id=0)
+    return c
