@@ -9,13 +9,13 @@ STAMP   = $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[experiments,test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) experiments/train.py --config experiments/configs/checkerboard_fm.py --workdir outputs/demo
+	$(PY) -m experiments.train --config experiments/configs/checkerboard_fm.py --workdir outputs/demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .
@@ -26,7 +26,7 @@ lint: $(STAMP)
 
 # every figure of the theory, redrawn by the library, into outputs/figures (MNIST panels need trained models)
 figures: $(STAMP)
-	$(PY) experiments/figures/make_all.py --out outputs/figures
+	$(PY) -m experiments.figures.make_all --out outputs/figures
 
 # peer benchmarks in their own venv: CPU torch (pinned), diffusers, flow_matching
 BENCH_VENV  ?= .venv-bench
@@ -34,7 +34,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --extra-index-url $(TORCH_INDEX) -e '.[bench]'
+	$(BENCH_VENV)/bin/python -m pip install --extra-index-url $(TORCH_INDEX) -e '.[experiments,bench]'
 	touch $@
 
 bench: $(BENCH_VENV)/.installed

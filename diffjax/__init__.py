@@ -33,6 +33,8 @@ from diffjax.losses import (
 from diffjax.oracle import GaussianMixture, gaussian, ring_mixture
 from diffjax.parameterization import PREDICTIONS, as_prediction, clip_denoised, convert
 from diffjax.processes import (
+    VESDE,
+    VPSDE,
     CondOTPath,
     CosinePath,
     CosineVPSDE,
@@ -42,21 +44,19 @@ from diffjax.processes import (
     LinearSDE,
     PolynomialPath,
     SubVPSDE,
-    VESDE,
     VPPath,
-    VPSDE,
     build_process,
     flow_path_from_sde,
     sde_from_flow_path,
 )
 from diffjax.sampling import SampleResult, make_solver, sample
 from diffjax.solvers import (
+    DDIM,
     EDM,
     RK4,
     SOLVERS,
     Adaptive,
     Ancestral,
-    DDIM,
     DPMSolverPP,
     Euler,
     EulerMaruyama,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-
 import jax.numpy as jnp
 from jaxtyping import Array
 

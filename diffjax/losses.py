@@ -218,7 +218,8 @@ class BoundLabels:
 
 
 __all__ = [
-    "TIME_SAMPLERS", "WEIGHTINGS", "BoundLabels", "TimeSampler", "cfm_loss", "conditional_loss", "constant_time",
+    "TIME_SAMPLERS", "WEIGHTINGS", "BoundLabels", "TimeSampler", "cfm_loss", "conditional_loss",
+    "constant_time",
     "denoising_loss", "drop_labels", "dsm_loss", "irreducible_loss_gaussian", "logit_normal_time",
     "loss_weight", "uniform_time",
 ]  # fmt: skip

@@ -38,6 +38,7 @@ class GaussianMixture:
     covs: Float[Array, "K D D"]
     labels: Int[Array, " K"]
     n_classes: int = static_field(default=1)
+    isotropic: bool = static_field(default=False)  # every Σ_k = s_k² I (a cheaper closed form)
 
     @classmethod
     def create(cls, means, covs=1.0, weights=None, labels=None) -> GaussianMixture:
@@ -48,6 +49,7 @@ class GaussianMixture:
             raise ValueError(f"GaussianMixture: means must be (K, D), got shape {means.shape}.")
         k, d = means.shape
         covs = jnp.asarray(covs, dtype=means.dtype)
+        isotropic = covs.ndim == 0 or covs.shape == (k,)
         if covs.ndim == 0:
             covs = jnp.broadcast_to(covs * jnp.eye(d), (k, d, d))
         elif covs.shape == (k,):
@@ -72,7 +74,7 @@ class GaussianMixture:
             if np.any(np.linalg.eigvalsh(np.asarray(covs)) <= 0):
                 raise ValueError("GaussianMixture: every covariance must be positive definite.")
         n_classes = int(np.asarray(labels).max()) + 1
-        return cls(weights, means, covs, labels, n_classes)
+        return cls(weights, means, covs, labels, n_classes, isotropic)
 
     # -- the data distribution -------------------------------------------------------------
     @property
@@ -90,7 +92,8 @@ class GaussianMixture:
     def condition(self, label) -> GaussianMixture:
         """The mixture of the components with class `label` (renormalised; shapes unchanged)."""
         w = jnp.where(self.labels == label, self.weights, 0.0)
-        return GaussianMixture(w / w.sum(), self.means, self.covs, self.labels, self.n_classes)
+        return GaussianMixture(w / w.sum(), self.means, self.covs, self.labels, self.n_classes,
+                               self.isotropic)  # fmt: skip
 
     def mean(self) -> Float[Array, " D"]:
         return self.weights @ self.means
@@ -129,8 +132,25 @@ class GaussianMixture:
         score = -(resp @ sol)
         return log_p, resp, x0, eps, score
 
+    def _posterior_isotropic(self, x, alpha, sigma, evals):
+        """`_posterior_one` for Σ_k = v_k I, without the rotations: O(K D) per point."""
+        d = self.dim
+        diff = x - alpha * self.means  # (K, D)
+        c = alpha**2 * evals[:, 0] + sigma**2  # (K,)
+        sol = diff / c[:, None]  # C_k⁻¹ diff
+        log_comp = -0.5 * (jnp.sum(diff * sol, -1) + d * jnp.log(c) + d * jnp.log(2 * jnp.pi))
+        log_joint = jnp.log(self.weights) + log_comp
+        log_p = jax.scipy.special.logsumexp(log_joint)
+        resp = jnp.exp(log_joint - log_p)
+        x0 = resp @ (self.means + alpha * evals * sol)
+        return log_p, resp, x0, sigma * (resp @ sol), -(resp @ sol)
+
     def _posterior(self, x, process, t):
         alpha, sigma = self._coeffs(process, x, t)
+        if self.isotropic:  # Σ_k = v_k I: U_k = I, every eigenvalue v_k
+            d = self.dim
+            evals = jnp.broadcast_to(self.covs[:, 0, 0][:, None], (self.means.shape[0], d))
+            return jax.vmap(self._posterior_isotropic, in_axes=(0, 0, 0, None))(x, alpha, sigma, evals)
         evals, evecs = jnp.linalg.eigh(self.covs)
         return jax.vmap(self._posterior_one, in_axes=(0, 0, 0, None, None))(
             x, alpha, sigma, evals, evecs

@@ -79,7 +79,7 @@ def validate_config(cfg) -> None:
     """Raise ConfigError naming the offending key and value (module docstring)."""
     unknown = _unknown_keys(cfg, base.get_config())
     if unknown:
-        raise ConfigError(f"unknown config keys {unknown}; every key is listed in experiments/configs/base.py.")
+        raise ConfigError(f"unknown config keys {unknown}; every key is in experiments/configs/base.py.")
     problems = []
 
     def need(ok, message):
@@ -92,16 +92,20 @@ def validate_config(cfg) -> None:
     need(isinstance(t.sample_every, int) and t.sample_every >= 0,
          f"train.sample_every must be an integer >= 0 (0: no previews), got {t.sample_every!r}")
     need(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}")
+    need(0 <= t.warmup_steps < t.num_steps,
+         f"train.warmup_steps must lie in [0, num_steps = {t.num_steps}), got {t.warmup_steps}")
     need(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
     need(0.0 <= t.label_dropout < 1.0, f"train.label_dropout must lie in [0, 1), got {t.label_dropout}")
     need(t.label_dropout == 0.0 or num_classes(cfg) is not None,
          "train.label_dropout > 0 needs a class-conditional model (model.kwargs.num_classes)")
-    need(isinstance(s.num_steps, int) and s.num_steps >= 1, f"sample.num_steps must be >= 1, got {s.num_steps!r}")
+    need(isinstance(s.num_steps, int) and s.num_steps >= 1,
+         f"sample.num_steps must be >= 1, got {s.num_steps!r}")
     need(isinstance(s.num_samples, int) and s.num_samples >= 1,
          f"sample.num_samples must be >= 1, got {s.num_samples!r}")
     need(cfg.data.num_examples >= 0, f"data.num_examples must be >= 0 (0: all), got {cfg.data.num_examples}")
     need(cfg.loss.name in LOSSES, f"loss.name {cfg.loss.name!r} is not one of {tuple(LOSSES)}")
-    need(cfg.loss.weighting in WEIGHTINGS, f"loss.weighting {cfg.loss.weighting!r} is not one of {WEIGHTINGS}")
+    need(cfg.loss.weighting in WEIGHTINGS,
+         f"loss.weighting {cfg.loss.weighting!r} is not one of {WEIGHTINGS}")
     need(cfg.loss.time in TIME_SAMPLERS, f"loss.time {cfg.loss.time!r} is not one of {tuple(TIME_SAMPLERS)}")
     need(cfg.model.kind in MODELS, f"model.kind {cfg.model.kind!r} is not one of {tuple(MODELS)}")
     need(cfg.model.prediction in dj.PREDICTIONS,

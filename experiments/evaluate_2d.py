@@ -73,7 +73,8 @@ def evaluate_workdir(workdir):
     for spec in FLAGS.samplers.split(","):
         sampler, steps = spec.split(":")
         cfg.sample.sampler, cfg.sample.num_steps = sampler, int(steps)
-        res = generate(cfg, trained.model, process, jax.random.key(1), FLAGS.num, trained.record["data_shape"])
+        res = generate(cfg, trained.model, process, jax.random.key(1), FLAGS.num,
+                       trained.record["data_shape"])  # fmt: skip
         sw, mmd = distances(res.samples, test_x, k_dist)
         row = dict(model=os.path.basename(os.path.normpath(workdir)), data=name, sampler=sampler,
                    steps=int(steps), nfe=int(res.nfe), sliced_w2=round(sw, 4),

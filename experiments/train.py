@@ -39,12 +39,12 @@ from diffjax.training import (
 from diffjax.viz import save_image_grid, save_samples_2d
 from experiments.builders import (
     build_loss,
-    user_errors,
     generate,
     model_spec,
     num_classes,
     optimizer_spec,
     process_spec,
+    user_errors,
     validate_config,
 )
 
@@ -61,7 +61,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
                                  dist.process_id if dist.coordinator_address else None)  # fmt: skip
     is_main = jax.process_index() == 0
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise NotADirectoryError(f"--workdir {workdir!r} is a file; give a directory for checkpoints and logs.")
+        raise NotADirectoryError(f"--workdir {workdir!r} is a file; give a directory for the checkpoints.")
     os.makedirs(workdir, exist_ok=True)
 
     data, labels = load_dataset(cfg.data.name, "train", cfg.data.data_dir or None,
@@ -90,19 +90,22 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
                        process_index=jax.process_index(), process_count=jax.process_count())
 
     def preview(step, state):
-        res = generate(cfg, nnx.merge(graphdef, state.ema_params), process, jax.random.key(step), 64, data_shape)
+        model = nnx.merge(graphdef, state.ema_params)
+        res = generate(cfg, model, process, jax.random.key(step), 64, data_shape)
         if is_main and cfg.model.kind == "unet":
             save_image_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), res.samples, 8)
 
     hooks = [(t.sample_every, preview)] if t.sample_every else []
     train_config = TrainConfig(workdir, t.num_steps, checkpoint_every=t.checkpoint_every, keep=t.keep,
-                               log_every=t.log_every, metadata={"run": record, "config": config_json})  # fmt: skip
+                               log_every=t.log_every,
+                               metadata={"run": record, "config": config_json})  # fmt: skip
     config_path = os.path.join(workdir, "config.json")
     fresh = not os.path.exists(config_path)
     result = train(train_config, train_step, state, batch_iter, hooks=hooks,
                    on_start=lambda: _write_config(config_path, config_json, fresh and is_main))  # fmt: skip
+    loss = result.last_metrics.get("loss")
     summary = {"step": result.step, "start_step": result.start_step, "preempted": result.preempted,
-               "loss": float(result.last_metrics["loss"]) if "loss" in result.last_metrics else None}  # fmt: skip
+               "loss": None if loss is None else float(loss)}  # fmt: skip
     if result.preempted:
         return summary
 
@@ -118,7 +121,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         title = cfg.data.name
         if cfg.data.name == "checkerboard":
             summary["on_squares"] = float(np.mean(np.asarray(in_checkerboard(samples))))
-            title += f": {100 * summary['on_squares']:.1f}% of samples on the checkerboard's squares (data: 100%)"
+            title += (f": {100 * summary['on_squares']:.1f}% of samples on the checkerboard's squares "
+                      "(data: 100%)")
             print(title.split(": ", 1)[1])
         path = save_samples_2d(os.path.join(workdir, "samples.png"), samples, data[:n], res.trajectory,
                                title=title, lim=3.0)  # fmt: skip

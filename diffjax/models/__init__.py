@@ -18,7 +18,6 @@ from diffjax.models.embeddings import (
 from diffjax.models.mlp import ResidualMLP, ResidualMLPConfig
 from diffjax.models.unet import UNet, UNetConfig
 
-
 MODELS = {"unet": (UNet, UNetConfig), "mlp": (ResidualMLP, ResidualMLPConfig)}
 
 

@@ -15,7 +15,7 @@ from diffjax.solvers.edm import EDM
 from diffjax.solvers.euler_maruyama import EulerMaruyama
 from diffjax.solvers.predictor_corrector import PredictorCorrector
 from diffjax.solvers.runge_kutta import RK4, Euler, Heun, Midpoint, RungeKutta, Tableau
-from diffjax.solvers.terms import SDE, ODE, Langevin
+from diffjax.solvers.terms import ODE, SDE, Langevin
 
 SOLVERS = {
     # probability-flow ODE

@@ -18,7 +18,9 @@ import jax.numpy as jnp
 from diffjax._pytree import pytree_dataclass, static_field
 from diffjax.solvers.base import Solution, Solver
 
-METHODS = {"tsit5": (diffrax.Tsit5, 5, 6), "dopri5": (diffrax.Dopri5, 5, 6), "dopri8": (diffrax.Dopri8, 8, 13)}
+# name → (diffrax solver, order, new stages per step)
+METHODS = {"tsit5": (diffrax.Tsit5, 5, 6), "dopri5": (diffrax.Dopri5, 5, 6),
+           "dopri8": (diffrax.Dopri8, 8, 13)}  # fmt: skip
 NORMS = ("rms", "per_example")
 
 
@@ -36,7 +38,7 @@ class Adaptive(Solver):
     rtol: float = static_field(default=1e-3)
     atol: float = static_field(default=1e-3)
     max_steps: int = static_field(default=4096)
-    initial_steps: int | None = static_field(default=16)  # first step (t1 − t0)/initial_steps; None: diffrax's guess
+    initial_steps: int | None = static_field(default=16)  # first step (t1 − t0)/initial_steps; None: guessed
     norm: str = static_field(default="rms")
     throw: bool = static_field(default=True)  # raise on failure; else report it in Solution.success
     needs_rates: ClassVar[bool] = True
@@ -62,8 +64,12 @@ class Adaptive(Solver):
         norm = {"norm": _per_example_rms} if self.norm == "per_example" else {}
         controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol, **norm)
         dtypes = jax.tree.map(lambda leaf: leaf.dtype, y0)
+
+        def field(t, y, args):
+            return jax.tree.map(lambda v, d: v.astype(d), term.velocity(y, t), dtypes)
+
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, y, args: jax.tree.map(lambda v, d: v.astype(d), term.velocity(y, t), dtypes)),
+            diffrax.ODETerm(field),
             cls(), t0, t1, dt0, y0, stepsize_controller=controller, max_steps=self.max_steps,
             saveat=diffrax.SaveAt(t1=True), throw=self.throw,
         )  # fmt: skip

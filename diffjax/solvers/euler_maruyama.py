@@ -42,6 +42,7 @@ class EulerMaruyama(Solver):
     def step(self, term, y, carry, t, t_next, key):
         drift, g = term.sde(y, t)
         if drift.shape != y.shape:
-            raise ValueError(f"euler_maruyama: the drift must have the state's shape {y.shape}, got {drift.shape}.")
+            raise ValueError(f"euler_maruyama: the drift must have the state's shape {y.shape}, "
+                             f"got {drift.shape}.")  # fmt: skip
         dt = t_next - t
         return y + drift * dt + jnp.sqrt(jnp.abs(dt)) * _noise(key, y, jnp.asarray(g)), carry

@@ -8,6 +8,7 @@ loss and steps/s; it is off when stderr is not a terminal or the CI variable is 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -28,7 +29,7 @@ class MetricsLogger:
 
     def __init__(
         self, workdir: str | os.PathLike, *, num_steps: int, start_step: int = 0,
-        enabled: bool | None = None, progress: bool | None = None, tensorboard: bool = True,
+        enabled: bool | None = None, progress: bool | None = None, tensorboard: bool | None = None,
     ):  # fmt: skip
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = os.fspath(workdir)
@@ -40,6 +41,8 @@ class MetricsLogger:
             return
         os.makedirs(self.workdir, exist_ok=True)
         self._jsonl = open(os.path.join(self.workdir, "metrics.jsonl"), "a")
+        if tensorboard is None:  # when tensorboardX is installed (the `experiments` extra)
+            tensorboard = importlib.util.find_spec("tensorboardX") is not None
         if tensorboard:
             from tensorboardX import SummaryWriter
 

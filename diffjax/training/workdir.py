@@ -13,7 +13,8 @@ to rebuild and use its parameters without the config file that produced them:
 A resumed run must agree with the record on the network, the process, the data shape and classes
 and the optimizer state's structure (gradient clipping on or off) (`check_resumable`): a changed
 width, prediction or process is reported by name before anything is restored, instead of surfacing as
-a restore failure. Learning rate, schedule length, batch size and seed may change between segments. `load_model(workdir)` rebuilds the network, restores the newest good
+a restore failure. Learning rate, schedule length, batch size and seed may change between segments.
+`load_model(workdir)` rebuilds the network, restores the newest good
 checkpoint (verified by its checksums) and returns the EMA parameters merged into the module:
 
     trained = dj.load_model("outputs/mnist_fm")
