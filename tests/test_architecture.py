@@ -48,8 +48,8 @@ def test_no_isinstance_on_a_concrete_process_outside_its_module():
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "isinstance" and node.args[1:]:
-                named = {n.id if isinstance(n, ast.Name) else n.attr
-                         for n in ast.walk(node.args[1]) if isinstance(n, ast.Name | ast.Attribute)}  # fmt: skip
+                parts = [n for n in ast.walk(node.args[1]) if isinstance(n, ast.Name | ast.Attribute)]
+                named = {n.id if isinstance(n, ast.Name) else n.attr for n in parts}
                 for cls in named & set(classes):
                     if classes[cls] != module and cls != "GaussianProcess":
                         offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} isinstance(..., {cls})")
