@@ -30,11 +30,11 @@ figures: $(STAMP)
 
 # peer benchmarks in their own venv: CPU torch (pinned), diffusers, flow_matching
 BENCH_VENV  ?= .venv-bench
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=  # e.g. https://download.pytorch.org/whl/cpu where torch must be downloaded
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --extra-index-url $(TORCH_INDEX) -e '.[experiments,bench]'
+	$(BENCH_VENV)/bin/python -m pip install $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e '.[experiments,bench]'
 	touch $@
 
 bench: $(BENCH_VENV)/.installed

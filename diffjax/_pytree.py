@@ -7,6 +7,7 @@ fields are array leaves that `jit`, `vmap` and `grad` trace through.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 
@@ -16,9 +17,12 @@ def static_field(**kwargs):
     return dataclasses.field(metadata={"static": True}, **kwargs)
 
 
-def pytree_dataclass(cls):
-    """Decorate `cls` as a frozen dataclass registered as a pytree."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
+def pytree_dataclass(cls=None, *, eq: bool = True):
+    """Decorate `cls` as a frozen dataclass registered as a pytree. eq=False keeps identity equality
+    and hashing: for callables holding arrays (models), which `jax.jit` must be able to hash."""
+    if cls is None:
+        return functools.partial(pytree_dataclass, eq=eq)
+    cls = dataclasses.dataclass(frozen=True, eq=eq)(cls)
     fields = dataclasses.fields(cls)
     data = [f.name for f in fields if not f.metadata.get("static", False)]
     meta = [f.name for f in fields if f.metadata.get("static", False)]

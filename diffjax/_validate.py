@@ -36,7 +36,7 @@ def check_time(t, lo: float, hi: float, owner: str):
             raise ValueError(
                 f"{owner}: time t must lie in [{lo}, {hi}], got values in "
                 f"[{tn.min():.6g}, {tn.max():.6g}]. Diffusion processes put data at t=0 and noise at "
-                "t=T; flow-matching paths put noise at t=0 and data at t=1 (see diffjax.convention)."
+                "t=T; flow-matching paths put noise at t=0 and data at t=1 (diffjax.processes.convention)."
             )
     return t
 

@@ -138,7 +138,7 @@ def _check_labels(y: PyTree, null_label: PyTree) -> None:
             )
 
 
-@pytree_dataclass
+@pytree_dataclass(eq=False)
 class ClassifierFree:
     """(1 − w)·pred(x, t, ∅) + w·pred(x, t, y) as a model (x, t) -> prediction (see `cfg_model`)."""
 

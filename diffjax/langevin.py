@@ -31,6 +31,6 @@ def langevin_dynamics(
         raise ValueError(f"langevin_dynamics: save_every must be >= 0, got {save_every}.")
     if save_every and num_steps % save_every:
         raise ValueError("langevin_dynamics: num_steps must be a multiple of save_every.")
-    ts = jnp.asarray(step_size, x_init.dtype) * jnp.arange(num_steps + 1, dtype=x_init.dtype)
-    sol = integrate(EulerMaruyama(), Langevin(score_fn), x_init, ts, key, save_every=save_every)
+    ts = jnp.arange(num_steps + 1, dtype=x_init.dtype)  # in steps: Δτ = 1 exactly
+    sol = integrate(EulerMaruyama(), Langevin(score_fn, step_size), x_init, ts, key, save_every=save_every)
     return (sol.y, sol.trajectory) if save_every else sol.y

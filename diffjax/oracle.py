@@ -195,7 +195,7 @@ class GaussianMixture:
         return ExactModel(self, process, prediction)
 
 
-@pytree_dataclass
+@pytree_dataclass(eq=False)
 class ExactModel:
     """The Bayes-optimal network of a `GaussianMixture` under a process (see `GaussianMixture.model`)."""
 

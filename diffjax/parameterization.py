@@ -17,7 +17,6 @@ which a discrete chain does not have (a clear error, not a NaN).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Literal
 
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from diffjax._array import expand
+from diffjax._pytree import pytree_dataclass, static_field
 from diffjax._validate import check_batch_time
 from diffjax.processes.base import Coefficients, GaussianProcess
 
@@ -111,33 +111,38 @@ def as_prediction(
     return jax.tree_util.Partial(_converted, model_fn, process, prediction, to)
 
 
-def _clipped_prediction(model_fn, process, low, high, x, t, *, prediction):
-    t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
-    c = process.coefficients(t)
-    x0, eps = to_x0_eps(model_fn(x, t), prediction, x, c)
-    x0 = jnp.clip(x0, low.astype(x0.dtype), high.astype(x0.dtype))
-    a, s = expand(c.alpha, x), expand(c.sigma, x)
-    eps = jnp.where(s > 0, (x - a * x0) / jnp.where(s > 0, s, 1), eps)  # σ = 0: x0 = x/α, ε free
-    return from_x0_eps(x0, eps, prediction, x, c)
+@pytree_dataclass(eq=False)
+class ClippedModel:
+    """A model whose denoised estimate x̂0 is clipped to [low, high] (see `clip_denoised`)."""
 
+    model: ModelFn
+    process: GaussianProcess
+    low: Array
+    high: Array
+    prediction: str = static_field(default="eps")
 
-# one module-level function per prediction: the same Partial structure for every call → compile once
-_CLIPPED = {p: functools.partial(_clipped_prediction, prediction=p) for p in PREDICTIONS}
+    def __call__(self, x, t):
+        t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
+        c = self.process.coefficients(t)
+        x0, eps = to_x0_eps(self.model(x, t), self.prediction, x, c)
+        x0 = jnp.clip(x0, self.low.astype(x0.dtype), self.high.astype(x0.dtype))
+        a, s = expand(c.alpha, x), expand(c.sigma, x)
+        eps = jnp.where(s > 0, (x - a * x0) / jnp.where(s > 0, s, 1), eps)  # σ = 0: x0 = x/α, ε free
+        return from_x0_eps(x0, eps, self.prediction, x, c)
 
 
 def clip_denoised(
     model_fn: ModelFn, process: GaussianProcess, prediction: Prediction, low: float = -1.0,
     high: float = 1.0,
-) -> ModelFn:  # fmt: skip
+) -> ClippedModel:  # fmt: skip
     """The model with its denoised estimate x̂0 clipped to the data range [low, high] (Ho et al. 2020's
     `clip_denoised`; diffusers' `clip_sample`), ε re-derived from x = αx̂0 + σε, returned as the same
-    `prediction`.
+    `prediction` (which the result declares).
 
     For data inside the box the exact E[x0 | x_t] lies inside it too (a mean of points in a convex
     set), so clipping only removes model error; it is a static projection, not dynamic thresholding.
-    Returns a `jax.tree_util.Partial` (model_fn, process and bounds are leaves): samplers compile once.
+    A pytree (model, process and bounds are leaves): samplers compile once for it.
     """
     check_prediction(prediction)
     dtype = jnp.result_type(float)
-    return jax.tree_util.Partial(_CLIPPED[prediction], model_fn, process, jnp.asarray(low, dtype),
-                                 jnp.asarray(high, dtype))  # fmt: skip
+    return ClippedModel(model_fn, process, jnp.asarray(low, dtype), jnp.asarray(high, dtype), prediction)

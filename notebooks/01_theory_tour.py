@@ -38,12 +38,8 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from diffjax.guidance import cfg_model, classifier_guided_model
-from diffjax.likelihood import log_likelihood
+import diffjax as dj
 from diffjax.metrics import sliced_wasserstein
-from diffjax.oracle import GaussianMixture
-from diffjax.processes.sde import VPSDE
-from diffjax.samplers import sample
 
 QUICK = os.environ.get("DIFFJAX_NB_QUICK", "0") == "1"
 N = 1000 if QUICK else 4000  # samples per distribution
@@ -61,13 +57,13 @@ key = jax.random.key(0)
 # with $\beta(t) = 0.1 + 19.9\,t$ on $t\in[0, 1]$.
 
 # %%
-mixture = GaussianMixture.create(
+mixture = dj.GaussianMixture.create(
     means=[[-2.0, -1.0], [2.0, -1.0], [0.0, 2.0]],
     covs=[[[0.30, 0.15], [0.15, 0.30]], [[0.30, -0.15], [-0.15, 0.30]], [[0.6, 0.0], [0.0, 0.1]]],
     weights=[0.3, 0.3, 0.4],
     labels=[0, 0, 1],
 )
-sde = VPSDE()
+sde = dj.VPSDE()
 ts_show = [0.0, 0.1, 0.25, 0.5, 1.0]
 print("alpha_t:", np.round(np.asarray(sde.alpha(jnp.asarray(ts_show))), 4))
 print("sigma_t:", np.round(np.asarray(sde.sigma(jnp.asarray(ts_show))), 4))
@@ -108,7 +104,7 @@ print(f"max |log p_T - log N(0, I)| on the grid: {float(prior_gap):.3f}")
 key, k_data, k_noise = jax.random.split(key, 3)
 x0_data, _ = mixture.sample(k_data, N)
 t_mid = 0.25
-xt, _ = sde.sample_marginal(k_noise, x0_data, jnp.full((N,), t_mid))
+xt = sde.sample_marginal(k_noise, x0_data, jnp.full((N,), t_mid)).x_t
 cov_exact = sde.alpha(t_mid) ** 2 * mixture.covariance() + sde.sigma(t_mid) ** 2 * jnp.eye(2)
 print("empirical Cov(x_t):\n", np.round(np.cov(np.asarray(xt).T), 3))
 print("exact     Cov(x_t):\n", np.round(np.asarray(cov_exact), 3))
@@ -163,17 +159,17 @@ plt.show()
 # $$\text{PF-ODE:}\quad dx = \big[f(t)x - \tfrac12 g(t)^2\nabla\log p_t(x)\big]dt,\qquad
 # \text{reverse SDE:}\quad dx = \big[f(t)x - g(t)^2\nabla\log p_t(x)\big]dt + g(t)\,d\bar W.$$
 #
-# We integrate them with the exact model `mixture.model_fn(sde, "eps")` (which predicts
-# $\mathbb E[\varepsilon \mid x_t]$; the samplers convert it to the score
-# $-\varepsilon/\sigma_t$): Heun (2nd order, deterministic) for the ODE, Euler–Maruyama for the
-# SDE.
+# We integrate them with the exact model `mixture.model(sde, "eps")` (which predicts
+# $\mathbb E[\varepsilon \mid x_t]$ and declares it, so `dj.sample` needs no `prediction=`; the
+# samplers convert it to the score $-\varepsilon/\sigma_t$): Heun (2nd order, deterministic) for
+# the ODE, Euler–Maruyama for the SDE.
 # The sliced Wasserstein distance (SW) to a *fresh* sample of the mixture is compared with its
 # noise floor: the distribution of SW between two independent samples of the mixture itself
 # (mean ± std over 10 pairs). In 2D it is dominated by how many points each mode receives, so it
 # is far from zero; an exact sampler's SW is a draw from that same distribution.
 
 # %%
-model = mixture.model_fn(sde, "eps")
+model = mixture.model(sde, "eps")
 key, k_ode, k_sde, k_a, k_null, k_sw = jax.random.split(key, 6)
 fresh_a, _ = mixture.sample(k_a, N)
 
@@ -189,10 +185,9 @@ def sw_null(key, dist, reps=10):
 floor, floor_std = sw_null(k_null, mixture)
 threshold = floor + 3 * floor_std  # an exact sampler stays below this with high probability
 
-ode = sample("heun", model, sde, k_ode, (N, 2), 25, prediction="eps", save_trajectory=True)
+ode = dj.sample("heun", model, sde, k_ode, (N, 2), 25, save_trajectory=True)
 em_steps = 250 if QUICK else 1000
-rsde = sample("euler_maruyama", model, sde, k_sde, (N, 2), em_steps, prediction="eps",
-              save_trajectory=True)  # fmt: skip
+rsde = dj.sample("euler_maruyama", model, sde, k_sde, (N, 2), em_steps, save_trajectory=True)
 sw_ode = float(sliced_wasserstein(ode.samples, fresh_a, k_sw))
 sw_sde = float(sliced_wasserstein(rsde.samples, fresh_a, k_sw))
 print(f"noise floor  SW(data, data)             = {floor:.4f} ± {floor_std:.4f}")
@@ -214,7 +209,7 @@ for name, res in [("PF-ODE", ode), ("reverse SDE", rsde)]:
 # (5 evaluations) lands well above it.
 
 # %%
-heun_2 = sample("heun", model, sde, k_ode, (N, 2), 2, prediction="eps")
+heun_2 = dj.sample("heun", model, sde, k_ode, (N, 2), 2)
 sw_heun_2 = float(sliced_wasserstein(heun_2.samples, fresh_a, k_sw))
 print(f"Heun, 2 steps ({heun_2.nfe} evaluations):  SW = {sw_heun_2:.4f}")
 print(f"noise floor + 3 std = {threshold:.4f}")
@@ -243,7 +238,7 @@ plt.show()
 #
 # $$\log p_{t_0}(x) = \log p_T(x_T) + \int_{t_0}^{T}\nabla\!\cdot v(x_t, t)\,dt .$$
 #
-# `diffjax.likelihood.log_likelihood` solves the augmented ODE with an adaptive Tsit5 and the
+# `dj.log_likelihood` solves the augmented ODE with an adaptive Tsit5 and the
 # exact divergence (D = 2 Jacobian–vector products). With the exact model the result must match
 # the analytic `mixture.log_prob(x, sde, t0)` up to the solver tolerance and the prior term: the
 # default prior $\mathcal N(0, I)$ ignores $\alpha_T\mu$; the exact $\log p_T$ at the same
@@ -254,7 +249,7 @@ t0 = 1e-5
 key, k_ll = jax.random.split(key)
 x_test, _ = mixture.sample(k_ll, 64 if QUICK else 256)
 exact = log_p(x_test, t0)
-ll = jax.jit(lambda x: log_likelihood(model, sde, x, kind="eps", t_eps=t0))(x_test)
+ll = jax.jit(lambda x: dj.log_likelihood(model, sde, x, t_eps=t0))(x_test)
 ll_exact_prior = log_p(ll.noise, sde.T) + ll.delta_logp  # same ODE solve, exact log p_T(x_T)
 err_default = float(jnp.max(jnp.abs(ll.log_prob - exact)))
 err_exact = float(jnp.max(jnp.abs(ll_exact_prior - exact)))
@@ -298,14 +293,15 @@ def classifier_logp(x, t, y):
 
 
 def classifier_guided_eps(scale, x, t):
-    return classifier_guided_model(model, sde, classifier_logp, y_target, scale, kind="eps")(x, t)
+    return dj.classifier_guided_model(model, sde, classifier_logp, y_target, scale, prediction="eps")(x, t)
 
 
 key, k_x, k_t = jax.random.split(key, 3)
 x_probe = 2.0 * jax.random.normal(k_x, (512, 2))
 t_probe = jax.random.uniform(k_t, (512,), minval=0.05, maxval=1.0)
 guided_1 = jax.jit(classifier_guided_eps)(1.0, x_probe, t_probe)
-gap = rel(guided_1, jax.jit(conditional.model_fn(sde, "eps"))(x_probe, t_probe))
+exact_conditional = conditional.model(sde, "eps")
+gap = rel(guided_1, jax.jit(lambda x, t: exact_conditional(x, t))(x_probe, t_probe))
 print(f"classifier guidance s = 1 vs conditional model: max relative difference {gap:.1e}")
 assert gap < 1e-4
 
@@ -331,7 +327,7 @@ def guided_sweep(guided_fn, scales, name):
     sws, xs = {}, {}
     for ax, w in zip(axes, scales, strict=True):
         fn = jax.tree_util.Partial(guided_fn, jnp.asarray(w))
-        x_w = xs[w] = sample("heun", fn, sde, k_guid, (N, 2), 25, prediction="eps").samples
+        x_w = xs[w] = dj.sample("heun", fn, sde, k_guid, (N, 2), 25, prediction="eps").samples
         conf = float(jnp.mean(mixture.class_posterior(x_w)[:, y_target]))
         sws[w] = float(sliced_wasserstein(x_w, ref_cond, k_sw))
         print(f"{name} = {w:3.1f}: mean p(y={y_target} | x) = {conf:.3f}, "
@@ -372,7 +368,7 @@ def conditional_eps(x, t, y):
 
 
 def cfg_eps(w, x, t):
-    return cfg_model(conditional_eps, y_target, w, NULL)(x, t)
+    return dj.cfg_model(conditional_eps, y_target, w, NULL)(x, t)
 
 
 sw_cfg, x_cfg = guided_sweep(cfg_eps, [0.0, 1.0, 3.0], "CFG w")

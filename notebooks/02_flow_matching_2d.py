@@ -26,12 +26,14 @@
 # $dx/dt = u(x, t)$ carries $\mathcal N(0, I)$ at $t = 0$ to the data at $t = 1$ (Lipman et al.
 # 2023; Liu et al. 2023). Everything below is a pure function of arrays and keys: the network is
 # split into a static `graphdef` and a parameter pytree, the loss is a function of
-# `(params, batch, key)`, and one jitted `train_step` updates a `TrainState`.
+# `(params, batch, key)`, and one jitted `train_step` updates a `TrainState`. For sampling, the
+# parameters are merged back into the module, which the samplers take as it is.
 #
 # `NUM_STEPS` sets the training length: the default trains in well under a minute on a laptop CPU;
 # raise it (e.g. to 5000) for sharper squares. `DIFFJAX_NB_QUICK=1` shrinks everything for tests.
 
 # %%
+import functools
 import os
 import time
 
@@ -41,13 +43,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
+import diffjax as dj
 from diffjax.data import checkerboard, in_checkerboard
-from diffjax.losses import cfm_loss
 from diffjax.metrics import sliced_wasserstein
 from diffjax.models import ResidualMLP, ResidualMLPConfig, count_params
-from diffjax.paths.gaussian import CondOTPath
-from diffjax.samplers import sample
-from diffjax.training import create_train_state, make_optimizer, make_train_step
+from diffjax.training import create_train_state, make_optimizer, make_train_step, model_loss
 
 QUICK = os.environ.get("DIFFJAX_NB_QUICK", "0") == "1"
 NUM_STEPS = 300 if QUICK else 800  # training steps: raise for a better model
@@ -63,14 +63,14 @@ SAMPLER_STEPS = (8,) if QUICK else (4, 8, 32)  # step counts compared below
 # (unit variance per coordinate). Batches are drawn on the fly from `checkerboard(key, n)`.
 
 # %%
-path = CondOTPath()
+path = dj.CondOTPath()
 data_key = jax.random.key(0)
 x_show, _ = checkerboard(jax.random.key(123), N_EVAL)
 
-model = ResidualMLP(ResidualMLPConfig(dim=2, width=WIDTH, depth=3, output="velocity"),
+model = ResidualMLP(ResidualMLPConfig(dim=2, width=WIDTH, depth=3, prediction="velocity"),
                     rngs=nnx.Rngs(0))  # fmt: skip
 graphdef, params = nnx.split(model)
-print(f"ResidualMLP with {count_params(params):,} parameters, output = {model.output!r}")
+print(f"ResidualMLP with {count_params(params):,} parameters, prediction = {model.prediction!r}")
 
 plt.figure(figsize=(3.5, 3.5))
 plt.scatter(*np.asarray(x_show).T, s=1, alpha=0.4, c="tab:gray")
@@ -81,24 +81,16 @@ plt.show()
 # %% [markdown]
 # ## The loss and one training step
 #
-# `cfm_loss(model_fn, x_data, key, path=path)` draws $t\sim U[0, 1]$ and $x_0$, forms $x_t$ and
+# `dj.cfm_loss(model, x_data, key, process=path)` draws $t\sim U[0, 1]$ and $x_0$, forms $x_t$ and
 # regresses the network's velocity on $\dot\alpha_t x_1 + \dot\sigma_t x_0 = x_1 - x_0$.
-# `make_train_step` adds AdamW with warmup and cosine decay, gradient clipping and an EMA of the
-# parameters. The batch is a function of the step's key, so a whole chunk of steps runs as one
-# `lax.scan`.
-
+# `model_loss(graphdef, loss)` turns it into `loss_fn(params, (x, labels), key)`, the network
+# `nnx.merge(graphdef, params)` plugged into the loss (the labels are ignored: the model is
+# unconditional). `make_train_step` adds AdamW with warmup and cosine decay, gradient clipping and
+# an EMA of the parameters. The batch is a function of the step's key, so a whole chunk of steps
+# runs as one `lax.scan`.
 
 # %%
-def velocity_fn(params):
-    """The network as a model function (x (B, 2), t (B,)) -> velocity (B, 2)."""
-    net = nnx.merge(graphdef, params)
-    return lambda x, t: net(x, t)
-
-
-def loss_fn(params, batch, key):
-    return cfm_loss(velocity_fn(params), batch, key, path=path)
-
-
+loss_fn = model_loss(graphdef, functools.partial(dj.cfm_loss, process=path))
 optimizer, schedule = make_optimizer(2e-3, warmup_steps=min(100, NUM_STEPS // 10),
                                      total_steps=NUM_STEPS)  # fmt: skip
 ema_decay = 1.0 - 10.0 / NUM_STEPS  # EMA horizon: the last ~10% of the run
@@ -110,15 +102,15 @@ def train_chunk(state, steps):
     """len(steps) training steps as one scan; step s trains on checkerboard(fold_in(key, s))."""
 
     def body(state, step):
-        batch, _ = checkerboard(jax.random.fold_in(data_key, step), BATCH)
-        state, metrics = train_step(state, batch)
+        x, _ = checkerboard(jax.random.fold_in(data_key, step), BATCH)
+        state, metrics = train_step(state, (x, None))
         return state, metrics["loss"]
 
     return jax.lax.scan(body, state, steps)
 
 
 state = create_train_state(params, optimizer, jax.random.key(1))
-print(f"initial loss: {float(loss_fn(state.params, x_show, jax.random.key(2))):.4f}")
+print(f"initial loss: {float(loss_fn(state.params, (x_show, None), jax.random.key(2))):.4f}")
 
 # %% [markdown]
 # ## Train
@@ -146,20 +138,17 @@ plt.show()
 # %% [markdown]
 # ## Sampling with different solvers
 #
-# The trained field is wrapped as a pytree function `jax.tree_util.Partial(apply, ema_params)`,
-# so the samplers trace the parameters as arrays. We compare Euler (order 1, one evaluation per
-# step), Heun (order 2, two) and the multistep DPM-Solver++(2M) (order 2, one) at a few step
-# counts. Two checks: the fraction of samples on the dark squares (data: 100%, the
-# $\mathcal N(0, I)$ prior: about 42%) and the sliced Wasserstein distance to fresh data, next to
-# its noise floor between two data samples.
+# NNX modules are pytrees, so the trained field is just the module with the EMA parameters,
+# `nnx.merge(graphdef, state.ema_params)`: the samplers trace its parameters as arrays (new
+# parameters reuse the compiled sampler) and read the prediction type from `model.prediction`
+# (here 'velocity'). We compare Euler (order 1, one evaluation per step), Heun (order 2, two) and
+# the multistep DPM-Solver++(2M) (order 2, one) at a few step counts. Two checks: the fraction of
+# samples on the dark squares (data: 100%, the $\mathcal N(0, I)$ prior: about 42%) and the sliced
+# Wasserstein distance to fresh data, next to its noise floor between two data samples.
 
 
 # %%
-def apply(params, x, t):
-    return nnx.merge(graphdef, params)(x, t)
-
-
-model_fn = jax.tree_util.Partial(apply, state.ema_params)
+flow = nnx.merge(graphdef, state.ema_params)
 key_sample, k_sw = jax.random.split(jax.random.key(10))
 x_ref, _ = checkerboard(jax.random.key(11), N_EVAL)
 floor = float(sliced_wasserstein(x_show, x_ref, k_sw))
@@ -171,8 +160,7 @@ print(f"{'data':>14} {'':>5} {'':>5} {float(in_checkerboard(x_show).mean()):10.1
 results = {}
 for name in ("euler", "heun", "dpm_solver_pp"):
     for steps in SAMPLER_STEPS:
-        res = sample(name, model_fn, path, key_sample, (N_EVAL, 2), steps, prediction="velocity",
-                     save_trajectory=True)  # fmt: skip
+        res = dj.sample(name, flow, path, key_sample, (N_EVAL, 2), steps, save_trajectory=True)
         on = float(in_checkerboard(res.samples).mean())
         sw = float(sliced_wasserstein(res.samples, x_ref, k_sw))
         results[name, steps] = res

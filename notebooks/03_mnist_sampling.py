@@ -16,23 +16,25 @@
 # %% [markdown]
 # # 03 · Sampling an MNIST model: solvers, step counts and guidance
 #
-# A trained model is a function $(x, t[, y]) \mapsto$ prediction; every sampler in
-# `diffjax.samplers` integrates the same probability-flow ODE (or the reverse SDE) of its process
-# through the pair $(\hat x_0, \hat\varepsilon)$ it implies. For the flow-matching configs
+# A trained model is a function $(x, t[, y]) \mapsto$ prediction; every solver of `dj.sample`
+# integrates the same probability-flow ODE (or the reverse SDE) of its process through the pair
+# $(\hat x_0, \hat\varepsilon)$ it implies. For the flow-matching configs
 # (`experiments/configs/mnist_fm.py`, `mnist_cfg.py`) the process is the CondOT path
 # $x_t = t\,x_1 + (1-t)\,\varepsilon$ and the network predicts the velocity
 # $u_\theta(x, t) \approx \mathbb E[x_1 - \varepsilon \mid x_t = x]$.
 #
-# **Which model.** If a work directory written by `experiments/train.py` exists —
+# **Which model.** If a work directory written by `experiments.train` exists —
 # `$DIFFJAX_MNIST_WORKDIR`, else `outputs/mnist_fm` — its newest checkpoint is loaded with
-# `experiments/sample.py`'s `load` (EMA parameters). Otherwise a tiny *class-conditional*
-# model (the `mnist_cfg` config, shrunk) is trained here for a few dozen steps with the same
-# builders as `train.py`: its samples are blobs, not digits, but every cell runs, and
-# classifier-free guidance is always shown. (With `DIFFJAX_NB_QUICK=1` the fallback network is a
-# residual MLP on the flattened $28\times28$ images instead of the U-Net, whose training step takes
-# 30–60 s to compile on 2 CPU cores.) Train a real one with
+# `dj.load_model(workdir)` (the network with its EMA parameters, its process and its number of
+# classes, all from the run record saved with the checkpoint). Otherwise a tiny
+# *class-conditional* model (the `mnist_cfg` setup, shrunk) is trained here for a few dozen steps
+# with the library alone (`diffjax.models`, `diffjax.training`, `diffjax.data`) into a temporary
+# work directory, and loaded the same way: its samples are blobs, not digits, but every cell runs,
+# and classifier-free guidance is always shown. (With `DIFFJAX_NB_QUICK=1` the fallback network is
+# a residual MLP on the flattened $28\times28$ images instead of the U-Net, whose training step
+# takes 30–60 s to compile on 2 CPU cores.) Train a real one from the repository root with
 #
-#     python experiments/train.py --config experiments/configs/mnist_cfg.py \
+#     python -m experiments.train --config experiments/configs/mnist_cfg.py \
 #         --workdir outputs/mnist_cfg --config.data.data_dir=../shared/data/mnist
 #
 # and point `DIFFJAX_MNIST_WORKDIR` at it. The MNIST IDX files are looked up in
@@ -40,8 +42,10 @@
 # `DIFFJAX_NB_QUICK=1` shrinks everything (the test suite sets it).
 
 # %%
+import functools
+import json
 import os
-import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,27 +53,25 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
+from flax import nnx
 
-# the repository root: the first parent of the working directory holding experiments/builders.py
-ROOT = next(
-    p for p in [Path.cwd(), *Path.cwd().parents] if (p / "experiments/builders.py").exists()
+import diffjax as dj
+from diffjax.data import DatasetNotFoundError, batches, load_dataset
+from diffjax.models import build_model, count_params
+from diffjax.training import (
+    TrainConfig,
+    create_train_state,
+    make_optimizer,
+    make_train_step,
+    model_loss,
+    run_record,
+    train,
 )
-sys.path[:0] = [str(ROOT / "experiments"), str(ROOT / "experiments" / "configs")]
+from diffjax.viz import image_grid
 
-import mnist_cfg  # noqa: E402  (experiments/configs)
-from builders import build_loss_fn, build_model, build_process, generate, load, make_apply  # noqa: E402
-from builders import num_classes as config_num_classes  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from diffjax.data import DatasetNotFoundError, batches, load_dataset  # noqa: E402
-from diffjax.guidance import cfg_model  # noqa: E402
-from diffjax.models import count_params  # noqa: E402
-from diffjax.parameterization import clip_denoised  # noqa: E402
-from diffjax.processes.ddpm import DDPMChain  # noqa: E402
-from diffjax.samplers import sample  # noqa: E402
-from diffjax.training import create_train_state, make_optimizer, make_train_step  # noqa: E402
-from diffjax.viz import image_grid  # noqa: E402
-
+# the repository root: the first parent of the working directory holding the diffjax package
+ROOT = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "diffjax" / "__init__.py").exists()),
+            Path.cwd())  # fmt: skip
 QUICK = os.environ.get("DIFFJAX_NB_QUICK", "0") == "1"
 WORKDIR = Path(os.environ.get("DIFFJAX_MNIST_WORKDIR", ROOT / "outputs" / "mnist_fm"))
 DATA_DIR = Path(os.environ.get("DIFFJAX_DATA_DIR", ROOT.parent / "shared" / "data" / "mnist"))
@@ -112,66 +114,91 @@ except DatasetNotFoundError as err:
 # %% [markdown]
 # ## The model: a checkpoint, or a tiny one trained here
 #
-# The fallback reuses `experiments/builders.py` exactly as `train.py` does: `build_model`,
-# `build_process` and `build_loss_fn` (CFM loss with 10% label dropout, so the same network is
-# also the unconditional model of classifier-free guidance), then `make_train_step`.
+# `dj.load_model(workdir)` returns a `TrainedModel(model, process, step, record, num_classes)`:
+# `model` is the NNX network with the EMA parameters; it declares its prediction type
+# (`model.prediction`), so the samplers need no `prediction=`.
 
 # %%
 try:
-    cfg, graphdef, params, step = load(str(WORKDIR))
-    print(f"loaded {WORKDIR} at step {step}")
+    trained = dj.load_model(str(WORKDIR))
+    print(f"loaded {WORKDIR} at step {trained.step}")
 except FileNotFoundError as err:
+    trained = None
     print(f"No checkpoint ({err}); training a tiny class-conditional model for "
           f"{FALLBACK_STEPS} steps instead.")  # fmt: skip
-    cfg = mnist_cfg.get_config()
-    cfg.model.kwargs.channels = 8
-    cfg.model.kwargs.num_groups = 4
-    if QUICK:  # the same config with a small residual MLP on flattened images (fast to compile)
-        cfg.model.kind = "mlp"
-        cfg.model.kwargs = dict(dim=int(np.prod(IMAGE_SHAPE)), width=256, depth=2, num_classes=10)
-    cfg.train.batch_size = 32
-    cfg.train.num_steps = FALLBACK_STEPS
-    cfg.train.warmup_steps = 5
-    cfg.train.ema_decay = 0.8  # a short run: average only its last few steps
-    graphdef, params = nnx.split(build_model(cfg, cfg.seed))
-    optimizer, schedule = make_optimizer(cfg.train.learning_rate,
-                                         warmup_steps=cfg.train.warmup_steps,
-                                         total_steps=cfg.train.num_steps)  # fmt: skip
-    loss_fn = build_loss_fn(cfg, graphdef, build_process(cfg))
-    train_step = jax.jit(make_train_step(loss_fn, optimizer, ema_decay=cfg.train.ema_decay,
-                                         schedule=schedule))  # fmt: skip
-    state = create_train_state(params, optimizer, jax.random.key(cfg.seed))
-    if data is not None:
-        start, losses = time.perf_counter(), []
-        x_train = data.reshape(len(data), -1) if cfg.model.kind == "mlp" else data
-        batch_iter = batches(x_train, labels, cfg.train.batch_size, seed=cfg.seed)
-        for _, batch in zip(range(FALLBACK_STEPS), batch_iter, strict=False):
-            state, metrics = train_step(state, batch)
-            losses.append(float(metrics["loss"]))
-        print(
-            f"{FALLBACK_STEPS} steps in {time.perf_counter() - start:.1f} s; loss "
-            f"{np.mean(losses[:5]):.3f} (first 5) -> {np.mean(losses[-5:]):.3f} (last 5)"
-        )
-    params, step = state.ema_params, int(state.step)
-
-process = build_process(cfg)
-n_cls = config_num_classes(cfg)
-apply = make_apply(graphdef)
-kind = cfg.model.output
-print(f"{cfg.model.kind} with {count_params(params):,} parameters predicting {kind!r} on "
-      f"{type(process).__name__}; classes: {n_cls}")  # fmt: skip
 
 # %% [markdown]
-# ## Samples with the configured sampler
-#
-# `builders.generate` draws with the sampler, step count and guidance scale of the config
-# (labels $0, 1, \dots, 9, 0, \dots$ for a class-conditional model).
+# The fallback, with the library only, wired as `experiments.train` does: the network from a spec
+# (`build_model`), the CFM loss on the CondOT path with 10% label dropout (`model_loss(...,
+# p_uncond=0.1)`: the same network is also the unconditional model of classifier-free guidance),
+# `make_train_step`, and the training loop `train`, which writes checkpoints with a *run record*
+# (`run_record`: the model, process and optimizer specs, the data shape and the number of
+# classes) to a temporary work directory. `dj.load_model` then rebuilds the network from that
+# record, exactly as for a checkpoint of `experiments.train`.
 
 # %%
-if QUICK:
-    cfg.sample.num_steps = 4
-res = generate(cfg, graphdef, params, process, jax.random.key(0), N_SAMPLES)
-show(res.samples, f"{cfg.sample.sampler}, {cfg.sample.num_steps} steps ({res.nfe} evaluations)")
+if trained is None:
+    model_spec = dict(kind="unet", prediction="velocity", in_channels=1, image_size=28, channels=8,
+                      channel_mults=(1, 2, 4), num_res_blocks=1, attention_resolutions=(7,), num_groups=4,
+                      time_scale=1000.0, num_classes=10)  # fmt: skip
+    if QUICK:  # the same setup with a small residual MLP on flattened images (fast to compile)
+        model_spec = dict(kind="mlp", prediction="velocity", dim=int(np.prod(IMAGE_SHAPE)), width=256,
+                          depth=2, num_classes=10)  # fmt: skip
+    process_spec = {"name": "condot"}
+    optimizer_spec = dict(learning_rate=2e-3, warmup_steps=5, total_steps=FALLBACK_STEPS)
+    seed, batch_size = 0, 32
+    data_shape = IMAGE_SHAPE if model_spec["kind"] == "unet" else (int(np.prod(IMAGE_SHAPE)),)
+
+    graphdef, params = nnx.split(build_model(model_spec, seed))
+    optimizer, schedule = make_optimizer(**optimizer_spec)
+    loss_fn = model_loss(graphdef, functools.partial(dj.cfm_loss, process=dj.build_process(process_spec)),
+                         num_classes=10, p_uncond=0.1)  # fmt: skip
+    # a short run: the EMA averages only its last few steps
+    train_step = make_train_step(loss_fn, optimizer, ema_decay=0.8, schedule=schedule)
+    state = create_train_state(params, optimizer, jax.random.key(seed))
+    train_steps = FALLBACK_STEPS if data is not None else 0  # without data: the initial network
+    x_train = None if data is None else data.reshape(len(data), *data_shape)
+
+    def batch_iter(start_step):
+        """The batches of steps start_step, start_step + 1, ... (a pure function of the step)."""
+        if x_train is None:
+            return iter(())
+        return batches(x_train, labels, batch_size, seed=seed, start_step=start_step)
+
+    with tempfile.TemporaryDirectory(prefix="diffjax_nb03_") as fallback_dir:
+        record = run_record(model_spec, process_spec, optimizer_spec, data_shape, num_classes=10)
+        config = TrainConfig(fallback_dir, train_steps, log_every=1, metadata={"run": record})
+        start = time.perf_counter()
+        train(config, train_step, state, batch_iter)
+        if train_steps:
+            with open(os.path.join(fallback_dir, "metrics.jsonl")) as f:
+                losses = [json.loads(line)["loss"] for line in f]
+            print(
+                f"{train_steps} steps in {time.perf_counter() - start:.1f} s; loss "
+                f"{np.mean(losses[:5]):.3f} (first 5) -> {np.mean(losses[-5:]):.3f} (last 5)"
+            )
+        trained = dj.load_model(fallback_dir)  # read before the directory is removed
+
+process, n_cls = trained.process, trained.num_classes
+prediction = trained.model.prediction
+print(f"{trained.record['model']['kind']} with {count_params(trained.model):,} parameters predicting "
+      f"{prediction!r} on {type(process).__name__}; classes: {n_cls}")  # fmt: skip
+
+# %% [markdown]
+# ## Samples
+#
+# Load, guide, sample: for a class-conditional model `dj.cfg_model` wraps the network into
+# classifier-free guidance at scale $w$ with the labels $0, 1, \dots, 9, 0, \dots$ bound (the null
+# label is `num_classes`); `dj.sample` draws with Heun's method.
+
+# %%
+sample_labels = jnp.arange(N_SAMPLES) % 10
+guidance = 2.0  # the guidance scale of experiments/configs/mnist_cfg.py
+num_steps = 4 if QUICK else 20
+shape = (N_SAMPLES, *trained.record["data_shape"])  # (N, 28, 28, 1) for a U-Net, (N, 784) for an MLP
+model = trained.model if n_cls is None else dj.cfg_model(trained.model, sample_labels, guidance, n_cls)
+res = dj.sample("heun", model, process, jax.random.key(0), shape, num_steps)
+show(res.samples, f"heun, {num_steps} steps ({res.nfe} evaluations)")
 print(
     f"samples: mean pixel {float(res.samples.mean()):.3f}, std {float(res.samples.std()):.3f}"
     + ("" if data is None else f"  (data: {data.mean():.3f}, {data.std():.3f})")
@@ -186,37 +213,30 @@ assert bool(jnp.all(jnp.isfinite(res.samples)))
 # $dx/dt = \dot\alpha_t\hat x_0 + \dot\sigma_t\hat\varepsilon$; Euler–Maruyama and DDIM with
 # $\eta > 0$ simulate a reverse SDE with the same marginals. "evals" counts network evaluations
 # per image (Heun uses two per step; a class-conditional model is evaluated once per step on the
-# doubled batch of classifier-free guidance). The network and its parameters enter the samplers
-# as a `jax.tree_util.Partial`, so new parameters or guidance scales do not recompile. (On the
-# discrete DDPM chain of `mnist_ddpm.py` only DDIM, DPM-Solver++ and ancestral sampling apply.)
+# doubled batch of classifier-free guidance). The network (an NNX module) and the guidance wrapper
+# of `dj.cfg_model` (labels and $w$ are array leaves) are pytrees whose arrays the samplers trace,
+# so new parameters or guidance scales do not recompile. (On the discrete DDPM chain of
+# `mnist_ddpm.py` only DDIM, DPM-Solver++ and ancestral sampling apply.)
+
 
 # %%
-sample_labels = jnp.arange(N_SAMPLES) % 10
-guidance = cfg.sample.get("guidance_scale", 1.0)
-
-
-def guided(params, w, y, x, t):
-    """Classifier-free guidance (1 - w) pred(x, t, null) + w pred(x, t, y); null = n_cls."""
-    return cfg_model(lambda x_, t_, y_: apply(params, x_, t_, y_), y, w, n_cls)(x, t)
-
-
 def model_fn(w=guidance):
+    """The network, with classifier-free guidance at scale w for a class-conditional one."""
     if n_cls is None:
-        return jax.tree_util.Partial(apply, params)
-    return jax.tree_util.Partial(guided, params, jnp.asarray(w, jnp.float32), sample_labels)
+        return trained.model
+    return dj.cfg_model(trained.model, sample_labels, w, n_cls)
 
 
-shape = res.samples.shape  # (N_SAMPLES, 28, 28, 1) for a U-Net, (N_SAMPLES, 784) for an MLP
 runs = [("euler", 4), ("heun", 2), ("dpm_solver_pp", 4), ("euler_maruyama", 4)] if QUICK else [
     ("euler", 5), ("euler", 20), ("heun", 5), ("heun", 10), ("dpm_solver_pp", 5),
     ("dpm_solver_pp", 10), ("ddim", 10), ("euler_maruyama", 20), ("euler_maruyama", 50),
 ]  # fmt: skip
-if isinstance(process, DDPMChain):  # the discrete chain has no dα/dt, g²: no ODE/SDE integrators
+if not process.has_rates:  # the discrete chain has no dα/dt, g²: no ODE/SDE integrators
     runs = [(n, s) for n, s in runs if n in ("ddim", "dpm_solver_pp")] + [("ancestral", 20)]
 key = jax.random.key(1)
 for name, steps in runs:
     start = time.perf_counter()
-    out = sample(name, model_fn(), process, key, shape, steps, prediction=kind)
+    out = dj.sample(name, model_fn(), process, key, shape, steps)
     images = as_images(out.samples)
     assert np.all(np.isfinite(images))
     show(images[:10], f"{name}, {steps} steps ({out.nfe} evals)")
@@ -231,13 +251,15 @@ for name, steps in runs:
 # $\hat\varepsilon = (x - \alpha\hat x_0)/\sigma$, so every sampler sees a consistent pair (Ho et
 # al.'s `clip_denoised`). On the CPU-sized ε-prediction models it removes much of the background
 # speckle (FD-MNIST 203 → 115 for DDPM with DPM-Solver++, 20 steps: see the README); the image configs
-# sample with it by default (`cfg.sample.clip_denoised`). Top row raw, bottom row clipped, same noise:
+# sample with it by default (`cfg.sample.clip_denoised`). `dj.clip_denoised` returns a plain model
+# function, so its prediction type is passed to the sampler. Top row raw, bottom row clipped, same
+# noise:
 
 # %%
 steps = 4 if QUICK else 10
-raw = sample("dpm_solver_pp", model_fn(), process, key, shape, steps, prediction=kind)
-clipped = sample("dpm_solver_pp", clip_denoised(model_fn(), process, kind), process, key, shape, steps,
-                 prediction=kind)  # fmt: skip
+raw = dj.sample("dpm_solver_pp", model_fn(), process, key, shape, steps)
+clipped = dj.sample("dpm_solver_pp", dj.clip_denoised(model_fn(), process, prediction), process, key,
+                    shape, steps, prediction=prediction)  # fmt: skip
 show(np.concatenate([as_images(raw.samples)[:10], as_images(clipped.samples)[:10]]),
      f"dpm_solver_pp, {steps} steps: raw x̂0 (top) vs clipped x̂0 (bottom)")  # fmt: skip
 for name, out in [("raw", raw), ("clipped", clipped)]:
@@ -258,7 +280,7 @@ for name, out in [("raw", raw), ("clipped", clipped)]:
 # %%
 if n_cls is None:
     print(
-        f"The model in {WORKDIR} is unconditional (no num_classes in its config): no guidance. "
+        f"The model in {WORKDIR} is unconditional (no num_classes in its run record): no guidance. "
         "Train experiments/configs/mnist_cfg.py for a class-conditional one."
     )
 else:
@@ -266,7 +288,7 @@ else:
     steps = 4 if QUICK else 10
     rows = []
     for w in ws:
-        out = sample("dpm_solver_pp", model_fn(w), process, key, shape, steps, prediction=kind)
+        out = dj.sample("dpm_solver_pp", model_fn(w), process, key, shape, steps)
         rows.append(as_images(out.samples)[:10])
     show(np.concatenate(rows), f"CFG rows: w = {ws} (dpm_solver_pp, {steps} steps)")
     for w, row in zip(ws, rows, strict=True):

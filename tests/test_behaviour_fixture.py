@@ -28,7 +28,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import pytest
 from flax import nnx
 

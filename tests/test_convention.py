@@ -6,17 +6,24 @@ import numpy as np
 import pytest
 from conftest import x64
 
-from diffjax.convention import (
+from diffjax.oracle import ring_mixture
+from diffjax.processes import (
+    VESDE,
+    VPSDE,
+    CondOTPath,
+    CosinePath,
+    CosineVPSDE,
+    DiffusionTime,
+    FlowTime,
+    SubVPSDE,
+    VPPath,
     diffusion_time,
     flow_path_from_sde,
     flow_time,
     sde_from_flow_path,
     velocity_to_flow_time,
 )
-from diffjax.oracle import ring_mixture
-from diffjax.paths.gaussian import CondOTPath, CosinePath, VPPath
-from diffjax.processes.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
-from diffjax.simulate import euler_maruyama
+from diffjax.solvers import SDE, EulerMaruyama, integrate
 
 
 def test_time_maps_are_inverse():
@@ -26,10 +33,57 @@ def test_time_maps_are_inverse():
 
 
 def test_vp_path_is_the_vp_sde_in_flow_time():
+    """Lipman et al.'s VP path α_τ = e^{−B(1−τ)/2}, σ_τ = √(1 − α_τ²), B(s) = β_min s + ½(β_max − β_min)s²,
+    is the VP SDE read in flow time."""
     tau = jnp.linspace(0.0, 1.0, 11)
     path, lipman = flow_path_from_sde(VPSDE()), VPPath()
+    s = 1.0 - np.asarray(tau, np.float64)
+    alpha = np.exp(-0.5 * (0.1 * s + 0.5 * (20.0 - 0.1) * s**2))
+    for p in (path, lipman):
+        assert isinstance(p, FlowTime) and p.t_noise == 0.0 and p.t_data == 1.0
+        np.testing.assert_allclose(p.alpha(tau), alpha, rtol=1e-6)
+        np.testing.assert_allclose(p.sigma(tau), np.sqrt(1.0 - alpha**2), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(path.alpha(tau), lipman.alpha(tau), rtol=1e-6)
     np.testing.assert_allclose(path.sigma(tau), lipman.sigma(tau), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VPSDE(T=2.0), VESDE(T=4.0)],
+                         ids=lambda s: f"{type(s).__name__}_T{s.T}")
+def test_flow_time_carries_the_time_axis_log_snr_and_data_end_offset(sde):
+    """FlowTime(sde) at τ is the SDE at t = T(1 − τ): same log-SNR; its default data end is the image of
+    the SDE's (the offset 1e-3·T becomes 1e-3 in τ), and DiffusionTime(FlowTime(sde)) is the SDE on
+    t/T ∈ [0, 1] with the same offset."""
+    with x64():
+        path = FlowTime(sde)
+        tau = jnp.linspace(0.05, 0.95, 7)
+        np.testing.assert_allclose(path.log_snr(tau), sde.log_snr(diffusion_time(tau, sde.T)), rtol=1e-12)
+        assert path.default_t_eps == pytest.approx(1e-3, rel=1e-12)
+        assert path.data_end() == pytest.approx(flow_time(sde.data_end(), sde.T), abs=1e-15)
+        assert path.data_end(0.25) == pytest.approx(flow_time(sde.data_end(0.25 * sde.T), sde.T), abs=1e-15)
+        assert path.time_interval() == pytest.approx((0.0, 0.999), abs=1e-15)
+        back = DiffusionTime(path)
+        assert (back.t_data, back.t_noise, back.T) == (0.0, 1.0, 1.0)
+        assert back.default_t_eps == pytest.approx(1e-3, rel=1e-12)
+        assert back.data_end() == pytest.approx(sde.data_end() / sde.T, abs=1e-15)
+        u = jnp.linspace(0.05, 0.95, 7)
+        np.testing.assert_allclose(back.alpha(u), sde.alpha(u * sde.T), rtol=1e-12)
+        np.testing.assert_allclose(back.sigma(u), sde.sigma(u * sde.T), rtol=1e-12)
+        # the derived rates are the SDE's rescaled to unit time: f and g² scale by dt/du = T
+        np.testing.assert_allclose(back.drift_coeff(u), sde.T * sde.drift_coeff(u * sde.T), rtol=1e-10)
+        np.testing.assert_allclose(back.diffusion_squared(u), sde.T * sde.diffusion_squared(u * sde.T),
+                                   rtol=1e-10)
+
+
+@pytest.mark.parametrize("path", [CondOTPath(), CosinePath()], ids=lambda p: type(p).__name__)
+def test_diffusion_time_of_a_path_keeps_its_zero_offset_and_inverts_to_the_path(path):
+    sde = DiffusionTime(path)
+    assert sde.default_t_eps == 0.0 and sde.data_end() == 0.0 and sde.time_interval(0.1) == (0.1, 1.0)
+    with x64():
+        tau = jnp.linspace(0.05, 0.95, 7)
+        again = FlowTime(sde)
+        np.testing.assert_allclose(again.alpha(tau), path.alpha(tau), rtol=1e-12)
+        np.testing.assert_allclose(again.sigma(tau), path.sigma(tau), rtol=1e-12)
+        assert again.data_end() == path.data_end() == 1.0
 
 
 @pytest.mark.parametrize("sde", [VPSDE(T=2.0), SubVPSDE(), VESDE(sigma_max=5.0), CosineVPSDE()],
@@ -68,7 +122,7 @@ def test_sde_of_condot_path_simulated_matches_its_marginal():
     n = 20_000
     x0 = jnp.full((n, 1), 1.5)
     ts = jnp.linspace(0.0, 0.8, 801)
-    x = jax.jit(lambda k: euler_maruyama(k, x0, sde.drift, sde.diffusion, ts))(
+    x = jax.jit(lambda k: integrate(EulerMaruyama(), SDE(sde.drift, sde.diffusion), x0, ts, k).y)(
         jax.random.PRNGKey(0)
     )
     mean, std = 0.2 * 1.5, 0.8

@@ -8,6 +8,8 @@ stated at each assertion.
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,16 +17,14 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
+from diffjax.flow import ProbabilityFlow
+from diffjax.likelihood import variational_bound
+from diffjax.losses import dsm_loss
 from diffjax.oracle import gaussian
-from diffjax.processes.ddpm import (
-    DDPMChain,
-    ancestral_step,
-    discretized_gaussian_log_likelihood,
-    normal_kl,
-    simple_eps_loss,
-    variational_bound,
-)
-from diffjax.processes.sde import VPSDE
+from diffjax.parameterization import convert
+from diffjax.processes import VPSDE, DDPMChain
+from diffjax.processes.ddpm import discretized_gaussian_log_likelihood, normal_kl
+from diffjax.solvers import Ancestral
 
 EPS32 = float(np.finfo(np.float32).eps)
 LN2 = np.log(2.0)
@@ -41,11 +41,14 @@ def _np_schedule(chain):
     return b, 1.0 - b, np.concatenate([[1.0], np.cumprod(1.0 - b)])
 
 
-def _bayes_posterior(chain, t, x0, xt):
-    """Condition the joint Gaussian of (x_{t−1}, x_t) | x0 on x_t, built step by step:
-    x_{t−1} ~ N(√ᾱ_{t−1} x0, 1 − ᾱ_{t−1}) and x_t = √α_t x_{t−1} + √β_t z."""
+def _bayes_posterior(chain, t, x0, xt, s=None):
+    """Condition the joint Gaussian of (x_s, x_t) | x0 on x_t (s = t − 1 by default), built step by
+    step: x_s ~ N(√ᾱ_s x0, 1 − ᾱ_s) and x_t = √(Π α_k) x_s + √(1 − Π α_k) z, k = s+1..t (for
+    s = t − 1: x_t = √α_t x_{t−1} + √β_t z)."""
     b, a, ab = _np_schedule(chain)
-    beta, alpha, ab_prev = b[t - 1], a[t - 1], ab[t - 1]
+    s = t - 1 if s is None else s
+    alpha, ab_prev = np.prod(a[s:t]), ab[s]
+    beta = 1.0 - alpha if t - s > 1 else b[t - 1]
     mu1, mu2 = np.sqrt(ab_prev) * x0, np.sqrt(alpha * ab_prev) * x0
     cov = np.array(
         [
@@ -56,6 +59,15 @@ def _bayes_posterior(chain, t, x0, xt):
     mean = mu1 + cov[0, 1] / cov[1, 1] * (xt - mu2)
     var = cov[0, 0] - cov[0, 1] ** 2 / cov[1, 1]
     return mean, var
+
+
+def _ho_posterior(chain, t, x0, xt):
+    """Ho et al. eqs. 6–7 in float64: μ̃_t = √ᾱ_{t−1} β_t/(1 − ᾱ_t) x0 + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) x_t,
+    β̃_t = β_t (1 − ᾱ_{t−1})/(1 − ᾱ_t)."""
+    b, a, ab = _np_schedule(chain)
+    mean = (np.sqrt(ab[t - 1]) * b[t - 1] / (1 - ab[t]) * x0
+            + np.sqrt(a[t - 1]) * (1 - ab[t - 1]) / (1 - ab[t]) * xt)  # fmt: skip
+    return mean, b[t - 1] * (1 - ab[t - 1]) / (1 - ab[t])
 
 
 # -- posterior q(x_{t-1} | x_t, x0) -------------------------------------------------------------
@@ -85,6 +97,79 @@ def test_posterior_matches_bayes_on_joint_gaussian(name):
 
 
 @pytest.mark.parametrize("name", sorted(CHAINS))
+def test_generic_posterior_at_the_previous_step_is_ho_posterior(name):
+    """`posterior(x_t, x0, t, t − 1)` is Ho et al.'s (μ̃_t, β̃_t) (eqs. 6–7), the same as
+    `posterior_mean_variance`."""
+    chain = CHAINS[name]()
+    T = chain.num_steps
+    ts = np.array(sorted({2, 3, 4, T // 2, T - 1, T}))
+    rng = np.random.default_rng(1)
+    x0, xt = rng.normal(size=(ts.size, 3)), rng.normal(size=(ts.size, 3))
+    x0j, xtj, tj = jnp.asarray(x0, jnp.float32), jnp.asarray(xt, jnp.float32), jnp.asarray(ts)
+    mean, var = chain.posterior(xtj, x0j, tj, tj - 1)
+    pmv_mean, pmv_var, _ = chain.posterior_mean_variance(xtj, x0j, tj)
+    np.testing.assert_array_equal(mean, pmv_mean)
+    np.testing.assert_array_equal(var, pmv_var)
+    assert var.shape == (ts.size, 1)
+    for i, t in enumerate(ts):
+        ref_mean, ref_var = _ho_posterior(chain, t, x0[i], xt[i])
+        # float32 tolerances of test_posterior_matches_bayes_on_joint_gaussian
+        np.testing.assert_allclose(mean[i], ref_mean, rtol=2e-6, atol=2e-6, err_msg=f"t={t}")
+        np.testing.assert_allclose(float(var[i, 0]), ref_var, rtol=1e-5, err_msg=f"t={t}")
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_generic_posterior_at_an_earlier_step_is_bayes(name):
+    """At non-adjacent s < t (respaced sampling; s = 0: x_s is the data) `posterior(x_t, x0, t, s)` is
+    the Bayes conditional of (x_s, x_t) | x0 under the chain."""
+    chain = CHAINS[name]()
+    T = chain.num_steps
+    ts = np.array(sorted({2, 3, 4, T // 2, T - 1, T}))
+    rng = np.random.default_rng(2)
+    x0, xt = rng.normal(size=(ts.size, 3)), rng.normal(size=(ts.size, 3))
+    x0j, xtj, tj = jnp.asarray(x0, jnp.float32), jnp.asarray(xt, jnp.float32), jnp.asarray(ts)
+    for s in (np.zeros_like(ts), ts // 2 - (ts // 2 == ts - 1)):  # s = 0 and s = t//2 (never t − 1)
+        mean, var = chain.posterior(xtj, x0j, tj, jnp.asarray(s))
+        for i, (t, s_i) in enumerate(zip(ts, s, strict=True)):
+            ref_mean, ref_var = _bayes_posterior(chain, t, x0[i], xt[i], s=s_i)
+            np.testing.assert_allclose(mean[i], ref_mean, rtol=2e-6, atol=2e-6, err_msg=f"t={t}, s={s_i}")
+            if s_i == 0:
+                assert float(var[i, 0]) == 0.0  # x_0 is given
+            else:
+                np.testing.assert_allclose(float(var[i, 0]), ref_var, rtol=1e-5, err_msg=f"t={t}, s={s_i}")
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_transition_over_one_step_is_the_forward_step(name):
+    """`transition(t, t − 1)` = (√α_t, β_t): q(x_t | x_{t−1}) of Ho et al. eq. 2, at every step."""
+    chain = CHAINS[name]()
+    b, a, _ = _np_schedule(chain)
+    t = np.arange(1, chain.num_steps + 1)
+    alpha, var = chain.transition(jnp.asarray(t), jnp.asarray(t - 1))
+    np.testing.assert_allclose(alpha, np.sqrt(a), rtol=2e-6)
+    np.testing.assert_allclose(var, b, rtol=1e-5)  # the float32 tolerance of β̃_t (three factors)
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_transition_over_several_steps_composes(name):
+    """For r < s < t: α_{t|r}² = ᾱ_t/ᾱ_r, σ²_{t|s} = 1 − ᾱ_t/ᾱ_s, α_{t|s} α_{s|r} = α_{t|r} and
+    σ²_{t|r} = α_{t|s}² σ²_{s|r} + σ²_{t|s}."""
+    chain = CHAINS[name]()
+    _, _, ab = _np_schedule(chain)
+    T = chain.num_steps
+    r, s, t = ([0, 1, 2, T // 4], [T // 2, 2, 3, T // 2], [T, 3, T, T - 1])
+    a_ts, v_ts = chain.transition(jnp.asarray(t), jnp.asarray(s))
+    a_sr, v_sr = chain.transition(jnp.asarray(s), jnp.asarray(r))
+    a_tr, v_tr = chain.transition(jnp.asarray(t), jnp.asarray(r))
+    # float32 schedule: ᾱ within 1e-5 (test_alpha_sigma_are_indexed_alpha_bars); products of
+    # float32 numbers within a few ε₃₂
+    np.testing.assert_allclose(a_tr**2, ab[t] / ab[r], rtol=1e-5)
+    np.testing.assert_allclose(v_ts, 1 - ab[t] / ab[s], rtol=1e-5)
+    np.testing.assert_allclose(a_ts * a_sr, a_tr, rtol=2e-6)
+    np.testing.assert_allclose(a_ts**2 * v_sr + v_ts, v_tr, rtol=2e-6)
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
 def test_seed_typo_variance_without_beta_is_wrong(name):
     """(1 − ᾱ_{t−1})/(1 − ᾱ_t) (β_t dropped) is not the Bayes posterior variance."""
     chain = CHAINS[name]()
@@ -99,13 +184,15 @@ def test_seed_typo_variance_without_beta_is_wrong(name):
 
 @pytest.mark.parametrize("name", sorted(CHAINS))
 def test_mean_from_true_eps_is_posterior_mean_from_true_x0(name):
+    """μ_θ(x_t, ε) = posterior mean at x̂0(ε) (Ho et al. eq. 11) with the true ε is μ̃_t(x_t, x0)."""
     chain = CHAINS[name]()
     T = chain.num_steps
     ts = jnp.asarray(sorted({1, 2, T // 4, T // 2, T - 1, T}))
     key0, key1 = jax.random.split(jax.random.key(1))
     x0 = jax.random.normal(key0, (ts.size, 4))
-    xt, eps = chain.q_sample(key1, x0, ts)
-    mu_eps = chain.mean_from_eps(xt, eps, ts)
+    noised = chain.sample_marginal(key1, x0, ts)
+    xt, eps = noised.x_t, noised.eps
+    mu_eps = chain.posterior(xt, convert(eps, xt, ts, chain, "eps", "x0"), ts, ts - 1)[0]
     mu_post, _, _ = chain.posterior_mean_variance(xt, x0, ts)
     b, a, ab = _np_schedule(chain)
     ref = np.stack([_bayes_posterior(chain, int(t), x0[i], xt[i])[0] for i, t in enumerate(ts)])
@@ -122,19 +209,20 @@ def test_mean_from_true_eps_is_posterior_mean_from_true_x0(name):
     assert np.all(err[tt >= max(2, T // 4)] > 1e-2), err
 
 
-def test_predict_x0_from_eps_inverts_q_sample():
+def test_x0_from_eps_inverts_sample_marginal():
     chain = DDPMChain.linear(1000)
     ts = jnp.asarray([1, 10, 100, 500, 900])
     x0 = jax.random.normal(jax.random.key(2), (5, 6))
-    xt, eps = chain.q_sample(jax.random.key(3), x0, ts)
-    x0_hat = chain.predict_x0_from_eps(xt, eps, ts)
+    noised = chain.sample_marginal(jax.random.key(3), x0, ts)
+    xt, eps = noised.x_t, noised.eps
+    x0_hat = convert(eps, xt, ts, chain, "eps", "x0")
     # error of x_t (~1e-7) is amplified by 1/√ᾱ_t
     tol = 20 * EPS32 / np.sqrt(np.asarray(chain.alpha_bar(ts)))[:, None]
     assert np.all(np.abs(np.asarray(x0_hat - x0)) <= tol * (1 + np.abs(np.asarray(xt))))
 
 
 # -- forward marginals ---------------------------------------------------------------------------
-def test_q_sample_marginals_match_sequential_chain():
+def test_sample_marginal_matches_sequential_chain():
     """20000 1-D paths through q(x_t|x_{t-1}) vs direct draws from q(x_t|x_0), all t at once."""
     chain = DDPMChain.linear(10, 0.05, 0.3)
     T, n, x0_val = chain.num_steps, 20000, 1.5
@@ -154,7 +242,7 @@ def test_q_sample_marginals_match_sequential_chain():
 
     seq = np.asarray(sequential(jax.random.key(4)), np.float64)
     t_all = jnp.repeat(jnp.arange(1, T + 1), n)  # one call with a per-example t
-    direct, _ = chain.q_sample(jax.random.key(5), jnp.full((T * n, 1), x0_val), t_all)
+    direct = chain.sample_marginal(jax.random.key(5), jnp.full((T * n, 1), x0_val), t_all).x_t
     direct = np.asarray(direct, np.float64).reshape(T, n)
 
     zs = []
@@ -184,8 +272,13 @@ def test_alpha_sigma_are_indexed_alpha_bars():
     np.testing.assert_allclose(chain.alpha(t.astype(jnp.float32)), chain.alpha(t))
     np.testing.assert_allclose(chain.alpha_bars, ab, rtol=1e-5)
     assert chain.alpha_bars.shape == (1001,) and float(chain.alpha_bars[0]) == 1.0
-    np.testing.assert_allclose(chain.alphas, 1 - np.asarray(chain.betas))
-    assert chain.t_range == (0.0, 1000.0) and chain.direction == -1.0
+    # α_t = 1 − β_t is the ratio of consecutive ᾱ (no `alphas` array: `1 - chain.betas`)
+    # (each ᾱ within the 1e-5 asserted above: 2e-5 for the ratio)
+    np.testing.assert_allclose(chain.alpha_bars[1:] / chain.alpha_bars[:-1], 1 - np.asarray(chain.betas),
+                               rtol=2e-5)
+    assert chain.t_range == (0.0, 1000.0)
+    assert (chain.t_data, chain.t_noise) == (0.0, 1000.0)  # data at step 0, noise at step T
+    assert chain.discrete and not chain.has_rates
     # a pytree: chains stacked along a leading axis can be vmapped over
     stacked = jax.tree_util.tree_map(lambda b: jnp.stack([b, 2 * b]), chain)
     per_chain = jax.vmap(lambda c: c.alpha_bar(3))(stacked)
@@ -321,28 +414,47 @@ def test_invalid_parameters_raise_clear_errors():
     with pytest.raises(ValueError, match="integer step"):
         chain.sigma(2.5)
     with pytest.raises(ValueError, match="shape"):
-        chain.q_sample(jax.random.key(0), x, jnp.ones(3, jnp.int32))
+        chain.sample_marginal(jax.random.key(0), x, jnp.ones(3, jnp.int32))
     with pytest.raises(ValueError, match="Unknown reverse variance"):
-        ancestral_step(jax.random.key(0), x, 2, x, chain, variance="large")
+        chain.model_log_variance(2, variance="large")
+    with pytest.raises(ValueError, match="ancestral: variance must be one of"):
+        Ancestral(variance="large")
     with pytest.raises(ValueError, match=r"scaled to \[-1, 1\]"):
         discretized_gaussian_log_likelihood(jnp.asarray([2.0]), 0.0, 0.0)
-    with pytest.raises(ValueError, match="no drift"):
+    with pytest.raises(ValueError, match="no time derivatives"):
         chain.drift_coeff(3)
+    with pytest.raises(ValueError, match="no time derivatives"):
+        chain.diffusion_squared(3)
+
+
+def test_data_end_and_time_interval_are_integer_steps():
+    """The chain's data end is step 0 (no offset by default); t_eps is a whole number of steps."""
+    chain = DDPMChain.linear(10, 0.01, 0.2)
+    assert chain.default_t_eps == 0.0
+    assert chain.data_end() == 0.0 and chain.data_end(3) == 3.0 and chain.data_end(2.0) == 2.0
+    assert isinstance(chain.data_end(3), float)
+    assert chain.time_interval() == (0.0, 10.0) and chain.time_interval(1) == (1.0, 10.0)
+    with pytest.raises(ValueError, match="integer number of steps"):
+        chain.data_end(2.5)
+    for bad in (-1, 10, 11):
+        with pytest.raises(ValueError, match="t_eps"):
+            chain.data_end(bad)
 
 
 # -- interop with the generic process tools -----------------------------------------------------
 def test_coefficients_and_oracle_interop():
-    """α, σ exact, derivatives NaN; the mixture oracle's exact ε-model works on the chain."""
+    """α, σ exact, no derivatives (None: the chain has no time derivatives); the mixture oracle's exact
+    ε-model works on the chain."""
     chain = DDPMChain.linear(100, 1e-3, 0.05)
     c = chain.coefficients(jnp.asarray([5, 50]))
     np.testing.assert_allclose(c.alpha, chain.alpha(jnp.asarray([5, 50])))
-    assert np.all(np.isnan(c.d_alpha)) and np.all(np.isnan(c.d_sigma))
+    assert c.d_alpha is None and c.d_sigma is None
     m, s2 = 0.4, 0.25
     oracle = gaussian(jnp.asarray([m]), jnp.asarray([[s2]]))
     t = jnp.asarray([1, 30, 100])
     xt = jnp.asarray([[0.3], [-0.5], [1.2]])
-    eps_hat = oracle.model_fn(chain, "eps")(xt, t)
-    x0_hat = np.asarray(chain.predict_x0_from_eps(xt, eps_hat, t))[:, 0]
+    eps_hat = oracle.model(chain, "eps")(xt, t)
+    x0_hat = np.asarray(convert(eps_hat, xt, t, chain, "eps", "x0"))[:, 0]
     _, _, ab = _np_schedule(chain)
     a = ab[np.asarray(t)]
     ref = m + s2 * np.sqrt(a) / (a * s2 + 1 - a) * (np.asarray(xt)[:, 0] - np.sqrt(a) * m)
@@ -351,6 +463,7 @@ def test_coefficients_and_oracle_interop():
 
 # -- training loss -------------------------------------------------------------------------------
 def test_simple_eps_loss_jit_grad_vmap_without_retracing():
+    """Ho et al.'s L_simple is `dsm_loss` on the chain: t ~ U{1..T} (integer), ε-matching."""
     chain = DDPMChain.linear(50, 1e-3, 0.2)
     _, _, ab = _np_schedule(chain)
     n, d = 512, 8
@@ -365,7 +478,7 @@ def test_simple_eps_loss_jit_grad_vmap_without_retracing():
     @jax.jit
     @chex.assert_max_traces(n=1)
     def loss_and_grad(w, x0, key):
-        return jax.value_and_grad(lambda w: simple_eps_loss(model_fn_for(w), x0, key, chain))(w)
+        return jax.value_and_grad(lambda w: dsm_loss(model_fn_for(w), x0, key, process=chain))(w)
 
     x0 = jax.random.normal(jax.random.key(7), (n, d))
     w = jnp.asarray(0.7)
@@ -375,8 +488,8 @@ def test_simple_eps_loss_jit_grad_vmap_without_retracing():
     # the loss is quadratic in w for a fixed key: central difference is exact up to rounding
     h = 1e-2
     fd = (
-        simple_eps_loss(model_fn_for(w + h), x0, jax.random.key(8), chain)
-        - simple_eps_loss(model_fn_for(w - h), x0, jax.random.key(8), chain)
+        dsm_loss(model_fn_for(w + h), x0, jax.random.key(8), process=chain)
+        - dsm_loss(model_fn_for(w - h), x0, jax.random.key(8), process=chain)
     ) / (2 * h)
     np.testing.assert_allclose(g, fd, rtol=1e-3)
 
@@ -386,7 +499,7 @@ def test_simple_eps_loss_jit_grad_vmap_without_retracing():
 
     def one(key):
         k0, k1 = jax.random.split(key)
-        return simple_eps_loss(model_fn_for(w), jax.random.normal(k0, (n, d)), k1, chain)
+        return dsm_loss(model_fn_for(w), jax.random.normal(k0, (n, d)), k1, process=chain)
 
     losses = np.asarray(jax.vmap(one)(keys), np.float64)
     expect = 0.7**2 - 2 * 0.7 * np.mean(np.sqrt(1 - ab[1:])) + 1
@@ -395,15 +508,32 @@ def test_simple_eps_loss_jit_grad_vmap_without_retracing():
 
 
 # -- reverse step --------------------------------------------------------------------------------
-@pytest.mark.parametrize("variance", ["posterior", "beta"])
+def _constant_eps(eps, x, t):
+    return jnp.broadcast_to(eps, x.shape).astype(x.dtype)
+
+
+@functools.partial(jax.jit, static_argnames="variance")
+def _ancestral_step(key, x_t, t, eps_pred, chain, variance):
+    """One DDPM reverse step t → t − 1 of the ancestral solver with a model that predicts eps_pred."""
+    flow = ProbabilityFlow(jax.tree_util.Partial(_constant_eps, eps_pred), chain, "eps")
+    x_prev, _ = Ancestral(variance=variance).step(flow, x_t, None, t, t - 1, key)
+    return x_prev
+
+
+@pytest.mark.parametrize("variance", ["posterior", "transition"])
 def test_ancestral_step_with_true_eps_samples_the_right_gaussian(variance):
+    """Ho et al. Alg. 2: x_{t−1} ~ N(μ̃_t, σ_t²) with σ_t² = β̃_t ('posterior') or β_t ('transition')."""
     chain = DDPMChain.linear(20, 0.01, 0.2)
     b, _, ab = _np_schedule(chain)
     n, x0_val, xt_val = 20000, 0.6, -0.4
-    step = jax.jit(ancestral_step, static_argnames="variance")
+    step = _ancestral_step
     for t in (2, 10, 20):
         eps = (xt_val - np.sqrt(ab[t]) * x0_val) / np.sqrt(1 - ab[t])
         xt = jnp.full((n, 1), xt_val)
+        # per-example t: the step keeps x's shape (checked abstractly before the large run)
+        out = jax.eval_shape(functools.partial(step, variance=variance), jax.random.key(t), xt,
+                             jnp.full((n,), t), jnp.full((n, 1), eps), chain)  # fmt: skip
+        assert out.shape == xt.shape, out.shape
         x_prev = np.asarray(
             step(jax.random.key(t), xt, jnp.full((n,), t), jnp.full((n, 1), eps), chain, variance),
             np.float64,
@@ -418,6 +548,7 @@ def test_ancestral_step_with_true_eps_samples_the_right_gaussian(variance):
     out = step(jax.random.key(0), xt, jnp.asarray([1, 1]), jnp.full((2, 1), eps1), chain, variance)
     np.testing.assert_allclose(out, x0_val, atol=1e-5)
     mixed = step(jax.random.key(1), xt, jnp.asarray([1, 5]), jnp.zeros((2, 1)), chain, variance)
+    assert mixed.shape == xt.shape
     np.testing.assert_allclose(mixed[0], xt_val / np.sqrt(1 - b[0]), rtol=1e-6)
     assert abs(float(mixed[1, 0]) - xt_val / np.sqrt(1 - b[4])) > 1e-6  # noise added at t = 5
 
@@ -427,7 +558,7 @@ def test_elbo_terms_zero_for_exact_posterior_and_match_numpy():
     chain = DDPMChain.linear(10, 0.02, 0.3)
     x0 = jnp.asarray(GRID[[0, 100, 255]][:, None] * np.ones((1, 2)), jnp.float32)
     t = jnp.asarray([2, 5, 10])
-    xt, _ = chain.q_sample(jax.random.key(11), x0, t)
+    xt = chain.sample_marginal(jax.random.key(11), x0, t).x_t
     mean, _, logvar = chain.posterior_mean_variance(xt, x0, t)
     np.testing.assert_allclose(chain.elbo_terms(x0, xt, t, mean, logvar), 0.0, atol=1e-6)
     # a wrong model: KL in bits/dim vs a float64 formula log(s2/s1) + (s1² + Δ²)/(2 s2²) − ½
@@ -465,9 +596,9 @@ def test_variational_bound_equals_direct_monte_carlo_of_log_ratio(variance):
         return 0.5 * x + 0.05 * t[:, None]
 
     x0 = jnp.asarray(np.tile(x0_row, (n, 1)), jnp.float32)
-    vb = jax.jit(variational_bound, static_argnums=(2, 4))(
-        jax.random.key(12), x0, eps_model, chain, variance
-    )
+    vb = jax.jit(
+        lambda x0, key: variational_bound(eps_model, chain, x0, key, prediction="eps", variance=variance)
+    )(x0, jax.random.key(12))
     analytic = np.asarray(vb.total, np.float64)
     np.testing.assert_allclose(vb.total, vb.prior + vb.terms.sum(1), rtol=1e-6)
 

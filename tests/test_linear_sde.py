@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffjax.processes import VESDE, VPSDE, CosineVPSDE, SubVPSDE
 from diffjax.processes.linear import LinearSDE, constant_coefficient_moments
-from diffjax.processes.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
-from diffjax.simulate import euler_maruyama
+from diffjax.solvers import SDE, EulerMaruyama, integrate
 
 Z_MAX = 4.5
 N_PATHS = 20_000
@@ -57,6 +57,11 @@ X0_TV = np.array([2.0, -1.0])
 
 def time_varying_sde() -> LinearSDE:
     return LinearSDE(A=a_tv, b=b_tv, G=g_tv, Q=Q_TV, T=T_TV)
+
+
+def euler_maruyama(key, x0, drift_fn, diffusion_fn, ts, save_every=0):
+    """Euler–Maruyama of dX = drift_fn(X, t) dt + diffusion_fn(t) dW on the grid ts: the Solution."""
+    return integrate(EulerMaruyama(), SDE(drift_fn, diffusion_fn), x0, ts, key, save_every=save_every)
 
 
 def assert_close(a, b, atol, what=""):
@@ -168,8 +173,8 @@ def test_euler_maruyama_monte_carlo_matches_moments(case):
         @jax.jit
         def simulate(key, x):
             k1, k2 = jax.random.split(key)
-            x_mid = euler_maruyama(k1, x, sde.drift, sde.diffusion_matrix, ts[: mid + 1])
-            return x_mid, euler_maruyama(k2, x_mid, sde.drift, sde.diffusion_matrix, ts[mid:])
+            x_mid = euler_maruyama(k1, x, sde.drift, sde.diffusion_matrix, ts[: mid + 1]).y
+            return x_mid, euler_maruyama(k2, x_mid, sde.drift, sde.diffusion_matrix, ts[mid:]).y
 
         states = simulate(jax.random.key(1), jnp.broadcast_to(x0, (N_PATHS, len(x0))))
         worst = 0.0
@@ -246,19 +251,19 @@ def test_euler_maruyama_shapes_and_deterministic_limit():
         ts = jnp.linspace(0.0, 1.0, 11)
         x0 = jnp.array([[1.0, 2.0], [-1.0, 0.5]])
         # g = 0: the chain is exactly x_n = (1 − Δt)^n x0 for dx = −x dt
-        x1, path = euler_maruyama(jax.random.key(0), x0, lambda x, t: -x, lambda t: 0.0 * t, ts,
-                                  save_path=True)
+        sol = euler_maruyama(jax.random.key(0), x0, lambda x, t: -x, lambda t: 0.0 * t, ts, save_every=1)
+        x1, path = sol.y, sol.trajectory
         assert path.shape == (11, 2, 2)
         assert_close(path[0], x0, 0.0)
         assert_close(path[-1], x1, 0.0)
         assert_close(x1, 0.9**10 * x0, 1e-12)
         # a decreasing grid (reverse time) and a (batch,) rate; a (D, M) matrix with M ≠ D
         x_rev = euler_maruyama(jax.random.key(0), x0, lambda x, t: 0.0 * x,
-                               lambda t: jnp.array([1.0, 0.0]), ts[::-1])
+                               lambda t: jnp.array([1.0, 0.0]), ts[::-1]).y
         assert x_rev.shape == (2, 2)
         assert_close(x_rev[1], x0[1], 0.0)  # zero rate for the second example
         x_mat = euler_maruyama(jax.random.key(0), x0, lambda x, t: 0.0 * x,
-                               lambda t: jnp.ones((2, 3)), ts)
+                               lambda t: jnp.ones((2, 3)), ts).y
         assert_close(x_mat[:, 0] - x0[:, 0], x_mat[:, 1] - x0[:, 1], 1e-12)  # identical rows of G
 
 
@@ -266,16 +271,23 @@ def test_euler_maruyama_bad_input():
     ts = jnp.linspace(0.0, 1.0, 5)
     drift, g = (lambda x, t: -x), (lambda t: 1.0)
     key = jax.random.key(0)
-    with pytest.raises(ValueError, match="batch"):
-        euler_maruyama(key, jnp.ones(3), drift, g, ts)
-    with pytest.raises(ValueError, match="monotone|increasing"):
-        euler_maruyama(key, jnp.ones((2, 3)), drift, g, jnp.array([0.0, 0.5, 0.2]))
+    # the state's leading axis is the batch: a rate must be a scalar or one per example
+    with pytest.raises(ValueError, match=r"\(batch,\) = \(2,\) rate"):
+        euler_maruyama(key, jnp.ones((2, 3)), drift, lambda t: jnp.ones(3), ts)
     with pytest.raises(ValueError, match="ts"):
         euler_maruyama(key, jnp.ones((2, 3)), drift, g, jnp.array([0.0]))
     with pytest.raises(ValueError, match="diffusion matrix"):
         euler_maruyama(key, jnp.ones((2, 3)), drift, lambda t: jnp.ones((2, 2)), ts)
-    with pytest.raises(ValueError, match="drift_fn"):
+    with pytest.raises(ValueError, match="diffusion matrix"):  # a matrix needs a (batch, D) state
+        euler_maruyama(key, jnp.ones(2), drift, lambda t: jnp.ones((2, 2)), ts)
+    with pytest.raises(ValueError, match="drift"):
         euler_maruyama(key, jnp.ones((2, 3)), lambda x, t: x[:, :2], g, ts)
+
+
+def test_euler_maruyama_rejects_a_non_monotone_grid():
+    with pytest.raises(ValueError, match="monotone|increasing"):
+        euler_maruyama(jax.random.key(0), jnp.ones((2, 3)), lambda x, t: -x, lambda t: 1.0,
+                       jnp.array([0.0, 0.5, 0.2]))
 
 
 # -- validation ------------------------------------------------------------------------------------

@@ -16,9 +16,7 @@ from diffjax.parameterization import (
     from_x0_eps,
     to_x0_eps,
 )
-from diffjax.paths.gaussian import CondOTPath, CosinePath
-from diffjax.processes.ddpm import DDPMChain
-from diffjax.processes.sde import VESDE, VPSDE, SubVPSDE
+from diffjax.processes import VESDE, VPSDE, CondOTPath, CosinePath, DDPMChain, SubVPSDE
 
 PROCESSES = [VPSDE(), SubVPSDE(), VESDE(), CondOTPath(), CosinePath()]
 
@@ -30,7 +28,7 @@ def test_conversions_round_trip_to_float_precision(process, source, target):
         k1, k2 = jax.random.split(jax.random.PRNGKey(3))
         x0, eps = jax.random.normal(k1, (6, 3)), jax.random.normal(k2, (6, 3))
         t = jnp.linspace(0.1, 0.9, 6)
-        x = process.sample_marginal(k2, x0, t)[0]  # any x works; use a realistic one
+        x = process.sample_marginal(k2, x0, t).x_t  # any x works; use a realistic one
         c = process.coefficients(t)
         pred = from_x0_eps(x0, eps, source, x, c)
         there = convert(pred, x, t, process, source, target)
@@ -71,12 +69,19 @@ def test_known_formulas():
 
 
 def test_ddpm_chain_conversions_without_velocity():
+    """The chain converts between ε, x0, score and v; 'velocity' needs dα/dt, dσ/dt, which the chain
+    does not have: a clear error either way (not a NaN)."""
     chain = DDPMChain.linear(100)
     t = jnp.array([1, 50, 100])
     x0, eps = jnp.ones((3, 2)), jnp.full((3, 2), 0.5)
-    x = chain.q_sample(jax.random.PRNGKey(0), x0, t)[0]
+    x = chain.sample_marginal(jax.random.PRNGKey(0), x0, t).x_t
     pred = convert(eps, x, t, chain, "eps", "score")
     np.testing.assert_allclose(convert(pred, x, t, chain, "score", "eps"), eps, rtol=1e-5)
+    for source, target in (("eps", "velocity"), ("velocity", "x0"), ("v", "velocity")):
+        with pytest.raises(ValueError, match="time derivatives"):
+            convert(eps, x, t, chain, source, target)
+    with pytest.raises(ValueError, match="time derivatives"):
+        as_prediction(lambda x, t: x, chain, "eps", "velocity")(x, t)
 
 
 def test_clip_denoised_on_the_ddpm_chain():
@@ -139,7 +144,8 @@ def test_clip_denoised_at_the_noise_free_end_and_compiles_once():
     assert bool(jnp.all(jnp.isfinite(out)))
     # new parameters, the same pytree structure: a jitted sampler reuses its compiled code
     a = clip_denoised(jax.tree_util.Partial(lambda p, x, t: p * x, 2.0), path, "eps")
-    b = clip_denoised(jax.tree_util.Partial(a.args[0].func, 3.0), path, "eps")
+    b = clip_denoised(jax.tree_util.Partial(a.model.func, 3.0), path, "eps")
+    assert a.prediction == b.prediction == "eps"  # the clipped model declares its prediction
     assert jax.tree.structure(a) == jax.tree.structure(b)
     traces = []
 

@@ -1,7 +1,8 @@
 """Monte-Carlo check of the closed-form marginals of every forward SDE.
 
-Each SDE is simulated with its own `drift`/`diffusion` by Euler–Maruyama (`diffjax.simulate`) and
-the sample mean and variance of X_t | X_0 = x0 are compared with the closed form by z-scores:
+Each SDE is simulated with its own `drift`/`diffusion` by Euler–Maruyama (`diffjax.integrate` with
+`EulerMaruyama` on a `diffjax.solvers.SDE` term) and the sample mean and variance of X_t | X_0 = x0
+are compared with the closed form by z-scores:
 mean SE = σ/√n, variance SE = σ²·√(2/(n−1)) (exact for Gaussian samples; the EM chain of a linear
 SDE is Gaussian). With 4 processes × 24 statistics, P(max |z| > 4.5) ≈ 96 · 6.8e-6 < 1e-3 under
 the null, so a failure means a wrong closed form, drift or diffusion.
@@ -20,9 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax.processes.linear import LinearSDE
-from diffjax.processes.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
-from diffjax.simulate import euler_maruyama
+from diffjax.processes import VESDE, VPSDE, CosineVPSDE, LinearSDE, SubVPSDE
+from diffjax.solvers import SDE, EulerMaruyama, integrate
 
 PROCESSES = {
     "VPSDE": VPSDE(),
@@ -78,7 +78,7 @@ def test_euler_maruyama_matches_closed_form_marginals(name):
         def simulate(key, x):
             states = []
             for k, (i, j) in zip(jax.random.split(key, len(bounds)), bounds, strict=True):
-                x = euler_maruyama(k, x, sde.drift, sde.diffusion, ts[i : j + 1])
+                x = integrate(EulerMaruyama(), SDE(sde.drift, sde.diffusion), x, ts[i : j + 1], k).y
                 states.append(x)
             return states
 

@@ -220,9 +220,9 @@ class GaussianProcess:
 
         with σ²_{t|s}/σ_t² = −expm1(λ_t − λ_s). The DDPM posterior (Ho et al. eqs. 6–7) is s = t − 1.
         t, s: scalars or (batch,); variance of shape (batch, 1, …) or ()."""
-        frac = -jnp.expm1(self.log_snr(t) - self.log_snr(s))  # σ²_{t|s}/σ_t²
-        a_ts = self.alpha(t) / self.alpha(s)
+        a_ts, v_ts = self.transition(t, s)  # a process's closed-form transition, if it has one
         s2_s, s2_t = self.sigma(s) ** 2, self.sigma(t) ** 2
+        frac = v_ts / s2_t  # σ²_{t|s}/σ_t² = −expm1(λ_t − λ_s)
         c_x = a_ts * s2_s / s2_t
         mean = expand(c_x, x_t) * x_t + expand(self.alpha(s) * frac, x_t) * x0
         return mean, expand(jnp.maximum(frac * s2_s, 0.0), x_t)

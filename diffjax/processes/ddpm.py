@@ -186,6 +186,17 @@ class DDPMChain(GaussianProcess):
         i = self._index(self.check_time(t))
         return self.log_alpha_bars[i] - jnp.log(self.one_minus_alpha_bars[i])
 
+    def transition(self, t: ArrayLike, s: ArrayLike) -> tuple[Array, Array]:
+        """(α_{t|s}, σ²_{t|s}) = (√(ᾱ_t/ᾱ_s), 1 − ᾱ_t/ᾱ_s) from the log-space schedule, and exactly
+        (√(1 − β_t), β_t) for one step (the generic −σ_t² expm1(λ_t − λ_s) loses ~1e-4 relative in
+        float32 there: λ_t − λ_{t−1} is a small difference of two O(10) log-SNRs)."""
+        i, j = self._index(self.check_time(t)), self._index(self.check_time(s))
+        d = self.log_alpha_bars[i] - self.log_alpha_bars[j]
+        beta = self.betas[jnp.clip(i - 1, 0, self.num_steps - 1)]
+        one_step = (i - j) == 1
+        return (jnp.where(one_step, jnp.sqrt(1.0 - beta), jnp.exp(0.5 * d)),
+                jnp.where(one_step, beta, -jnp.expm1(d)))  # fmt: skip
+
     # -- forward and reverse steps --------------------------------------------------------------
     def q_step_mean_var(self, x_prev: Array, t: ArrayLike) -> tuple[Array, Array]:
         """Mean √α_t x_{t−1} and variance β_t of q(x_t | x_{t−1}); the variance has shape

@@ -321,7 +321,7 @@ class LinearSDE:
 
     def diffusion_matrix(self, t: ArrayLike) -> Float[Array, "*t D M"]:
         """L(t) = G(t) Q^{1/2}, so that G dW = L dB with B a standard Brownian motion in R^M (the
-        matrix to pass to `diffjax.simulate.euler_maruyama`); L Lᵀ = G Q Gᵀ."""
+        matrix for Euler–Maruyama, `diffjax.solvers.SDE`); L Lᵀ = G Q Gᵀ."""
         g = self._at(self.G, self.check_time(t))
         q_half = self._noise_sqrt()
         return g if q_half is None else g @ q_half

@@ -15,6 +15,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from diffjax._array import expand
 from diffjax._pytree import pytree_dataclass, static_field
 from diffjax.solvers.base import Solver
 
@@ -35,5 +36,5 @@ class Ancestral(Solver):
         process = term.process
         mean, var = process.posterior(x, x0, t, t_next)
         if self.variance == "transition":
-            var = jnp.where(process.sigma(t_next) > 0, process.transition(t, t_next)[1], 0.0)
+            var = expand(jnp.where(process.sigma(t_next) > 0, process.transition(t, t_next)[1], 0.0), x)
         return mean + jnp.sqrt(var) * jax.random.normal(key, x.shape, x.dtype), carry

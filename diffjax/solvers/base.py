@@ -11,7 +11,7 @@ A solver is a small frozen pytree (its options are static fields) with
 and asks the *term* only for what it needs: `velocity(y, t)` (Runge–Kutta, adaptive), the data
 prediction and linear scales of a semi-linear ODE (exponential integrators: DDIM, DPM-Solver++),
 `denoise(x, t) -> (x̂0, ε̂)` (ancestral, EDM, predictor–corrector) or `sde(y, t) -> (drift,
-diffusion)` (Euler–Maruyama). Terms live in `diffjax.terms` (a model's probability flow and reverse
+diffusion)` (Euler–Maruyama). Terms live in `diffjax.flow` (a model's probability flow and reverse
 SDE), `diffjax.likelihood` (the flow augmented with its divergence) and here (any ODE or SDE).
 
 `integrate(solver, term, y0, ts, key)` runs the solver over the consecutive times of the grid `ts`
@@ -25,7 +25,10 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
+
+from diffjax._validate import is_concrete
 
 PyTree = Any
 
@@ -111,6 +114,10 @@ def integrate(
         raise ValueError(
             f"integrate: save_every must be an int >= 0 dividing the {n} steps, got {save_every!r}."
         )
+    if is_concrete(ts):
+        steps = np.diff(np.asarray(ts))
+        if not (np.all(steps > 0) or np.all(steps < 0)):
+            raise ValueError("integrate: ts must be strictly increasing or strictly decreasing.")
     key = jax.random.key(0) if key is None else key
     return solver.solve(term, y0, ts, key, save_every)
 

@@ -1,12 +1,12 @@
 """Terms that need no model: any ODE dy/dt = f(y, t), any SDE dY = f(Y, t) dt + G(t) dW, and
-Langevin dynamics dX = ∇log p(X) dt + √2 dW. (A model's probability flow is `diffjax.terms`.)"""
+Langevin dynamics. (A model's probability flow is `diffjax.flow.ProbabilityFlow`.)"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import jax.numpy as jnp
-import numpy as np
+from jaxtyping import Array
 
 from diffjax._pytree import pytree_dataclass
 
@@ -35,10 +35,13 @@ class SDE:
 
 @pytree_dataclass
 class Langevin:
-    """dX = ∇log p(X) dt + √2 dW, whose stationary law is p: Euler–Maruyama with step ε is the
-    unadjusted Langevin algorithm x ← x + ε ∇log p(x) + √(2ε) ξ."""
+    """dX = ε ∇log p(X) dτ + √(2ε) dW in τ counted in steps of size ε (stationary law p): Euler–Maruyama
+    on the grid τ = 0, 1, 2, … (Δτ = 1 exactly) is the unadjusted Langevin algorithm
+    x ← x + ε ∇log p(x) + √(2ε) ξ."""
 
     score: Callable  # x (batch, *event) -> ∇log p(x)
+    step_size: float | Array = 1.0
 
     def sde(self, x, t):
-        return self.score(x), jnp.asarray(np.sqrt(2.0), x.dtype)
+        eps = jnp.asarray(self.step_size, x.dtype)
+        return eps * self.score(x), jnp.sqrt(2.0 * eps)

@@ -23,6 +23,7 @@ checkpoint (verified by its checksums) and returns the EMA parameters merged int
 
 from __future__ import annotations
 
+import json
 import os
 from typing import NamedTuple
 
@@ -58,9 +59,10 @@ class TrainedModel(NamedTuple):
 def run_record(
     model: dict, process: dict, optimizer: dict, data_shape, num_classes: int | None = None
 ) -> dict:
-    """The run record of the module docstring (JSON-able)."""
-    return {"model": dict(model), "process": dict(process), "optimizer": dict(optimizer),
-            "data_shape": [int(d) for d in data_shape], "num_classes": num_classes}  # fmt: skip
+    """The run record of the module docstring, in the form it has once saved as JSON (tuples as lists)."""
+    record = {"model": dict(model), "process": dict(process), "optimizer": dict(optimizer),
+              "data_shape": [int(d) for d in data_shape], "num_classes": num_classes}  # fmt: skip
+    return json.loads(json.dumps(record))
 
 
 def differences(saved: dict, new: dict, fields=MUST_MATCH, prefix: str = "") -> list[str]:
@@ -76,6 +78,7 @@ def differences(saved: dict, new: dict, fields=MUST_MATCH, prefix: str = "") -> 
 
 
 def _contract(record: dict) -> dict:
+    record = json.loads(json.dumps(record))  # compare as saved: tuples and lists alike
     return {**record, "gradient_clipping": record["optimizer"].get("clip_norm") is not None}
 
 
