@@ -17,19 +17,27 @@ from diffjax.processes import (
     FlowTime,
     SubVPSDE,
     VPPath,
-    diffusion_time,
     flow_path_from_sde,
-    flow_time,
     sde_from_flow_path,
-    velocity_to_flow_time,
 )
 from diffjax.solvers import SDE, EulerMaruyama, integrate
 
 
-def test_time_maps_are_inverse():
-    t = jnp.linspace(0, 2.0, 5)
-    np.testing.assert_allclose(diffusion_time(flow_time(t, 2.0), 2.0), t, atol=1e-7)
-    assert float(flow_time(0.0, 2.0)) == 1.0  # data end ↔ τ = 1
+def flow_time(t, T=1.0):
+    """τ = 1 − t/T (the textbook map, written independently of the library)."""
+    return 1.0 - t / T
+
+
+def diffusion_time(tau, T=1.0):
+    return T * (1.0 - tau)
+
+
+def test_flow_time_puts_the_data_at_one_and_the_noise_at_zero():
+    sde = VPSDE(T=2.0)
+    path = flow_path_from_sde(sde)
+    tau = jnp.linspace(0.0, 1.0, 5)
+    np.testing.assert_allclose(path.alpha(tau), sde.alpha(diffusion_time(tau, 2.0)), rtol=1e-6)
+    assert (path.t_data, path.t_noise) == (1.0, 0.0)
 
 
 def test_vp_path_is_the_vp_sde_in_flow_time():
@@ -97,9 +105,9 @@ def test_probability_flow_ode_equals_flow_matching_ode_of_its_path(sde):
         x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2)) * 2)
         tau = jnp.linspace(0.1, 0.9, 6)
         t = diffusion_time(tau, sde.T)
-        pf = sde.probability_flow_drift(lambda x_, t_: mix.score(x_, sde, t_))(x, t)
+        pf = sde.drift(x, t) - 0.5 * sde.diffusion_squared(t)[:, None] * mix.score(x, sde, t)  # PF drift
         u = mix.velocity(x, path, tau)
-        np.testing.assert_allclose(u, velocity_to_flow_time(pf, sde.T), rtol=1e-7, atol=1e-8)
+        np.testing.assert_allclose(u, -sde.T * pf, rtol=1e-7, atol=1e-8)  # dx/dτ = −T dx/dt
 
 
 @pytest.mark.parametrize("path", [CondOTPath(), CosinePath()], ids=lambda p: type(p).__name__)
@@ -110,9 +118,8 @@ def test_sde_of_a_flow_path_has_its_marginals_and_ode(path):
         np.testing.assert_allclose(sde.alpha(t), path.alpha(1 - t), rtol=1e-12)
         mix = ring_mixture(4, radius=2.0, std=0.4)
         x = jnp.asarray(np.random.default_rng(1).normal(size=(7, 2)))
-        pf = sde.probability_flow_drift(lambda x_, t_: mix.score(x_, sde, t_))(x, t)
-        np.testing.assert_allclose(velocity_to_flow_time(pf), mix.velocity(x, path, 1 - t),
-                                   rtol=1e-7, atol=1e-8)
+        pf = sde.drift(x, t) - 0.5 * sde.diffusion_squared(t)[:, None] * mix.score(x, sde, t)
+        np.testing.assert_allclose(-pf, mix.velocity(x, path, 1 - t), rtol=1e-7, atol=1e-8)
 
 
 def test_sde_of_condot_path_simulated_matches_its_marginal():

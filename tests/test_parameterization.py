@@ -64,7 +64,7 @@ def test_known_formulas():
     )
     # velocity = f x − ½ g² score, the probability-flow drift (conditional on x0 here)
     score = -eps / c.sigma[:, None]
-    pf = sde.probability_flow_drift(lambda x_, t_: score)(x, t)
+    pf = sde.drift(x, t) - 0.5 * sde.diffusion_squared(t)[:, None] * score
     np.testing.assert_allclose(from_x0_eps(x0, eps, "velocity", x, c), pf, rtol=1e-5)
 
 

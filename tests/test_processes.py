@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import x64
 
+from diffjax.parameterization import from_x0_eps
 from diffjax.processes import (
     SDE,
     VESDE,
@@ -77,16 +78,18 @@ def test_path_endpoints_and_derivatives(path):
 
 
 def test_path_conditional_velocity_is_time_derivative_of_interpolant():
+    """The 'velocity' of (x1, x0) is d/dt of the interpolant α_t x1 + σ_t x0; its 'score' is that of
+    N(α x1, σ² I)."""
     path = CosinePath()
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     x1, x0 = jax.random.normal(k1, (4, 3)), jax.random.normal(k2, (4, 3))
     t = jnp.array([0.1, 0.3, 0.6, 0.9])
-    _, dx = jax.jvp(lambda s: path.interpolate(x1, x0, s), (t,), (jnp.ones_like(t),))
-    np.testing.assert_allclose(path.conditional_velocity(x1, x0, t), dx, rtol=1e-5, atol=1e-6)
-    # conditional score of N(α x1, σ² I)
-    x = path.interpolate(x1, x0, t)
-    expected = -x0 / path.sigma(t)[:, None]
-    np.testing.assert_allclose(path.conditional_score(x, x1, t), expected, rtol=1e-4, atol=1e-5)
+    interpolant = lambda s: path.alpha(s)[:, None] * x1 + path.sigma(s)[:, None] * x0  # noqa: E731
+    x, dx = jax.jvp(interpolant, (t,), (jnp.ones_like(t),))
+    c = path.coefficients(t)
+    np.testing.assert_allclose(from_x0_eps(x1, x0, "velocity", x, c), dx, rtol=1e-5, atol=1e-6)
+    expected = -(x - path.alpha(t)[:, None] * x1) / path.sigma(t)[:, None] ** 2
+    np.testing.assert_allclose(from_x0_eps(x1, x0, "score", x, c), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_prior_logp_is_standard_normal_for_vp():
@@ -130,8 +133,6 @@ def test_time_outside_domain_and_bad_shapes_raise():
     x = jnp.zeros((4, 2))
     with pytest.raises(ValueError, match="shape \\(batch,\\)"):
         sde.marginal(x, jnp.ones(3) * 0.5)
-    with pytest.raises(ValueError, match="same shape"):
-        path.interpolate(x, jnp.zeros((4, 3)), 0.5)
 
 
 def test_processes_are_pytrees_that_jit_vmap_and_grad_without_retracing():

@@ -12,12 +12,8 @@ from diffjax.processes.convention import (
     DiffusionTime,
     FlowTime,
     VPPath,
-    diffusion_time,
     flow_path_from_sde,
-    flow_time,
     sde_from_flow_path,
-    velocity_to_diffusion_time,
-    velocity_to_flow_time,
 )
 from diffjax.processes.ddpm import DDPMChain
 from diffjax.processes.linear import LinearSDE
@@ -47,8 +43,7 @@ def build_process(spec: dict) -> GaussianProcess:
 __all__ = [
     "PROCESSES", "SDE", "VESDE", "VPSDE", "Coefficients", "CondOTPath", "CosinePath", "CosineVPSDE",
     "DDPMChain", "DiffusionTime", "FlowTime", "GaussianPath", "GaussianProcess", "LinearSDE",
-    "NoisedSample", "PolynomialPath", "SubVPSDE", "VPPath", "build_process", "diffusion_time",
-    "flow_path_from_sde", "flow_time", "sde_from_flow_path", "velocity_to_diffusion_time",
-    "velocity_to_flow_time",
+    "NoisedSample", "PolynomialPath", "SubVPSDE", "VPPath", "build_process", "flow_path_from_sde",
+    "sde_from_flow_path",
 ]  # fmt: skip
 

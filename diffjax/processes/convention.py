@@ -14,32 +14,10 @@ same ODE: u_τ(x) = −T · v_pf(x, t(τ)).
 
 from __future__ import annotations
 
-from jaxtyping import Array
-
 from diffjax._pytree import pytree_dataclass
 from diffjax.processes.base import GaussianProcess
 from diffjax.processes.paths import GaussianPath
 from diffjax.processes.sde import SDE, VPSDE
-
-
-def flow_time(t, T: float = 1.0):
-    """Diffusion time t ∈ [0, T] → flow-matching time τ = 1 − t/T."""
-    return 1.0 - t / T
-
-
-def diffusion_time(tau, T: float = 1.0):
-    """Flow-matching time τ ∈ [0, 1] → diffusion time t = T(1 − τ)."""
-    return T * (1.0 - tau)
-
-
-def velocity_to_flow_time(velocity: Array, T: float = 1.0) -> Array:
-    """dx/dτ = (dt/dτ)·dx/dt = −T·dx/dt."""
-    return -T * velocity
-
-
-def velocity_to_diffusion_time(velocity: Array, T: float = 1.0) -> Array:
-    """dx/dt = −dx/dτ / T."""
-    return -velocity / T
 
 
 @pytree_dataclass

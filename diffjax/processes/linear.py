@@ -278,11 +278,6 @@ class LinearSDE:
         """State dimension D."""
         return self._shapes()[0]
 
-    @property
-    def noise_dim(self) -> int:
-        """Brownian dimension M."""
-        return self._shapes()[1]
-
     def check_time(self, t: ArrayLike) -> Array:
         t = check_time(t, 0.0, self.T, "LinearSDE")
         if t.ndim > 1:

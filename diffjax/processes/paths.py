@@ -3,20 +3,19 @@
     x_t = α_t·x_data + σ_t·x_noise,   x_noise ~ N(0, I),   t ∈ [0, 1]
 
 noise at t = 0 (α_0 = 0, σ_0 = 1) and data at t = 1 (α_1 = 1, σ_1 = σ_min). The conditional vector
-field u_t(x | x_data, x_noise) = α̇_t x_data + σ̇_t x_noise generates the conditional path; the marginal
-field is its posterior expectation (Theorem 5 of `shared/seeds/001`; exact for mixtures in
-`diffjax.oracle`). A path is a `GaussianProcess` like any SDE: sampling, losses and likelihoods take
-either.
+field u_t(x | x_data, x_noise) = α̇_t x_data + σ̇_t x_noise (the 'velocity' of
+`diffjax.parameterization`, the CFM target) generates the conditional path; the marginal field is its
+posterior expectation (Theorem 5 of `shared/seeds/001`; exact for mixtures in `diffjax.oracle`). A
+path is a `GaussianProcess` like any SDE: sampling, losses and likelihoods take either.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jaxtyping import Array
 
 from diffjax._pytree import pytree_dataclass, static_field
-from diffjax._validate import check_batch_time, check_positive, check_same_shape
-from diffjax.processes.base import GaussianProcess, expand
+from diffjax._validate import check_positive
+from diffjax.processes.base import GaussianProcess
 
 
 class GaussianPath(GaussianProcess):
@@ -29,25 +28,6 @@ class GaussianPath(GaussianProcess):
     @property
     def t_noise(self) -> float:
         return 0.0
-
-    def _checked(self, x_data: Array, other: Array, t, names: str) -> Array:
-        check_same_shape(x_data, other, names, type(self).__name__)
-        return check_batch_time(x_data, t, type(self).__name__)
-
-    def interpolate(self, x_data: Array, x_noise: Array, t) -> Array:
-        """x_t = α_t x_data + σ_t x_noise."""
-        mean, std = self.marginal(x_data, self._checked(x_data, x_noise, t, "x_data and x_noise"))
-        return mean + std * x_noise
-
-    def conditional_velocity(self, x_data: Array, x_noise: Array, t) -> Array:
-        """u_t(x | x_data, x_noise) = α̇_t x_data + σ̇_t x_noise (the CFM regression target)."""
-        c = self.coefficients(self._checked(x_data, x_noise, t, "x_data and x_noise"))
-        return expand(c.d_alpha, x_data) * x_data + expand(c.d_sigma, x_data) * x_noise
-
-    def conditional_score(self, x: Array, x_data: Array, t) -> Array:
-        """∇_x log p_t(x | x_data) = −(x − α_t x_data)/σ_t²."""
-        mean, std = self.marginal(x_data, self._checked(x, x_data, t, "x and x_data"))
-        return -(x - mean) / std**2
 
 
 @pytree_dataclass

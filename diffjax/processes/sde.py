@@ -13,17 +13,13 @@ the exact one of the SDE started at x_0 (Song et al.'s code drops the −σ_min�
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
 from diffjax._pytree import pytree_dataclass, static_field
 from diffjax._validate import check_less, check_positive
-from diffjax.processes.base import GaussianProcess, expand
-
-ScoreFn = Callable[[Array, Array], Array]
+from diffjax.processes.base import GaussianProcess
 
 
 class SDE(GaussianProcess):
@@ -43,22 +39,6 @@ class SDE(GaussianProcess):
     def default_t_eps(self) -> float:
         """1e-3·T, score_sde's sampling end (σ̇ ~ 1/√t is singular at t = 0 for VP-type SDEs)."""
         return 1e-3 * self.T
-
-    def reverse_drift(self, score_fn: ScoreFn) -> Callable[[Array, Array], Array]:
-        """Drift f − g²·∇log p_t of the reverse-time SDE (Anderson 1982), run from T to 0."""
-
-        def drift(x, t):
-            return self.drift(x, t) - expand(self.diffusion_squared(t), x) * score_fn(x, t)
-
-        return drift
-
-    def probability_flow_drift(self, score_fn: ScoreFn) -> Callable[[Array, Array], Array]:
-        """Drift f − ½g²·∇log p_t of the probability-flow ODE (same marginals as the SDE)."""
-
-        def drift(x, t):
-            return self.drift(x, t) - 0.5 * expand(self.diffusion_squared(t), x) * score_fn(x, t)
-
-        return drift
 
 
 class _LinearBetaSDE(SDE):
