@@ -25,26 +25,9 @@ from diffjax.data.toy import (
 )
 
 __all__ = [
-    "TOY_DATASETS",
-    "TOY_LOG_PROBS",
-    "DatasetNotFoundError",
-    "batch_indices",
-    "batches",
-    "checkerboard",
-    "checkerboard_log_prob",
-    "eight_gaussians",
-    "eight_gaussians_log_prob",
-    "eight_gaussians_mixture",
-    "in_checkerboard",
-    "load_dataset",
-    "load_mnist_idx",
-    "load_tfds",
-    "moons",
-    "read_idx",
-    "sample_mixture",
-    "spirals",
-    "steps_per_epoch",
-    "tfds_is_prepared",
-    "to_unit_range",
+    "TOY_DATASETS", "TOY_LOG_PROBS", "DatasetNotFoundError", "batch_indices", "batches", "checkerboard",
+    "checkerboard_log_prob", "eight_gaussians", "eight_gaussians_log_prob", "eight_gaussians_mixture",
+    "in_checkerboard", "load_dataset", "load_mnist_idx", "load_tfds", "moons", "read_idx",
+    "sample_mixture", "spirals", "steps_per_epoch", "tfds_is_prepared", "to_unit_range",
     "uniform_dequantize",
-]
+]  # fmt: skip

@@ -9,12 +9,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from diffjax.models.embeddings import (
-    TimeEmbedding,
-    fourier_embedding,
-    null_labels,
-    sinusoidal_embedding,
-)
+from diffjax.models.embeddings import TimeEmbedding, fourier_embedding, null_labels, sinusoidal_embedding
 from diffjax.models.mlp import ResidualMLP, ResidualMLPConfig
 from diffjax.models.unet import UNet, UNetConfig
 
@@ -45,15 +40,6 @@ def count_params(tree) -> int:
 
 
 __all__ = [
-    "MODELS",
-    "ResidualMLP",
-    "ResidualMLPConfig",
-    "TimeEmbedding",
-    "UNet",
-    "UNetConfig",
-    "build_model",
-    "count_params",
-    "fourier_embedding",
-    "null_labels",
-    "sinusoidal_embedding",
-]
+    "MODELS", "ResidualMLP", "ResidualMLPConfig", "TimeEmbedding", "UNet", "UNetConfig", "build_model",
+    "count_params", "fourier_embedding", "null_labels", "sinusoidal_embedding",
+]  # fmt: skip

@@ -30,13 +30,7 @@ from diffjax.training.parallel import (
     replicated_sharding,
     shard_batch,
 )
-from diffjax.training.state import (
-    TrainState,
-    as_key_data,
-    create_train_state,
-    make_optimizer,
-    make_schedule,
-)
+from diffjax.training.state import TrainState, as_key_data, create_train_state, make_optimizer, make_schedule
 from diffjax.training.step import all_finite, make_train_step, model_loss
 from diffjax.training.workdir import (
     RunMismatchError,
@@ -48,36 +42,10 @@ from diffjax.training.workdir import (
 )
 
 __all__ = [
-    "DATA_AXIS",
-    "Checkpointer",
-    "CorruptCheckpointError",
-    "CorruptCheckpointWarning",
-    "MetricsLogger",
-    "NonFiniteError",
-    "RunMismatchError",
-    "SigtermFlag",
-    "TrainConfig",
-    "TrainResult",
-    "TrainState",
-    "TrainedModel",
-    "all_finite",
-    "as_key_data",
-    "check_resumable",
-    "compile_train_step",
-    "create_train_state",
-    "data_sharding",
-    "make_data_mesh",
-    "make_optimizer",
-    "make_schedule",
-    "load_model",
-    "make_train_step",
-    "maybe_initialize_distributed",
-    "model_loss",
-    "read_record",
-    "replicate",
-    "replicated_sharding",
-    "run_record",
-    "shard_batch",
-    "train",
-    "tree_checksums",
-]
+    "DATA_AXIS", "Checkpointer", "CorruptCheckpointError", "CorruptCheckpointWarning", "MetricsLogger",
+    "NonFiniteError", "RunMismatchError", "SigtermFlag", "TrainConfig", "TrainResult", "TrainState",
+    "TrainedModel", "all_finite", "as_key_data", "check_resumable", "compile_train_step",
+    "create_train_state", "data_sharding", "make_data_mesh", "make_optimizer", "make_schedule",
+    "load_model", "make_train_step", "maybe_initialize_distributed", "model_loss", "read_record",
+    "replicate", "replicated_sharding", "run_record", "shard_batch", "train", "tree_checksums",
+]  # fmt: skip
