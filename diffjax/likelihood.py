@@ -220,6 +220,9 @@ def log_likelihood(
         raise ValueError(f"log_likelihood: {type(process).__name__} has no probability-flow ODE; "
                          "use variational_bound for the DDPM chain.")  # fmt: skip
     solver = _likelihood_solver(solver, rtol, atol, max_steps)
+    if isinstance(solver, DPMSolverPP) and float(process.sigma(process.data_end(float(t_eps)))) == 0.0:
+        raise ValueError("log_likelihood: dpm_solver_pp integrates x/σ and cannot start at σ(t₀) = 0; use "
+                         f"t_eps > 0 (e.g. 1e-5) on {type(process).__name__}, or an RK/adaptive solver.")
     probes = None
     if divergence == "hutchinson":
         if key is None:

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from conftest import x64
 
-from diffjax.guidance import cfg_model, classifier_guided_model, classifier_guided_score
+from diffjax.guidance import ClassifierFree, cfg_model, classifier_guided_model, classifier_guided_score
 from diffjax.oracle import GaussianMixture
 from diffjax.parameterization import as_prediction
-from diffjax.paths.gaussian import CondOTPath
-from diffjax.processes.sde import VPSDE
+from diffjax.processes import VPSDE, CondOTPath
+from diffjax.sampling import sample
 
 PROCESSES = [VPSDE(), CondOTPath()]
 WEIGHTS = [0.4, 0.1, 0.3, 0.2]  # class 0: 0.7, class 1: 0.3
@@ -74,7 +74,7 @@ def points(process, n=64, seed=0):
     x0, _ = mix.sample(k1, n)
     lo, hi = process.t_range
     t = lo + (hi - lo) * jax.random.uniform(k2, (n,), minval=0.05, maxval=0.95)
-    xt, _ = process.sample_marginal(k3, x0, t)
+    xt = process.sample_marginal(k3, x0, t).x_t
     y = jnp.arange(n) % 2
     return mix, xt, t, y
 
@@ -100,14 +100,14 @@ def test_classifier_guidance_at_scale_one_is_the_conditional_score(process):
     """∇ log p_t(x|y) = ∇ log p_t(x) + ∇ log p_t(y|x), with the oracle's exact p_t(y|x)."""
     with x64():
         mix, x, t, y = points(process, seed=1)
-        score = mix.model_fn(process, "score")
+        score = mix.model(process, "score")
         guided = classifier_guided_score(score, classifier_logp(mix, process), y, scale=1.0)
         ref = conditional_reference(mix, process, "score", x, t, y)
         np.testing.assert_allclose(guided(x, t), ref, rtol=1e-9, atol=1e-9)
         # any prediction kind keeps its kind
         for kind in ["eps", "x0", "v", "velocity", "score"]:
             model = classifier_guided_model(
-                mix.model_fn(process, kind), process, classifier_logp(mix, process), y, 1.0, kind
+                mix.model(process, kind), process, classifier_logp(mix, process), y, 1.0, kind
             )
             np.testing.assert_allclose(
                 model(x, t),
@@ -123,7 +123,7 @@ def test_classifier_guidance_at_scale_one_is_the_conditional_score(process):
 
 def euler_probability_flow(velocity, process, key, n, steps=100, t_offset=1e-3):
     """x_T ~ prior, then x ← x + (t_{k+1} − t_k)·v(x, t_k) from t_noise ∓ t_offset to t_data."""
-    t0 = process.t_noise + process.direction * t_offset
+    t0 = process.t_noise + np.sign(process.t_data - process.t_noise) * t_offset
     ts = jnp.linspace(t0, process.t_data, steps + 1)
     x = process.prior_sample(key, (n, 2), jnp.float64)
 
@@ -146,7 +146,7 @@ def test_guided_samples_land_in_the_requested_class(process, guidance, scale):
             eps = cfg_model(conditional_oracle(mix, process, "eps"), y, scale, mix.n_classes)
         else:
             eps = classifier_guided_model(
-                mix.model_fn(process, "eps"),
+                mix.model(process, "eps"),
                 process,
                 classifier_logp(mix, process),
                 y,
@@ -183,7 +183,7 @@ def test_guided_models_jit_once_and_vmap_matches_a_loop():
 
     cfg = jax.jit(cfg_model(model, y, 2.0, mix.n_classes))
     cls = jax.jit(
-        classifier_guided_score(mix.model_fn(process, "score"), classifier_logp(mix, process), y)
+        classifier_guided_score(mix.model(process, "score"), classifier_logp(mix, process), y)
     )
     xs = jnp.stack([x, x + 0.1, x - 0.2])
     for f, n_traces in [(cfg, 1), (cls, None)]:
@@ -204,15 +204,13 @@ def test_labels_must_match_the_batch():
         cfg_model(model, jnp.zeros(5, jnp.int32), 1.0, 2)(x, t)
     with pytest.raises(ValueError, match="leading axis"):
         classifier_guided_score(
-            mix.model_fn(process, "score"), classifier_logp(mix, process), jnp.zeros(5, jnp.int32)
+            mix.model(process, "score"), classifier_logp(mix, process), jnp.zeros(5, jnp.int32)
         )(x, t)
 
 
 def test_cfg_sampling_compiles_once_across_labels_scales_and_parameters():
     """cfg_model is a pytree: a sampler given new labels, a new w or new parameters (a Partial
     model) reuses its compiled code instead of retracing the network."""
-    from diffjax.samplers import sample
-
     mix, process = labelled_mixture(), CondOTPath()
     traces = []
 
@@ -226,3 +224,50 @@ def test_cfg_sampling_compiles_once_across_labels_scales_and_parameters():
         res = sample("euler", model, process, jax.random.PRNGKey(0), (16, 2), 4, prediction="velocity")
         assert np.all(np.isfinite(np.asarray(res.samples)))
     assert len(traces) == 1
+
+
+@pytest.mark.parametrize("labels", [jnp.array([0, 1, 2, 0]), jnp.array([0, -1, 1, 0]), jnp.array(5)],
+                         ids=["null-label", "negative", "scalar-too-large"])
+def test_cfg_rejects_integer_labels_outside_the_classes(labels):
+    """With the integer null label ∅ = n_classes = 2, class labels must lie in [0, 2): ∅ itself, a
+    negative label or a larger one would silently select another embedding."""
+    mix, process = labelled_mixture(), CondOTPath()
+    model = conditional_oracle(mix, process, "eps")
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\)"):
+        cfg_model(model, labels, 1.0, null_label=mix.n_classes)
+    cfg_model(model, jnp.array([0, 1, 1, 0]), 1.0, null_label=mix.n_classes)  # in range: accepted
+
+
+def test_cfg_rejects_float_labels_with_an_integer_null_label():
+    mix, process = labelled_mixture(), CondOTPath()
+    model = conditional_oracle(mix, process, "eps")
+    with pytest.raises(ValueError, match="must be integers"):
+        cfg_model(model, jnp.array([0.0, 1.0]), 1.0, null_label=mix.n_classes)
+    # conditioning arrays (e.g. embeddings) with a float null token are not class labels
+    embeddings = jnp.ones((4, 3))
+    guided = cfg_model(lambda x, t, y: x * y[:, :1], embeddings, 2.0, null_label=0.0)
+    np.testing.assert_allclose(guided(jnp.ones((4, 2)), jnp.full((4,), 0.5)), 2.0)  # (1−w)·0 + w·1
+
+
+def test_cfg_model_forwards_the_prediction_the_model_declares():
+    """A guided model keeps its network's declared prediction, so `sample` needs no prediction=
+    and gives what the explicit declaration gives."""
+    mix, process = labelled_mixture(), CondOTPath()
+
+    class Declared:
+        prediction = "velocity"
+
+        def __call__(self, x, t, y):
+            return conditional_oracle(mix, process, "velocity")(x, t, y)
+
+    y = jnp.arange(16) % 2
+    guided = cfg_model(Declared(), y, 2.0, mix.n_classes)
+    assert isinstance(guided, ClassifierFree) and guided.prediction == "velocity"
+    assert cfg_model(conditional_oracle(mix, process, "eps"), y, 2.0, mix.n_classes).prediction is None
+    key = jax.random.PRNGKey(1)
+    implicit = sample("heun", guided, process, key, (16, 2), 4).samples
+    explicit = sample("heun", guided, process, key, (16, 2), 4, prediction="velocity").samples
+    np.testing.assert_array_equal(implicit, explicit)
+    with pytest.raises(ValueError, match="does not declare"):
+        sample("heun", cfg_model(conditional_oracle(mix, process, "velocity"), y, 2.0, 2), process,
+               key, (16, 2), 4)  # fmt: skip

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from diffjax.losses import drop_labels
 from diffjax.models import (
     ResidualMLP,
     ResidualMLPConfig,
     UNet,
     UNetConfig,
+    build_model,
     count_params,
-    drop_labels,
     fourier_embedding,
     sinusoidal_embedding,
 )
@@ -134,10 +135,10 @@ def test_unet_odd_level_sizes_upsample_back_to_the_skip_size():
     assert out.shape == x.shape
 
 
-def test_unet_output_kind_stored_and_validated():
-    assert abstract(dataclasses.replace(MNIST_SMALL, output="v")).output == "v"
-    with pytest.raises(ValueError, match="output"):
-        dataclasses.replace(MNIST_SMALL, output="noise")
+def test_unet_prediction_stored_and_validated():
+    assert abstract(dataclasses.replace(MNIST_SMALL, prediction="v")).prediction == "v"
+    with pytest.raises(ValueError, match="prediction"):
+        dataclasses.replace(MNIST_SMALL, prediction="noise")
 
 
 def test_unet_bad_inputs_raise():
@@ -241,9 +242,9 @@ def test_mnist_benchmark_config_matches_diffusers_size():
 
 
 def test_residual_mlp_shapes_conditioning_and_dropout():
-    cfg = ResidualMLPConfig(dim=3, width=32, depth=2, num_classes=4, dropout=0.3, output="velocity")
+    cfg = ResidualMLPConfig(dim=3, width=32, depth=2, num_classes=4, dropout=0.3, prediction="velocity")
     model = ResidualMLP(cfg, rngs=nnx.Rngs(0))
-    assert model.output == "velocity"
+    assert model.prediction == "velocity"
     graphdef, params = nnx.split(model)
     f = jax.jit(lambda p, x, t, y, key: nnx.merge(graphdef, p)(x, t, y, rngs=key))
     x = jax.random.normal(jax.random.key(0), (5, 3))
@@ -276,7 +277,24 @@ def test_time_embeddings_closed_form():
 
 def test_drop_labels_rate():
     n, p = 20_000, 0.2
-    y = drop_labels(jax.random.key(0), jnp.zeros(n, jnp.int32), p, num_classes=10)
+    y = drop_labels(jax.random.key(0), jnp.zeros(n, jnp.int32), p, null_label=10)
     frac = float(jnp.mean(y == 10))
     assert set(np.unique(np.asarray(y))) <= {0, 10}
+    assert y.dtype == jnp.int32  # the labels' own dtype
     assert abs(frac - p) < 5 * np.sqrt(p * (1 - p) / n)  # 5 binomial standard errors
+
+
+def test_build_model_builds_the_configured_network_from_a_spec():
+    spec = {"kind": "mlp", "dim": 3, "width": 16, "depth": 1, "prediction": "velocity"}
+    model = build_model(spec, seed=0)
+    assert isinstance(model, ResidualMLP) and model.prediction == "velocity"
+    assert model.config == ResidualMLPConfig(dim=3, width=16, depth=1, prediction="velocity")
+    leaves = [jax.tree.leaves(nnx.state(m)) for m in (model, build_model(spec, 0), build_model(spec, 1))]
+    assert all(np.array_equal(a, b) for a, b in zip(leaves[0], leaves[1], strict=True))  # same seed
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves[0], leaves[2], strict=True))
+    unet = nnx.eval_shape(lambda: build_model({"kind": "unet", **dataclasses.asdict(MNIST_SMALL)}))
+    assert isinstance(unet, UNet) and count_params(unet) == count_params(abstract(MNIST_SMALL))
+    with pytest.raises(ValueError, match="Unknown model kind"):
+        build_model({"kind": "transformer"})
+    with pytest.raises(ValueError, match="invalid config fields"):
+        build_model({"kind": "mlp", "output": "eps"})

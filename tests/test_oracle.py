@@ -7,10 +7,11 @@ import pytest
 from conftest import x64
 from scipy.stats import multivariate_normal
 
-from diffjax.oracle import GaussianMixture, gaussian, ring_mixture
+import diffjax as dj
+from diffjax.oracle import ExactModel, GaussianMixture, gaussian, ring_mixture
 from diffjax.parameterization import convert
-from diffjax.paths.gaussian import CondOTPath, CosinePath
-from diffjax.processes.sde import VESDE, VPSDE
+from diffjax.processes import VESDE, VPSDE, CondOTPath, CosinePath
+from diffjax.sampling import _sample_compiled
 
 
 def mixture_3d():
@@ -142,3 +143,30 @@ def test_oracle_jits_and_vmaps():
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     xs = jax.vmap(lambda k: mix.sample(k, 5)[0])(keys)
     assert xs.shape == (3, 5, 2)
+
+
+def test_exact_model_is_a_pytree_so_sampling_compiles_once_for_new_mixtures():
+    """`mixture.model(process, prediction)` holds the mixture's arrays as leaves: sampling with a
+    second mixture of the same shapes reuses the compiled sampler, and still uses the new arrays
+    (its samples equal those of a plain function of that mixture, which compiles anew)."""
+    process, key = VPSDE(), jax.random.PRNGKey(0)
+    mix_a = ring_mixture(6, radius=4.0, std=0.5)
+    mix_b = GaussianMixture.create(np.random.default_rng(0).normal(size=(6, 2)), 0.2)
+    model_a, model_b = mix_a.model(process, "eps"), mix_b.model(process, "eps")
+    assert isinstance(model_b, ExactModel) and model_b.prediction == "eps"
+    leaves_a, tree_a = jax.tree.flatten(model_a)
+    leaves_b, tree_b = jax.tree.flatten(model_b)
+    assert tree_a == tree_b and all(isinstance(leaf, jax.Array) for leaf in leaves_a)
+
+    def draw(model, **kw):
+        return dj.sample("dpm_solver_pp", model, process, key, (64, 2), 6, **kw).samples
+
+    draw(model_a)  # compiled here (or earlier in the session, for the same structure)
+    before = _sample_compiled.compiled._cache_size()
+    x_a, x_b = draw(model_a), draw(model_b)
+    assert _sample_compiled.compiled._cache_size() == before  # no new compilation for mixture b
+    plain_b = lambda x, t: mix_b.predict(x, process, t, "eps")  # noqa: E731  static: compiles anew
+    x_plain = draw(plain_b, prediction="eps")
+    assert _sample_compiled.compiled._cache_size() == before + 1  # the count sees a compilation
+    np.testing.assert_allclose(x_b, x_plain, rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(x_a - x_b))) > 0.1  # mixture b's arrays were used
