@@ -61,7 +61,8 @@ class GaussianMixture:
                 f"GaussianMixture: covs must be a scalar, (K,), (K, D) or (K, D, D) with K={k}, D={d};"
                 f" got shape {covs.shape}."
             )
-        weights = jnp.full((k,), 1.0 / k, means.dtype) if weights is None else jnp.asarray(weights, means.dtype)
+        weights = jnp.full((k,), 1.0 / k) if weights is None else weights
+        weights = jnp.asarray(weights, means.dtype)
         if weights.shape != (k,):
             raise ValueError(f"GaussianMixture: weights must be ({k},), got {weights.shape}.")
         labels = jnp.arange(k) if labels is None else jnp.asarray(labels, jnp.int32)
