@@ -18,7 +18,7 @@ import importlib
 
 from diffjax.flow import ProbabilityFlow
 from diffjax.grids import edm_grid, logsnr_grid, make_grid, uniform_grid
-from diffjax.guidance import cfg_model, classifier_guided_model, classifier_guided_score
+from diffjax.guidance import cfg_model, classifier_guided_model
 from diffjax.langevin import langevin_dynamics
 from diffjax.likelihood import bits_per_dim, log_likelihood, variational_bound
 from diffjax.losses import (
@@ -92,7 +92,7 @@ __all__ = [
     "GaussianMixture", "GaussianPath", "GaussianProcess", "Heun", "LinearSDE", "Midpoint",
     "PolynomialPath", "PredictorCorrector", "ProbabilityFlow", "SampleResult", "SubVPSDE", "VPPath",
     "as_prediction", "bits_per_dim", "build_process", "cfg_model", "cfm_loss", "classifier_guided_model",
-    "classifier_guided_score", "clip_denoised", "conditional_loss", "constant_time", "convert",
+    "clip_denoised", "conditional_loss", "constant_time", "convert",
     "denoising_loss", "dsm_loss", "edm_grid", "flow_path_from_sde", "gaussian", "integrate",
     "langevin_dynamics", "load_model", "log_likelihood", "logit_normal_time", "logsnr_grid",
     "make_grid", "make_solver", "ring_mixture", "sample", "sde_from_flow_path", "uniform_grid",

@@ -5,7 +5,8 @@ Classifier guidance (Song et al. 2021, §5 of `shared/seeds/001`; Dhariwal & Nic
 
     score_s(x, t) = score(x, t) + s·∇_x log p_t(y | x),          (s = 1: the conditional score)
 
-and in ε form ε̂ − s·σ(t)·∇_x log p_t(y | x) (since score = −ε/σ).
+and in ε form ε̂ − s·σ(t)·∇_x log p_t(y | x) (since score = −ε/σ): `classifier_guided_model` shifts
+a model of any prediction type (prediction='score' is the formula above).
 
 Classifier-free guidance (Ho & Salimans 2022): one network trained with and without the label,
 
@@ -63,24 +64,6 @@ def classifier_gradient(
 ) -> Array:
     """∇_x log p_t(y | x) per example, as the gradient of the batch sum (examples independent)."""
     return jax.grad(lambda z: jnp.sum(classifier_logp_fn(z, t, y)))(x)
-
-
-def classifier_guided_score(
-    score_fn: ModelFn, classifier_logp_fn: ClassifierLogpFn, y: PyTree, scale: float = 1.0
-) -> ModelFn:
-    """score_s(x, t) = score(x, t) + s·∇_x log p_t(y | x), with y bound.
-
-    score_fn(x, t) -> (batch, *event); classifier_logp_fn(x, t, y) -> (batch,) log p_t(y_i | x_i)
-    (x (batch, *event), t (batch,)). Returns fn(x, t) -> (batch, *event) (a `Partial`: samplers
-    compile once for new labels and scales).
-    """
-    return jax.tree_util.Partial(_score_guided, score_fn, classifier_logp_fn, y, _scalar(scale))
-
-
-def _score_guided(score_fn, classifier_logp_fn, y, scale, x, t):
-    t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
-    labels = _batch_labels(y, x.shape[0], "classifier_guided_score")
-    return score_fn(x, t) + scale * classifier_gradient(classifier_logp_fn, x, t, labels)
 
 
 def classifier_guided_model(

@@ -1,4 +1,4 @@
-"""Shared helpers for the sampler tests: exact answers on Gaussian data, order fits, a
+"""Shared helpers for the solver and sampling tests: exact answers on Gaussian data, order fits, a
 noise-floor-normalised sliced Wasserstein distance, and a runtime model-evaluation counter."""
 
 from __future__ import annotations
@@ -86,11 +86,14 @@ def log_prob_gap(x, mixture_name: str) -> float:
 
 
 class EvalCounter:
-    """Wraps a model function so that every *runtime* evaluation (inside jit, scan, cond and while
-    loops) increments `count`, through `jax.debug.callback`."""
+    """Wraps a model (e.g. `mixture.model(process, prediction)`) so that every *runtime* evaluation
+    (inside jit, scan, cond and while loops) increments `count`, through `jax.debug.callback`. It
+    forwards the model's `prediction`, so `dj.sample` may omit prediction= for a declaring model.
+    The counter is a plain object (static for `dj.sample`): each new counter compiles anew."""
 
     def __init__(self, model_fn):
         self.base, self.count = model_fn, 0
+        self.prediction = getattr(model_fn, "prediction", None)
 
     def _bump(self):
         self.count += 1

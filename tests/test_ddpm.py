@@ -582,7 +582,7 @@ def test_elbo_terms_zero_for_exact_posterior_and_match_numpy():
     np.testing.assert_allclose(chain.prior_kl(x0), ref_prior, rtol=1e-5)
 
 
-@pytest.mark.parametrize("variance", ["posterior", "beta"])
+@pytest.mark.parametrize("variance", ["posterior", "transition"])
 def test_variational_bound_equals_direct_monte_carlo_of_log_ratio(variance):
     """Ho et al. eq. 5 (analytic KLs) vs an independent float64 Monte Carlo estimate of
     E_q[log q(x_{1:T}|x_0) − log p_θ(x_{0:T})] over forward paths, for an arbitrary ε-model."""

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import x64
 
-from diffjax.guidance import ClassifierFree, cfg_model, classifier_guided_model, classifier_guided_score
+from diffjax.guidance import ClassifierFree, cfg_model, classifier_guided_model
 from diffjax.oracle import GaussianMixture
 from diffjax.parameterization import as_prediction
 from diffjax.processes import VPSDE, CondOTPath
@@ -101,7 +101,7 @@ def test_classifier_guidance_at_scale_one_is_the_conditional_score(process):
     with x64():
         mix, x, t, y = points(process, seed=1)
         score = mix.model(process, "score")
-        guided = classifier_guided_score(score, classifier_logp(mix, process), y, scale=1.0)
+        guided = classifier_guided_model(score, process, classifier_logp(mix, process), y, 1.0, "score")
         ref = conditional_reference(mix, process, "score", x, t, y)
         np.testing.assert_allclose(guided(x, t), ref, rtol=1e-9, atol=1e-9)
         # any prediction kind keeps its kind
@@ -117,7 +117,8 @@ def test_classifier_guidance_at_scale_one_is_the_conditional_score(process):
             )
         # s = 0 is the unconditional score; a scalar label is broadcast
         np.testing.assert_allclose(
-            classifier_guided_score(score, classifier_logp(mix, process), 1, 0.0)(x, t), score(x, t)
+            classifier_guided_model(score, process, classifier_logp(mix, process), 1, 0.0, "score")(x, t),
+            score(x, t),
         )
 
 
@@ -183,7 +184,8 @@ def test_guided_models_jit_once_and_vmap_matches_a_loop():
 
     cfg = jax.jit(cfg_model(model, y, 2.0, mix.n_classes))
     cls = jax.jit(
-        classifier_guided_score(mix.model(process, "score"), classifier_logp(mix, process), y)
+        classifier_guided_model(mix.model(process, "score"), process, classifier_logp(mix, process), y,
+                                prediction="score")
     )
     xs = jnp.stack([x, x + 0.1, x - 0.2])
     for f, n_traces in [(cfg, 1), (cls, None)]:
@@ -203,8 +205,9 @@ def test_labels_must_match_the_batch():
     with pytest.raises(ValueError, match="leading axis"):
         cfg_model(model, jnp.zeros(5, jnp.int32), 1.0, 2)(x, t)
     with pytest.raises(ValueError, match="leading axis"):
-        classifier_guided_score(
-            mix.model(process, "score"), classifier_logp(mix, process), jnp.zeros(5, jnp.int32)
+        classifier_guided_model(
+            mix.model(process, "score"), process, classifier_logp(mix, process), jnp.zeros(5, jnp.int32),
+            prediction="score",
         )(x, t)
 
 

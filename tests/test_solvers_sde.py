@@ -1,5 +1,5 @@
-"""Stochastic samplers: exact one-step identities (Ho et al.'s update, DDIM η = 1 = ancestral) and
-sampling of 2D and 16D Gaussian mixtures with the exact model."""
+"""Stochastic solvers (`diffjax.solvers`): exact one-step identities (Ho et al.'s update, DDIM η = 1 =
+ancestral) and sampling of 2D and 16D Gaussian mixtures with the exact model."""
 
 import jax
 import jax.numpy as jnp
@@ -17,34 +17,40 @@ from samplers_util import (
     sw_ratio,
 )
 
-from diffjax.paths.gaussian import CondOTPath
-from diffjax.processes.ddpm import DDPMChain, ancestral_step
-from diffjax.processes.sde import VESDE, VPSDE
-from diffjax.samplers import SAMPLERS, sample
-from diffjax.samplers.driver import Sampler
+import diffjax as dj
+from diffjax.processes import VESDE, VPSDE, CondOTPath, DDPMChain
 
 
-def _one_step(name, process, model, x, t, t_next, key, **opts) -> jax.Array:
-    from diffjax.parameterization import x0_eps_fn
+def _one_step(solver, process, model, x, t, t_next, key) -> jax.Array:
+    """One `solver.step` of the model's probability flow from t to t_next (the model declares its
+    prediction), from the solver's initial carry."""
+    term = dj.ProbabilityFlow(model, process, model.prediction)
+    t, t_next = jnp.asarray(t, x.dtype), jnp.asarray(t_next, x.dtype)
+    carry = solver.init(term, x, jnp.stack([t, t_next]))
+    return solver.step(term, x, carry, t, t_next, key)[0]
 
-    built: Sampler = SAMPLERS[name](x0_eps_fn(model, process, "eps"), process, 10, **opts)
-    state = (x, built.init(x))
-    return built.step(state, jnp.asarray(t, x.dtype), jnp.asarray(t_next, x.dtype), key)[0]
 
-
-def test_ancestral_step_on_the_ddpm_chain_is_ho_et_al_update():
-    """On the T = 1000 chain the posterior step from t to t − 1 equals `ancestral_step` (Ho et
-    al. eq. 11 with σ_t² = β̃_t; the chain's own implementation) with the same noise, at t = 1 (no
-    noise), 2, 500 and 1000; float32 round-off of the two formulas is ~1e-6 relative."""
+@pytest.mark.parametrize("variance", ["posterior", "transition"])
+def test_ancestral_step_on_the_ddpm_chain_is_ho_et_al_update(variance):
+    """On the T = 1000 chain the ancestral step from t to t − 1 equals Ho et al.'s Alg. 2 update
+    (eq. 11), x_{t−1} = (x_t − β_t/√(1 − ᾱ_t) ε_θ)/√(1 − β_t) + σ_t z, written here from the chain's
+    β_t and ᾱ_t, with σ_t² = β̃_t ('posterior') or β_t ('transition'), the same noise z, and z = 0 at
+    t = 1; at t = 1 (no noise), 2, 500 and 1000; float32 round-off of the two formulas is ~1e-6
+    relative."""
     chain = DDPMChain.linear(1000)
     mix = mixture_2d()
-    model = mix.model_fn(chain, "eps")
+    model = mix.model(chain, "eps")
+    solver = dj.Ancestral(variance=variance)
     x = jax.random.normal(jax.random.PRNGKey(0), (64, 2)) * 3.0
     for t in (1, 2, 500, 1000):
         key = jax.random.PRNGKey(t)
-        ours = _one_step("ancestral", chain, model, x, t, t - 1, key)
-        tb = jnp.full((64,), t)
-        ho = ancestral_step(key, x, tb, model(x, tb), chain)
+        ours = _one_step(solver, chain, model, x, t, t - 1, key)
+        beta, alpha_bar = chain.betas[t - 1], chain.alpha_bars[t]
+        var = chain.posterior_variances[t - 1] if variance == "posterior" else beta
+        std = jnp.sqrt(var) if t > 1 else 0.0
+        eps = model(x, jnp.full((64,), t))
+        z = jax.random.normal(key, x.shape, x.dtype)
+        ho = (x - beta / jnp.sqrt(1.0 - alpha_bar) * eps) / jnp.sqrt(1.0 - beta) + std * z
         np.testing.assert_allclose(ours, ho, rtol=1e-5, atol=1e-5 * float(jnp.abs(ho).max()))
 
 
@@ -53,20 +59,18 @@ def test_ddim_eta_one_is_ancestral_and_eta_zero_is_dpm_solver_first_order(proces
     """Two independent formulas agree with the same noise: DDIM η = 1 (Song et al. eq. 16 in log-SNR
     form) equals the Gaussian-posterior step; DDIM η = 0 equals DPM-Solver++ of order 1."""
     mix = mixture_2d()
-    pred = "velocity" if process.direction > 0 else "eps"
-    from diffjax.parameterization import as_prediction
-
-    model = as_prediction(mix.model_fn(process, pred), process, pred, "eps")
-    t, t_next = (0.3, 0.45) if process.direction > 0 else (0.6, 0.4)
+    is_flow = process.t_data > process.t_noise
+    model = mix.model(process, "velocity" if is_flow else "eps")
+    t, t_next = (0.3, 0.45) if is_flow else (0.6, 0.4)
     x = jax.random.normal(jax.random.PRNGKey(0), (64, 2)) * 2.0
     key = jax.random.PRNGKey(1)
     np.testing.assert_allclose(
-        _one_step("ddim", process, model, x, t, t_next, key, eta=1.0),
-        _one_step("ancestral", process, model, x, t, t_next, key), rtol=1e-4, atol=1e-4,
+        _one_step(dj.DDIM(eta=1.0), process, model, x, t, t_next, key),
+        _one_step(dj.Ancestral(), process, model, x, t, t_next, key), rtol=1e-4, atol=1e-4,
     )  # fmt: skip
     np.testing.assert_allclose(
-        _one_step("ddim", process, model, x, t, t_next, key),
-        _one_step("dpm_solver_pp", process, model, x, t, t_next, key, order=1),
+        _one_step(dj.DDIM(), process, model, x, t, t_next, key),
+        _one_step(dj.DPMSolverPP(order=1), process, model, x, t, t_next, key),
         rtol=1e-4, atol=1e-4,
     )  # fmt: skip
 
@@ -98,9 +102,9 @@ def test_sde_samplers_reach_the_mixture(dim, proc_name, name, opts, steps):
     samplers_util); the reported NFE is the runtime count."""
     mix = mixture_2d() if dim == 2 else mixture_16d()
     process, pred, grid = PROCESSES[proc_name]
-    model = EvalCounter(mix.model_fn(process, pred))
-    res = sample(name, model, process, jax.random.PRNGKey(dim), (N_SAMPLES, dim), steps,
-                 prediction=pred, grid=grid, **opts)  # fmt: skip
+    model = EvalCounter(mix.model(process, pred))
+    res = dj.sample(name, model, process, jax.random.PRNGKey(dim), (N_SAMPLES, dim), steps, grid=grid,
+                    **opts)  # fmt: skip
     ratio = sw_ratio(res.samples, mix, jax.random.PRNGKey(200 + dim), CHUNKS)
     gap = log_prob_gap(res.samples, f"{dim}d")
     assert ratio < SW_THRESHOLD and abs(gap) < LOGP_TOL, (ratio, gap)
@@ -112,7 +116,7 @@ def test_ddim_and_dpm_solver_on_the_ddpm_chain_reach_the_mixture():
     integer steps (only α and σ of the chain are needed) pass both mixture criteria in 2D."""
     chain, mix = DDPMChain.linear(1000), mixture_2d()
     for name, steps in (("ddim", 50), ("dpm_solver_pp", 20)):
-        res = sample(name, mix.model_fn(chain), chain, jax.random.PRNGKey(0), (N_SAMPLES, 2), steps)
+        res = dj.sample(name, mix.model(chain), chain, jax.random.PRNGKey(0), (N_SAMPLES, 2), steps)
         ratio = sw_ratio(res.samples, mix, jax.random.PRNGKey(1), CHUNKS)
         gap = log_prob_gap(res.samples, "2d")
         assert ratio < SW_THRESHOLD and abs(gap) < LOGP_TOL, (name, ratio, gap)
@@ -121,16 +125,16 @@ def test_ddim_and_dpm_solver_on_the_ddpm_chain_reach_the_mixture():
 def test_sde_criteria_reject_too_few_steps():
     """Euler–Maruyama with 5 steps fails (its samples are visibly too diffuse in 2D)."""
     mix, process = mixture_2d(), VPSDE()
-    res = sample("euler_maruyama", mix.model_fn(process), process, jax.random.PRNGKey(0),
-                 (N_SAMPLES, 2), 5, grid="logsnr")  # fmt: skip
+    res = dj.sample("euler_maruyama", mix.model(process), process, jax.random.PRNGKey(0),
+                    (N_SAMPLES, 2), 5, grid="logsnr")  # fmt: skip
     ratio = sw_ratio(res.samples, mix, jax.random.PRNGKey(202), CHUNKS)
     assert ratio > SW_THRESHOLD or abs(log_prob_gap(res.samples, "2d")) > 2 * LOGP_TOL
 
 
 def test_stochastic_samplers_reject_bad_options():
     mix, process = mixture_2d(), VPSDE()
-    model = mix.model_fn(process)
+    model = mix.model(process)
     for name, opts in [("ddim", {"eta": 1.5}), ("pc", {"predictor": "langevin"}),
                        ("pc", {"snr": -1.0}), ("edm", {"s_churn": -1.0})]:  # fmt: skip
         with pytest.raises(ValueError):
-            sample(name, model, process, jax.random.PRNGKey(0), (4, 2), 5, **opts)
+            dj.sample(name, model, process, jax.random.PRNGKey(0), (4, 2), 5, **opts)

@@ -37,7 +37,7 @@ from diffjax._pytree import pytree_dataclass
 from diffjax._validate import check_batch_time, check_less, check_positive, check_time, is_concrete
 from diffjax.processes.base import GaussianProcess, expand
 
-ReverseVariance = Literal["posterior", "beta"]
+ReverseVariance = Literal["posterior", "transition"]
 _LN2 = float(np.log(2.0))
 
 
@@ -219,7 +219,8 @@ class DDPMChain(GaussianProcess):
     def model_log_variance(self, t: ArrayLike, variance: ReverseVariance = "posterior") -> Array:
         """log of the fixed reverse variance of p_θ(x_{t−1} | x_t) (Ho et al. §3.2).
 
-        'posterior': β̃_t (the lower bound on the optimal variance); 'beta': β_t (the upper one).
+        'posterior': β̃_t (the lower bound on the optimal variance); 'transition': β_t = σ²_{t|t−1}, the
+        forward step's variance (the upper one) — the names of `diffjax.Ancestral`'s variances.
         At t = 1 both give log β̃_2, the decoder variance of Ho et al.'s code (β̃_1 = 0)."""
         check_variance(variance)
         i = self._index(self.check_step(t)) - 1
@@ -327,7 +328,7 @@ def _check_integer(t: Array, owner: str) -> None:
 
 
 def check_variance(variance: str) -> None:
-    if variance not in ("posterior", "beta"):
+    if variance not in ("posterior", "transition"):
         raise ValueError(
-            f"Unknown reverse variance {variance!r}; choose 'posterior' (β̃_t) or 'beta' (β_t)."
+            f"Unknown reverse variance {variance!r}; choose 'posterior' (β̃_t) or 'transition' (β_t)."
         )

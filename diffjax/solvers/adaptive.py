@@ -55,6 +55,10 @@ class Adaptive(Solver):
     def order(self) -> int:
         return METHODS[self.method][1]
 
+    def num_evaluations(self, num_steps, *, ends_at_data=False, starts_at_zero_alpha=False):
+        raise NotImplementedError("an adaptive solver chooses its steps at run time: its count is "
+                                  "Solution.nfe (SampleResult.nfe).")  # fmt: skip
+
     def solve(self, term, y0, ts, key, save_every):
         if save_every:
             raise ValueError("adaptive solvers do not save a trajectory on a grid (save_every = 0).")
