@@ -113,7 +113,8 @@ def test_samples_of_every_solver_match_the_old_api(pname):
 
 def test_trajectory_and_adaptive_solves_match():
     proc = PROC["condot"]
-    res = dj.sample("heun", MIX.model(proc, "velocity"), proc, KEY, (B, 2), N, t_eps=0.0, save_trajectory=True)
+    model = MIX.model(proc, "velocity")
+    res = dj.sample("heun", model, proc, KEY, (B, 2), N, t_eps=0.0, save_trajectory=True)
     close(res.trajectory, "traj/condot/heun")
     for pname in ("vp", "subvp", "ve", "cosvp", "condot", "cospath"):
         proc = PROC[pname]
@@ -162,7 +163,8 @@ def test_losses_match(pname):
         close(step, "ancestral_step/ddpm")
     elif pname in DIFFUSION:
         for w in ("eps", "likelihood", "uniform"):
-            close(dj.dsm_loss(model, x, k, process=proc, weighting=w, time_sampler=dj.uniform_time(proc, 1e-3)),
+            times = dj.uniform_time(proc, 1e-3)
+            close(dj.dsm_loss(model, x, k, process=proc, weighting=w, time_sampler=times),
                   f"loss/{pname}/dsm_{w}")  # fmt: skip
         close(dj.denoising_loss(model, x, k, process=proc, prediction="eps", target="x0"),
               f"loss/{pname}/denoise_x0")  # fmt: skip
@@ -180,7 +182,8 @@ def test_simulation_langevin_guidance_and_conversions_match():
     sde = dj.VPSDE()
     x0 = MIX.sample(jax.random.key(8), 64)[0]
     ts = jnp.linspace(0.0, 1.0, 51)
-    sim = dj.integrate(dj.EulerMaruyama(), dj.solvers.SDE(sde.drift, sde.diffusion), x0, ts, jax.random.key(9))
+    term = dj.solvers.SDE(sde.drift, sde.diffusion)
+    sim = dj.integrate(dj.EulerMaruyama(), term, x0, ts, jax.random.key(9))
     close(sim.y, "simulate/vp")
     close(dj.langevin_dynamics(MIX.score, x0, jax.random.key(10), 0.01, 50), "langevin")
     labels = jnp.arange(B) % 4

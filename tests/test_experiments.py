@@ -45,7 +45,8 @@ def test_checkerboard_trains_resumes_and_samples(tmp_path):
     steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert steps == sorted(steps) and steps[-1] == 900
     assert os.path.exists(os.path.join(workdir, "samples.png"))
-    assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == 800  # the first run's
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["train"]["num_steps"] == 800  # the config of the run that created the work directory
 
     # a changed network is refused by field, and the checkpoints stay usable
     changed = small_checkerboard(1000)
