@@ -4,18 +4,21 @@ Every sampler is driven by the *exact* model of the same Gaussian mixture (no tr
 only error left is the sampler's: discretisation (and, for stochastic samplers, their Monte Carlo
 error). Problems: a 2D ring of 8 Gaussians and a 16D mixture of 4 isotropic Gaussians, each under
 
-  * VP:     diffjax on `VPSDE()` (β 0.1 → 20, the continuous limit of DDPM's linear schedule) and on
-            `DDPMChain.linear(1000)`; diffusers' DDIM, DPMSolverMultistep (dpmsolver++), Euler and
+  * VP:     diffjax on `dj.VPSDE()` (β 0.1 → 20, the continuous limit of DDPM's linear schedule) and
+            on `dj.DDPMChain.linear(1000)`; diffusers' DDIM, DPMSolverMultistep (dpmsolver++), Euler and
             Heun discrete, and DDPM schedulers with the same chain (their timestep index i is the
             chain's time i + 1), driven by the exact ε-model;
-  * CondOT: diffjax on `CondOTPath()`; flow_matching's ODESolver (euler, midpoint, dopri5) driven
+  * CondOT: diffjax on `dj.CondOTPath()`; flow_matching's ODESolver (euler, midpoint, dopri5) driven
             by the exact velocity.
 
-Fairness: the exact model is the same closed form (isotropic components:
-C_k = α²s_k² + σ², r_k ∝ w_k N(x; αμ_k, C_k I), E[ε|x] = σ Σ r_k (x − αμ_k)/C_k,
-E[x0|x] = Σ r_k (μ_k + α s_k² (x − αμ_k)/C_k)) written once in jax.numpy and once in torch, both
-checked against `diffjax.oracle.GaussianMixture` before timing. diffjax runs jitted (compile time
-excluded from the per-batch time, reported separately); torch runs under `no_grad` with 2 threads.
+Fairness: both sides evaluate the same closed form of isotropic components (C_k = α²s_k² + σ²,
+r_k ∝ w_k N(x; αμ_k, C_k I), E[ε|x] = σ Σ r_k (x − αμ_k)/C_k, E[x0|x] = Σ r_k (μ_k + α s_k² (x −
+αμ_k)/C_k)), O(KD) per point. diffjax uses the library's exact model
+`GaussianMixture.model(process, "eps" | "velocity")` (the mixtures are built with `covs` of shape
+(K,), so the oracle takes its isotropic fast path, without eigendecompositions); the peers use the
+same formula written in torch, checked against that oracle before timing. diffjax runs jitted
+(compile time excluded from the per-batch time, reported separately); torch runs under `no_grad`
+with 2 threads.
 
 Metrics per run: sliced W2 (`diffjax.metrics.sliced_wasserstein`, 256 projections) of the samples
 to 16384 fresh data points, root-mean-square over the timed batches; the noise floor is the same
@@ -43,15 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-import diffjax
+import diffjax as dj
 from diffjax.metrics import sliced_wasserstein_sorted, sorted_projections
-from diffjax.oracle import GaussianMixture, ring_mixture
-from diffjax.paths.gaussian import CondOTPath
-from diffjax.processes.ddpm import DDPMChain
-from diffjax.processes.sde import VPSDE
-from diffjax.samplers import SAMPLERS, sample, sample_adaptive
-from diffjax.samplers.driver import zero_alpha_at_noise
-from diffjax.samplers.grids import data_end
 
 TORCH_THREADS = 2
 TARGET_NFES = (5, 10, 20, 50)
@@ -71,10 +67,12 @@ class Problem:
     means: np.ndarray
     stds: np.ndarray
     weights: np.ndarray
-    mixture: GaussianMixture = field(init=False)
+    mixture: dj.GaussianMixture = field(init=False)
 
     def __post_init__(self):
-        self.mixture = GaussianMixture.create(self.means, self.stds**2, weights=self.weights)
+        self.mixture = dj.GaussianMixture.create(self.means, self.stds**2, weights=self.weights)
+        if not self.mixture.isotropic:  # the closed form both sides are timed with
+            raise RuntimeError(f"{self.name}: the oracle mixture is not isotropic.")
 
     @property
     def dim(self) -> int:
@@ -82,7 +80,7 @@ class Problem:
 
 
 def make_problems() -> dict[str, Problem]:
-    ring = ring_mixture(8, radius=4.0, std=0.5)
+    ring = dj.ring_mixture(8, radius=4.0, std=0.5)
     rng = np.random.default_rng(0)
     return {
         "2D": Problem("2D", np.asarray(ring.means), np.full(8, 0.5), np.full(8, 1 / 8)),
@@ -93,35 +91,6 @@ def make_problems() -> dict[str, Problem]:
             np.array([0.1, 0.2, 0.3, 0.4]),
         ),
     }
-
-
-def jax_posterior(prob: Problem, x, a, s):
-    """(E[x0|x], E[ε|x]) for x (N, D) at x = a x0 + s ε with a, s of shape (N,)."""
-    means = jnp.asarray(prob.means, x.dtype)
-    var = jnp.asarray(prob.stds**2, x.dtype)
-    logw = jnp.log(jnp.asarray(prob.weights, x.dtype))
-    diff = x[:, None, :] - a[:, None, None] * means[None]  # (N, K, D)
-    c = a[:, None] ** 2 * var[None] + s[:, None] ** 2  # (N, K)
-    logits = logw[None] - 0.5 * (jnp.sum(diff**2, -1) / c + prob.dim * jnp.log(c))
-    r = jax.nn.softmax(logits, axis=1)
-    rc = r / c
-    eps = s[:, None] * jnp.einsum("nk,nkd->nd", rc, diff)
-    x0 = r @ means + a[:, None] * jnp.einsum("nk,nkd->nd", rc * var[None], diff)
-    return x0, eps
-
-
-def jax_model(prob: Problem, process, kind: str):
-    """The exact model (x (N, D), t (N,)) -> ε ('eps') or dx/dt ('velocity') for diffjax."""
-
-    def model(x, t):
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
-        c = process.coefficients(t)
-        x0, eps = jax_posterior(prob, x, c.alpha, c.sigma)
-        if kind == "eps":
-            return eps
-        return c.d_alpha[:, None] * x0 + c.d_sigma[:, None] * eps
-
-    return model
 
 
 class TorchMixture:
@@ -149,7 +118,7 @@ class DiffusersEpsModel:
     Fractional timesteps (Euler/Heun discrete schedulers) use the σ/α that those schedulers
     interpolate linearly in i, so the model always matches the noise level they assume."""
 
-    def __init__(self, prob: Problem, chain: DDPMChain):
+    def __init__(self, prob: Problem, chain: dj.DDPMChain):
         ab = np.asarray(chain.alpha_bars, np.float64)[1:]
         omab = np.asarray(chain.one_minus_alpha_bars, np.float64)[1:]
         self.ratio = np.sqrt(omab / ab)  # σ/α at index i = 0..T−1
@@ -188,50 +157,39 @@ def condot_velocity_wrapper(prob: Problem):
 # ==============================================================================================
 # Numerical checks before timing
 # ==============================================================================================
-def check_models(prob: Problem, chain: DDPMChain, vp: VPSDE, ot: CondOTPath) -> dict:
-    """Max abs differences (relative to the output's scale) of the torch and jax closed forms
-    against diffjax's oracle, on points drawn from p_t; raises if any exceeds 1e-4."""
+def check_models(prob: Problem, chain: dj.DDPMChain, ot: dj.CondOTPath) -> dict:
+    """Max abs difference (relative to the output's scale) of the torch closed forms (the peers'
+    models) against diffjax's oracle (diffjax's models), on points drawn from p_t; raises if it
+    exceeds 1e-4."""
     key = jax.random.PRNGKey(7)
     x0, _ = prob.mixture.sample(key, 512)
-    out = {}
 
     def draw(process, t):
         tb = jnp.full((512,), t, jnp.float32)
-        return process.sample_marginal(jax.random.PRNGKey(int(t * 1000) + 1), x0, tb)[0], tb
+        return process.sample_marginal(jax.random.PRNGKey(int(t * 1000) + 1), x0, tb).x_t, tb
 
-    worst_t, worst_j = 0.0, 0.0
+    worst = 0.0
     eps_model = DiffusersEpsModel(prob, chain)
     for t in (1, 10, 100, 500, 999, 1000):
         x, tb = draw(chain, t)
         ref = np.asarray(prob.mixture.predict(x, chain, tb, "eps"))
         with torch.no_grad():
-            got = eps_model(torch.from_numpy(np.asarray(x)), t - 1).numpy()
-        mine = np.asarray(jax_model(prob, chain, "eps")(x, tb))
-        scale = max(1.0, float(np.abs(ref).max()))
-        worst_t = max(worst_t, float(np.abs(got - ref).max()) / scale)
-        worst_j = max(worst_j, float(np.abs(mine - ref).max()) / scale)
-    for t in (0.05, 0.5, 0.999):
-        x, tb = draw(vp, t)
-        ref = np.asarray(prob.mixture.predict(x, vp, tb, "eps"))
-        mine = np.asarray(jax_model(prob, vp, "eps")(x, tb))
-        worst_j = max(worst_j, float(np.abs(mine - ref).max()) / max(1.0, np.abs(ref).max()))
+            got = eps_model(torch.from_numpy(np.array(x)), t - 1).numpy()
+        worst = max(worst, float(np.abs(got - ref).max()) / max(1.0, float(np.abs(ref).max())))
     vel = condot_velocity_wrapper(prob)
     for t in (0.0, 0.3, 0.7, 1.0):
         x, tb = draw(ot, t)
         ref = np.asarray(prob.mixture.predict(x, ot, tb, "velocity"))
         with torch.no_grad():
-            got = vel(torch.from_numpy(np.asarray(x)), torch.tensor(t)).numpy()
-        mine = np.asarray(jax_model(prob, ot, "velocity")(x, tb))
-        scale = max(1.0, float(np.abs(ref).max()))
-        worst_t = max(worst_t, float(np.abs(got - ref).max()) / scale)
-        worst_j = max(worst_j, float(np.abs(mine - ref).max()) / scale)
-    out["torch_vs_oracle"], out["jax_vs_oracle"] = worst_t, worst_j
-    if max(worst_t, worst_j) > 1e-4:
-        raise RuntimeError(f"{prob.name}: exact models disagree with diffjax's oracle: {out}")
+            got = vel(torch.from_numpy(np.array(x)), torch.tensor(t)).numpy()
+        worst = max(worst, float(np.abs(got - ref).max()) / max(1.0, float(np.abs(ref).max())))
+    out = {"torch_vs_oracle": worst}
+    if worst > 1e-4:
+        raise RuntimeError(f"{prob.name}: the torch models disagree with diffjax's oracle: {out}")
     return out
 
 
-def check_alpha_bars(chain: DDPMChain) -> float:
+def check_alpha_bars(chain: dj.DDPMChain) -> float:
     """Max relative difference of diffusers' ᾱ (alphas_cumprod[i]) and diffjax's ᾱ_{i+1}."""
     from diffusers import DDPMScheduler
 
@@ -264,15 +222,17 @@ class Run:
 def plan_diffjax(name: str, process, target: int, opts: dict) -> tuple[int, float | None, bool]:
     """(num_steps, t_eps, denoise_final) whose NFE is closest to `target` from below: exact if
     possible, preferring the default t_eps and a final denoising step."""
-    zero_alpha = zero_alpha_at_noise(process)
-    t_eps_choices = [None] + ([1e-3] if process.direction > 0 else [])
+    solver = dj.make_solver(name, **opts)
+    zero_alpha = process.alpha_is_zero_at_noise()
+    # flow paths (time runs from noise to data) may also stop short of the data
+    t_eps_choices = [None] + ([1e-3] if process.t_data > process.t_noise else [])
     best = None
     for pref_t, t_eps in enumerate(t_eps_choices):
-        reaches = data_end(process, t_eps) == process.t_data
+        reaches = process.data_end(t_eps) == process.t_data
         for pref_d, denoise in enumerate((True, False)):
             for n in range(1, target + 1):
-                built = SAMPLERS[name](None, process, n, **opts)
-                nfe = built.nfe(n, reaches, zero_alpha) + int(denoise and not reaches)
+                nfe = solver.num_evaluations(n, ends_at_data=reaches, starts_at_zero_alpha=zero_alpha)
+                nfe += int(denoise and not reaches)
                 if nfe <= target:
                     score = (target - nfe, pref_t, pref_d)
                     if best is None or score < best[0]:
@@ -362,6 +322,7 @@ DIFFJAX_SAMPLERS = [
     ("euler", "euler", {}, "uniform"),
     ("heun", "heun", {}, "uniform"),
     ("midpoint", "midpoint", {}, "uniform"),
+    ("rk4", "rk4", {}, "uniform"),
     ("ddim", "ddim", {}, "uniform"),
     ("dpm_solver_pp 1", "dpm_solver_pp", {"order": 1}, "uniform"),
     ("dpm_solver_pp 2", "dpm_solver_pp", {"order": 2}, "uniform"),
@@ -450,8 +411,8 @@ def finish(run: Run, result, ev: Evaluator, log) -> Run:
 
 
 def bench_problem(prob: Problem, args, log) -> tuple[list[Run], dict]:
-    chain, vp, ot = DDPMChain.linear(1000), VPSDE(), CondOTPath()
-    info = {"checks": check_models(prob, chain, vp, ot)}
+    chain, vp, ot = dj.DDPMChain.linear(1000), dj.VPSDE(), dj.CondOTPath()
+    info = {"checks": check_models(prob, chain, ot)}
     ev = Evaluator(prob, args.batch, args.reps)
     info["floor"], info["floor_sd"] = ev.floor, ev.floor_sd
     shape = (args.batch, prob.dim)
@@ -459,15 +420,16 @@ def bench_problem(prob: Problem, args, log) -> tuple[list[Run], dict]:
     want = (lambda label: any(s in label for s in args.only)) if args.only else (lambda _: True)
 
     # -- diffjax -------------------------------------------------------------------------
+    # the library's exact models (pytrees declaring their prediction: sample compiles once each)
     models = {
-        "VP": jax_model(prob, vp, "eps"),
-        "chain": jax_model(prob, chain, "eps"),
-        "CondOT": jax_model(prob, ot, "velocity"),
+        "VP": prob.mixture.model(vp, "eps"),
+        "chain": prob.mixture.model(chain, "eps"),
+        "CondOT": prob.mixture.model(ot, "velocity"),
     }
-    setups = [("VP", vp, "eps", "VP", s) for s in DIFFJAX_SAMPLERS]
-    setups += [("VP", chain, "eps", "chain", s) for s in DIFFJAX_SAMPLERS if s[0] in CHAIN_SAMPLERS]
-    setups += [("CondOT", ot, "velocity", "CondOT", s) for s in DIFFJAX_SAMPLERS]
-    for family, process, kind, mkey, (label, name, opts, grid) in setups:
+    setups = [("VP", vp, "VP", s) for s in DIFFJAX_SAMPLERS]
+    setups += [("VP", chain, "chain", s) for s in DIFFJAX_SAMPLERS if s[0] in CHAIN_SAMPLERS]
+    setups += [("CondOT", ot, "CondOT", s) for s in DIFFJAX_SAMPLERS]
+    for family, process, mkey, (label, name, opts, grid) in setups:
         method = label + (" (DDPM chain)" if mkey == "chain" else "")
         if not want("diffjax " + method):
             continue
@@ -475,24 +437,23 @@ def bench_problem(prob: Problem, args, log) -> tuple[list[Run], dict]:
             n, t_eps, denoise = plan_diffjax(name, process, target, opts)
 
             def fn(key, n=n, t_eps=t_eps, denoise=denoise, process=process, name=name, opts=opts,
-                   grid=grid, kind=kind, model=models[mkey]):  # fmt: skip
-                res = sample(name, model, process, key, shape, n, prediction=kind, grid=grid,
-                             t_eps=t_eps, denoise_final=denoise, **opts)  # fmt: skip
+                   grid=grid, model=models[mkey]):  # fmt: skip
+                res = dj.sample(name, model, process, key, shape, n, grid=grid, t_eps=t_eps,
+                                denoise_final=denoise, **opts)  # fmt: skip
                 return res.samples, res.nfe
 
             run = Run(prob.name, family, "diffjax", method, target)
             runs.append(finish(run, run_diffjax(fn, args.reps, seed=target), ev, log))
-    for family, process, kind in (("VP", vp, "eps"), ("CondOT", ot, "velocity")):
-        model = models["VP" if family == "VP" else "CondOT"]
+    for family, process in (("VP", vp), ("CondOT", ot)):
+        model = models[family]
         for solver in ("tsit5", "dopri5"):
             if not want(f"diffjax adaptive {solver}"):
                 continue
             for tol in args.tols:
 
-                def fn(key, process=process, kind=kind, solver=solver, tol=tol, model=model):
-                    res = sample_adaptive(model, process, key, shape, prediction=kind,
-                                          solver=solver, rtol=tol, atol=tol, initial_steps=4)
-                    return res.samples, res.nfe  # fmt: skip
+                def fn(key, process=process, solver=solver, tol=tol, model=model):
+                    res = dj.sample(solver, model, process, key, shape, rtol=tol, atol=tol, initial_steps=4)
+                    return res.samples, res.nfe
 
                 run = Run(prob.name, family, "diffjax", f"adaptive {solver}", f"tol {tol:g}")
                 runs.append(finish(run, run_diffjax(fn, args.reps, seed=3), ev, log))
@@ -543,7 +504,7 @@ def environment() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "diffjax": getattr(diffjax, "__version__", "editable"),
+        "diffjax": getattr(dj, "__version__", "editable"),
         "diffusers": _version("diffusers"),
         "flow_matching": _version("flow_matching"),
     }
@@ -755,7 +716,7 @@ def main() -> None:
               f"{run.compile_s:5.2f} s  {run.note}", flush=True)  # fmt: skip
 
     problems = make_problems()
-    chain = DDPMChain.linear(1000)
+    chain = dj.DDPMChain.linear(1000)
     env["alpha_bar_max_rel_diff"] = check_alpha_bars(chain)
     print(f"ᾱ: diffusers vs DDPMChain.linear(1000), max relative difference "
           f"{env['alpha_bar_max_rel_diff']:.2e}")  # fmt: skip
@@ -764,7 +725,7 @@ def main() -> None:
         prob = problems[pname]
         print(f"== {pname} (batch {args.batch})", flush=True)
         r, info = bench_problem(prob, args, log)
-        print(f"   exact models vs diffjax oracle (max abs / scale): {info['checks']}; "
+        print(f"   torch exact models vs diffjax oracle (max abs / scale): {info['checks']}; "
               f"noise floor {info['floor']:.4f} ± {info['floor_sd']:.4f}")  # fmt: skip
         runs += r
         infos[pname] = info
@@ -784,7 +745,7 @@ def main() -> None:
     if not args.only:
         text += "\n" + targets_summary(runs, infos, 10 if 10 in args.nfe else args.nfe[0])
     env_lines = "\n".join(f"- {k}: {v}" for k, v in env.items())
-    checks = "\n".join(f"- {p}: exact models vs diffjax oracle {i['checks']}"
+    checks = "\n".join(f"- {p}: torch exact models vs diffjax oracle {i['checks']}"
                        for p, i in infos.items())  # fmt: skip
     text += f"\n### Environment\n\n{env_lines}\n{checks}\n"
     with open(os.path.join(args.out, f"samplers{suffix}.md"), "w") as f:

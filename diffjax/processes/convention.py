@@ -20,31 +20,36 @@ from diffjax.processes.paths import GaussianPath
 from diffjax.processes.sde import SDE, VPSDE
 
 
-@pytree_dataclass
-class FlowTime(GaussianPath):
-    """`process` read in flow-matching time: noise at τ = 0, data at τ = 1, with the base time
-    t(τ) = t_noise + (t_data − t_noise)·τ (for a diffusion SDE, t = T(1 − τ))."""
+class _TimeChanged:
+    """`process` on another time axis u, through the affine map `_base_time(u)` to its own."""
 
     process: GaussianProcess
 
     @property
     def default_t_eps(self) -> float:
-        """The base process's data-end offset, in this time's units."""
+        """The base process's data-end offset, in the units of u (both axes span [0, 1] here)."""
         return self.process.default_t_eps / abs(self.process.t_noise - self.process.t_data)
 
-    def _base_time(self, tau):
-        p = self.process
-        return p.t_noise + (p.t_data - p.t_noise) * tau
+    def alpha(self, u):
+        return self.process.alpha(self._base_time(u))
 
-    def alpha(self, tau):
-        return self.process.alpha(self._base_time(tau))
-
-    def sigma(self, tau):
-        return self.process.sigma(self._base_time(tau))
+    def sigma(self, u):
+        return self.process.sigma(self._base_time(u))
 
 
 @pytree_dataclass
-class DiffusionTime(SDE):
+class FlowTime(_TimeChanged, GaussianPath):
+    """`process` read in flow-matching time: noise at τ = 0, data at τ = 1, with the base time
+    t(τ) = t_noise + (t_data − t_noise)·τ (for a diffusion SDE, t = T(1 − τ))."""
+
+    process: GaussianProcess
+
+    def _base_time(self, tau):
+        return self.process.t_noise + (self.process.t_data - self.process.t_noise) * tau
+
+
+@pytree_dataclass
+class DiffusionTime(_TimeChanged, SDE):
     """`process` read as a diffusion SDE on t ∈ [0, 1]: data at 0, noise at 1, base time
     t_data + (t_noise − t_data)·t (for a flow path, 1 − t). Its drift and diffusion are the generic
     f = d log α/dt, g² = dσ²/dt − 2fσ², which lets SDE samplers run on flow-matching models."""
@@ -55,20 +60,8 @@ class DiffusionTime(SDE):
     def T(self) -> float:
         return 1.0
 
-    @property
-    def default_t_eps(self) -> float:
-        """The base process's data-end offset, in this time's units."""
-        return self.process.default_t_eps / abs(self.process.t_noise - self.process.t_data)
-
     def _base_time(self, t):
-        p = self.process
-        return p.t_data + (p.t_noise - p.t_data) * t
-
-    def alpha(self, t):
-        return self.process.alpha(self._base_time(t))
-
-    def sigma(self, t):
-        return self.process.sigma(self._base_time(t))
+        return self.process.t_data + (self.process.t_noise - self.process.t_data) * t
 
 
 def flow_path_from_sde(sde: GaussianProcess) -> GaussianPath:
