@@ -1,5 +1,7 @@
 """The exact mixture oracle: log-density, score, posterior means, velocity, class posterior."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,23 @@ def mixture_3d():
     covs = a @ a.transpose(0, 2, 1) * 0.3 + 0.2 * np.eye(3)
     means = rng.normal(size=(3, 3)) * 2
     return GaussianMixture.create(means, covs, weights=[0.2, 0.5, 0.3], labels=[0, 1, 1])
+
+
+@pytest.mark.parametrize("process, t", [(None, None), (VPSDE(), 0.4), (CondOTPath(), 0.0), (CondOTPath(), 1.0)],
+                         ids=["data", "VP", "CondOT-noise", "CondOT-data"])  # noqa: E501
+def test_isotropic_closed_form_equals_the_general_posterior(process, t):
+    """Mixtures created with scalar or (K,) covariances use the O(KD) isotropic formulas; they equal
+    the general eigendecomposition path (the same mixture with isotropic=False) to float64 rounding."""
+    with x64():
+        mix = GaussianMixture.create(np.random.default_rng(3).normal(size=(5, 3)) * 2,
+                                     np.array([0.2, 0.5, 1.0, 1.5, 0.3]), weights=[0.1, 0.2, 0.3, 0.2, 0.2])
+        general = dataclasses.replace(mix, isotropic=False)
+        assert mix.isotropic and not general.isotropic
+        x = jnp.asarray(np.random.default_rng(4).normal(size=(40, 3)) * 2)
+        tb = None if t is None else jnp.full((40,), t)
+        pairs = zip(mix._posterior(x, process, tb), general._posterior(x, process, tb), strict=True)
+        for fast, slow in pairs:
+            np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
 
 
 def test_log_prob_matches_scipy_for_full_covariances():
