@@ -24,8 +24,10 @@ def mixture_3d():
     return GaussianMixture.create(means, covs, weights=[0.2, 0.5, 0.3], labels=[0, 1, 1])
 
 
-@pytest.mark.parametrize("process, t", [(None, None), (VPSDE(), 0.4), (CondOTPath(), 0.0), (CondOTPath(), 1.0)],
-                         ids=["data", "VP", "CondOT-noise", "CondOT-data"])  # noqa: E501
+CASES = [(None, None), (VPSDE(), 0.4), (CondOTPath(), 0.0), (CondOTPath(), 1.0)]
+
+
+@pytest.mark.parametrize("process, t", CASES, ids=["data", "VP", "CondOT-noise", "CondOT-data"])
 def test_isotropic_closed_form_equals_the_general_posterior(process, t):
     """Mixtures created with scalar or (K,) covariances use the O(KD) isotropic formulas; they equal
     the general eigendecomposition path (the same mixture with isotropic=False) to float64 rounding."""
