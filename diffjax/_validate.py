@@ -55,3 +55,14 @@ def check_batch_time(x, t, owner: str):
 def check_same_shape(a, b, names: str, owner: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{owner}: {names} must have the same shape, got {a.shape} and {b.shape}.")
+
+
+def check_key(key, owner: str):
+    """`key` must be a PRNG key (a typed `jax.random.key` or a raw uint32 (2,) key); returns it."""
+    dtype = getattr(key, "dtype", None)
+    ok = dtype is not None and (jnp.issubdtype(dtype, jax.dtypes.prng_key)
+                                or (dtype == jnp.uint32 and key.shape[-1:] == (2,)))  # fmt: skip
+    if not ok:
+        shown = f"{type(key).__name__} {key!r}" if dtype is None else f"an array of dtype {dtype}"
+        raise TypeError(f"{owner}: key must be a PRNG key, e.g. jax.random.key(0); got {shown}.")
+    return key

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
+from diffjax._validate import check_key
 from diffjax.flow import check_model_output, model_prediction
 from diffjax.parameterization import ModelFn, Prediction, check_prediction, from_x0_eps, to_x0_eps
 from diffjax.processes.base import Coefficients, GaussianProcess
@@ -122,7 +123,7 @@ def denoising_loss(
     if not jnp.issubdtype(x0.dtype, jnp.floating):
         raise ValueError(f"denoising_loss: x0 must be floating point, got {x0.dtype}; scale the data first.")
     time_sampler = time_sampler or uniform_time(process)
-    k_t, k_eps = jax.random.split(key)
+    k_t, k_eps = jax.random.split(check_key(key, "denoising_loss"))
     noised = process.sample_marginal(k_eps, x0, time_sampler(k_t, x0.shape[0]))
     out = model(noised.x_t, noised.t)
     check_model_output(out, x0, "denoising_loss")

@@ -23,7 +23,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike
 
 from diffjax._jit import filter_jit
-from diffjax._validate import is_concrete
+from diffjax._validate import check_key, is_concrete
 from diffjax.flow import ProbabilityFlow, as_flow
 from diffjax.grids import GRIDS, make_grid
 from diffjax.processes.base import GaussianProcess
@@ -98,6 +98,7 @@ def sample(
       SampleResult(samples, trajectory, nfe). Compiled once per (shape, num_steps, solver, grid
       name, process and model structure); `jax.vmap` over keys and sharded `x_init` work unchanged.
     """
+    check_key(key, "sample")
     solver = make_solver(solver, **solver_options)
     flow = as_flow(model, process, prediction)
     adaptive = isinstance(solver, Adaptive)

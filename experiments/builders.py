@@ -35,6 +35,24 @@ class ConfigError(ValueError):
     """An experiment config with an unknown key or a value that cannot work."""
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a mistyped `--config.a.b=v` override, a value of the wrong type or a
+    config file that cannot be loaded reported as one line (exit status 2) instead of a traceback
+    from inside ml_collections."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except AttributeError as err:  # ml_collections: an override of a key the config does not have
+        key = next((a.split("=")[0][len("--config."):] for a in argv[1:] if a.startswith("--config.")
+                    and str(err).strip("\"'") in a.split("=")[0].split(".")), None)  # fmt: skip
+        print(f"error: unknown config field {key or err}: every field is listed with its default in "
+              "experiments/configs/base.py.", file=sys.stderr)  # fmt: skip
+    except (flags.Error, ValueError, TypeError, OSError) as err:
+        print(f"error: {(str(err).splitlines() or [''])[0]}", file=sys.stderr)
+    sys.exit(2)
+
+
 @contextlib.contextmanager
 def user_errors():
     """Inside a script's main: a mistake in what the user asked for ends the process with its message
@@ -156,16 +174,34 @@ def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_traje
 
 
 
-def saved_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config saved with the newest checkpoint of `workdir` (not the possibly edited file)."""
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1)
-    try:
-        meta = ckpt.metadata() or {}
-    finally:
-        ckpt.close()
+def saved_config(workdir: str, missing_ok: bool = False) -> ml_collections.ConfigDict | None:
+    """The config saved with the newest checkpoint of `workdir` (not the possibly edited file); None
+    (missing_ok) or FileNotFoundError when there is none."""
+    directory = os.path.join(workdir, "checkpoints")
+    meta = {}
+    if os.path.isdir(directory):
+        ckpt = Checkpointer(directory, save_every=1)
+        try:
+            meta = ckpt.metadata() or {}
+        finally:
+            ckpt.close()
     if "config" not in meta:
+        if missing_ok:
+            return None
         raise FileNotFoundError(f"No checkpoint with a saved config in {workdir}/checkpoints: train first.")
     return ml_collections.ConfigDict(meta["config"])
+
+
+def config_changes(saved: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: saved → new' for every leaf of two nested config dicts that differs."""
+    out = []
+    for key in sorted(set(saved) | set(new)):
+        a, b = saved.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} → {b!r}")
+    return out
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, TrainedModel]:

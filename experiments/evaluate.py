@@ -37,7 +37,7 @@ from diffjax.evaluation import (
 )
 from diffjax.evaluation.classifier import RECIPE
 from diffjax.likelihood import bits_per_dim, variational_bound
-from experiments.builders import generate, load_run, num_classes, train_wall_time, user_errors
+from experiments.builders import generate, load_run, num_classes, parse_flags, train_wall_time, user_errors
 
 flags.DEFINE_string("workdirs", None, "Comma-separated work directories written by experiments.train.")
 flags.DEFINE_string("table", None, "Only print the markdown table of the rows in this JSON lines file.")
@@ -150,4 +150,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

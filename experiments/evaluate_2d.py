@@ -25,7 +25,7 @@ from absl import app, flags, logging
 from diffjax.data import TOY_DATASETS, TOY_LOG_PROBS, in_checkerboard, load_dataset
 from diffjax.likelihood import log_likelihood
 from diffjax.metrics import mmd_rbf, sliced_wasserstein
-from experiments.builders import generate, load_run, train_wall_time, user_errors
+from experiments.builders import generate, load_run, parse_flags, train_wall_time, user_errors
 
 flags.DEFINE_string("workdirs", None, "Comma-separated work directories of 2D models (experiments.train).")
 flags.DEFINE_string("samplers", "heun:32,euler:10,dpm_solver_pp:10", "name:steps, comma-separated.")
@@ -115,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

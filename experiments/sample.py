@@ -17,7 +17,7 @@ from absl import app, flags, logging
 
 import diffjax as dj
 from diffjax.viz import save_image_grid, save_samples_2d
-from experiments.builders import ConfigError, generate, load_run, user_errors
+from experiments.builders import ConfigError, generate, load_run, parse_flags, user_errors
 
 flags.DEFINE_string("workdir", None, "A work directory written by experiments.train.")
 flags.DEFINE_string("sampler", None, f"Sampler name, one of {tuple(dj.SOLVERS)} (default: the config's).")
@@ -78,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -38,12 +38,16 @@ from diffjax.training import (
 )
 from diffjax.viz import save_image_grid, save_samples_2d
 from experiments.builders import (
+    ConfigError,
     build_loss,
+    config_changes,
     generate,
     model_spec,
     num_classes,
     optimizer_spec,
+    parse_flags,
     process_spec,
+    saved_config,
     user_errors,
     validate_config,
 )
@@ -53,12 +57,14 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     """Train (or resume) the run `cfg` in `workdir`, then sample `cfg.sample.num_samples` with the EMA
     parameters and write samples.npz / samples.png. Returns a summary: steps, final loss, whether the
     run was preempted, the number of model evaluations per sample and, for the checkerboard, the
-    fraction of samples on its squares."""
+    fraction of samples on its squares. config.json is the config of the run that created the work
+    directory (written once it has started, never replaced); every checkpoint carries its segment's."""
     validate_config(cfg)
     dist = cfg.distributed
     maybe_initialize_distributed(dist.coordinator_address or None,
                                  dist.num_processes if dist.coordinator_address else None,
-                                 dist.process_id if dist.coordinator_address else None)  # fmt: skip
+                                 dist.process_id if dist.coordinator_address else None,
+                                 timeout_s=dist.timeout_s)  # fmt: skip
     is_main = jax.process_index() == 0
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise NotADirectoryError(f"--workdir {workdir!r} is a file; give a directory for the checkpoints.")
@@ -99,10 +105,20 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     train_config = TrainConfig(workdir, t.num_steps, checkpoint_every=t.checkpoint_every, keep=t.keep,
                                log_every=t.log_every,
                                metadata={"run": record, "config": config_json})  # fmt: skip
-    config_path = os.path.join(workdir, "config.json")
-    fresh = not os.path.exists(config_path)
-    result = train(train_config, train_step, state, batch_iter, hooks=hooks,
-                   on_start=lambda: _write_config(config_path, config_json, fresh and is_main))  # fmt: skip
+    saved = saved_config(workdir, missing_ok=True)
+
+    def on_start(start_step):
+        """Record the config of a new run; report the settings a resumed run changes."""
+        path = os.path.join(workdir, "config.json")
+        if is_main and not os.path.exists(path):
+            with open(path, "w") as f:
+                json.dump(config_json, f, indent=2)
+        changes = config_changes(saved.to_dict(), config_json) if start_step and saved else []
+        if is_main and changes:
+            print(f"resuming at step {start_step} with changed settings (the checkpoints' network, "
+                  "process and data agree, so these are accepted):\n  " + "\n  ".join(changes))  # fmt: skip
+
+    result = train(train_config, train_step, state, batch_iter, hooks=hooks, on_start=on_start)
     loss = result.last_metrics.get("loss")
     summary = {"step": result.step, "start_step": result.start_step, "preempted": result.preempted,
                "loss": None if loss is None else float(loss)}  # fmt: skip
@@ -132,14 +148,6 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     return summary
 
 
-def _write_config(path: str, config_json: dict, write: bool) -> None:
-    """config.json is the config of the run that created the work directory; it is written once the
-    run has started (checked against the checkpoints), never over an existing one."""
-    if write:
-        with open(path, "w") as f:
-            json.dump(config_json, f, indent=2)
-
-
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a Python config file (experiments/configs/*.py).",
                                 lock_config=True)  # fmt: skip
@@ -149,11 +157,16 @@ flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples go here.")
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    if FLAGS.config is None or FLAGS.workdir is None:
-        raise app.UsageError("give --config (e.g. experiments/configs/checkerboard_fm.py) and --workdir.")
     with user_errors():
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        try:
+            cfg = FLAGS.config
+            list(cfg or {})  # a config file that failed to load raises on first use
+        except OSError as err:  # the config file could not be loaded
+            raise FileNotFoundError((str(err).splitlines() or [""])[-1].strip()) from None
+        if cfg is None or FLAGS.workdir is None:
+            raise ConfigError("give --config (e.g. experiments/configs/checkerboard_fm.py) and --workdir.")
+        train_and_evaluate(cfg, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

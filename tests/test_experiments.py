@@ -4,6 +4,7 @@ run them."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -131,3 +132,49 @@ def test_mnist_class_conditional_tiny_run_with_guided_sampling(tmp_path):
     assert 0 <= rows[0]["class_tv"] <= 1
     table = run("evaluate", "--table", results)
     assert table.count("| mnist | euler |") == 2  # one row per guidance scale
+
+
+def tiny_checkerboard(num_steps, **edits):
+    cfg = small_checkerboard(num_steps)
+    cfg.train.update(warmup_steps=2, checkpoint_every=num_steps, log_every=num_steps, batch_size=64)
+    cfg.model.kwargs.update(width=32, depth=1)
+    cfg.sample.update(num_samples=16, num_steps=2)
+    for path, value in edits.items():
+        *parents, key = path.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        node[key] = value
+    return cfg
+
+
+@pytest.mark.parametrize("edit, outcome", [
+    ({"model.kwargs.width": 48}, r"model\.width: 32 → 48"),
+    ({"model.prediction": "x0"}, r"model\.prediction: 'velocity' → 'x0'"),
+    ({"process.name": "cosine_path"}, r"process\.name: 'condot' → 'cosine_path'"),
+    ({"train.batch_size": 32}, r"train\.batch_size: 64 → 32"),
+    ({"seed": 3}, r"seed: 0 → 3"),
+])  # fmt: skip
+def test_resume_contract(tmp_path, capsys, edit, outcome):
+    """Resuming with a changed network, prediction or process is refused by field and leaves the
+    checkpoints as they were; a changed batch size or seed is accepted and logged. In every case the
+    checkpoints stay loadable (`dj.load_model`, as experiments.sample uses)."""
+    import diffjax as dj
+
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(tiny_checkerboard(20), workdir)
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    changed = tiny_checkerboard(30, **edit)
+    capsys.readouterr()
+    if "model" in next(iter(edit)) or "process" in next(iter(edit)):
+        with pytest.raises(RunMismatchError, match=outcome):
+            train_and_evaluate(changed, workdir)
+        assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # untouched
+        assert dj.load_model(workdir).step == 20
+    else:
+        summary = train_and_evaluate(changed, workdir)
+        out = capsys.readouterr().out
+        assert "resuming at step 20 with changed settings" in out and re.search(outcome, out), out
+        assert summary["start_step"] == 20 and summary["step"] == 30
+        assert dj.load_model(workdir).step == 30
+    assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == 20

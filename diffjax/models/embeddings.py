@@ -105,7 +105,9 @@ class TimeEmbedding(nnx.Module):
         return fourier_embedding(ts, self.feature_dim, self.fourier_scale)
 
     def labels(self, t: Float[Array, " B"], y: Int[Array, " B"] | None) -> Array | None:
-        """Validated int labels (None → the null class); None for an unconditional network."""
+        """Validated int labels (None → the null class); None for an unconditional network. Values
+        are range-checked where concrete (eager calls; `diffjax.cfg_model` and the experiment
+        scripts check them on the host); under `jit` an out-of-range label is not caught."""
         if self.num_classes is None:
             if y is not None:
                 raise ValueError(
@@ -116,6 +118,8 @@ class TimeEmbedding(nnx.Module):
         if y is None:
             return null_labels(t.shape[0], self.num_classes)
         y = jnp.asarray(y)
+        if not jnp.issubdtype(y.dtype, jnp.integer):
+            raise ValueError(f"Class labels y must be integers, got dtype {y.dtype}; pass y.astype(int).")
         if y.shape != t.shape:
             raise ValueError(f"Labels y must have shape {t.shape} (one per example): {y.shape}.")
         if is_concrete(y) and y.size:
@@ -131,6 +135,12 @@ class TimeEmbedding(nnx.Module):
         y = self.labels(t, y)
         emb = self.linear2(nnx.silu(self.linear1(self.features(t))))
         return emb if y is None else emb + self.label_embed(y)
+
+
+def output_dtype(x: Array):
+    """The dtype of a network's prediction for input x: x's if floating, else float32 (integer
+    pixels in, float predictions out)."""
+    return x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
 
 
 def as_dropout_key(rngs) -> jax.Array | None:

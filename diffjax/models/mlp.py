@@ -24,6 +24,7 @@ from diffjax.models.embeddings import (
     TimeEmbeddingKind,
     as_dropout_key,
     block_key,
+    output_dtype,
 )
 from diffjax.parameterization import PREDICTIONS, Prediction
 
@@ -120,4 +121,4 @@ class ResidualMLP(nnx.Module):
         h = self.linear_in(x.astype(cfg.dtype))
         for i, block in enumerate(self.blocks):
             h = block(h, emb, block_key(key, i))
-        return self.linear_out(nnx.silu(self.norm_out(h))).astype(x.dtype)
+        return self.linear_out(nnx.silu(self.norm_out(h))).astype(output_dtype(x))

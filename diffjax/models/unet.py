@@ -37,6 +37,7 @@ from diffjax.models.embeddings import (
     TimeEmbeddingKind,
     as_dropout_key,
     block_key,
+    output_dtype,
 )
 from diffjax.parameterization import PREDICTIONS, Prediction
 
@@ -292,4 +293,4 @@ class UNet(nnx.Module):
             if i < len(self.upsample):
                 h = self.upsample[i](_upsample(h, hs[-1].shape[1]))
         out = self.conv_out(nnx.silu(self.norm_out(h)))
-        return out.astype(x.dtype)
+        return out.astype(output_dtype(x))

@@ -77,6 +77,6 @@ class Adaptive(Solver):
             cls(), t0, t1, dt0, y0, stepsize_controller=controller, max_steps=self.max_steps,
             saveat=diffrax.SaveAt(t1=True), throw=self.throw,
         )  # fmt: skip
-        y = jax.tree.map(lambda leaf: leaf[-1], sol.ys)
+        y = jax.tree.map(lambda leaf, d: leaf[-1].astype(d), sol.ys, dtypes)
         nfe = 1 + new_stages * sol.stats["num_steps"]
         return Solution(y, None, nfe, sol.result == diffrax.RESULTS.successful)

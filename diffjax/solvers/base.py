@@ -68,14 +68,14 @@ class Solver:
         """The fixed-grid driver: one `lax.scan` over (ts[i], ts[i+1]) with a fresh key per step."""
         n = ts.shape[0] - 1
         keys = jax.random.split(key, n)
-        carry0 = self.init(term, y0, ts)
-        dtypes = jax.tree.map(lambda leaf: leaf.dtype, y0)
+        carry0 = jax.tree.map(jnp.asarray, self.init(term, y0, ts))
+        dtypes = jax.tree.map(lambda leaf: leaf.dtype, (y0, carry0))
 
-        def body(state, inputs):
+        def body(state, inputs):  # the state keeps its dtypes (e.g. float32 x with float64 times)
             y, carry = state
             t, t_next, k = inputs
-            y, carry = self.step(term, y, carry, t, t_next, k)
-            return (jax.tree.map(lambda leaf, d: leaf.astype(d), y, dtypes), carry), None
+            state = self.step(term, y, carry, t, t_next, k)
+            return jax.tree.map(lambda leaf, d: leaf.astype(d), state, dtypes), None
 
         xs = (ts[:-1], ts[1:], keys)
         if not save_every:

@@ -57,7 +57,7 @@ class PredictorCorrector(Solver):
             z = jax.random.normal(k, x.shape, x.dtype)
             ratio = jnp.mean(per_example_norm(z)) / jnp.mean(per_example_norm(grad))
             eps = 2.0 * a * (self.snr * ratio) ** 2
-            return x + eps * grad + jnp.sqrt(2.0 * eps) * z, None
+            return (x + eps * grad + jnp.sqrt(2.0 * eps) * z).astype(x.dtype), None
 
         x, _ = jax.lax.scan(langevin, x, keys[:-1])
         if self.predictor == "euler_maruyama":

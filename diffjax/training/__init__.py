@@ -13,6 +13,7 @@ Typical use (see `experiments/train.py`):
 
 from diffjax.training.checkpoint import (
     Checkpointer,
+    CheckpointWriteError,
     CorruptCheckpointError,
     CorruptCheckpointWarning,
     SigtermFlag,
@@ -42,7 +43,8 @@ from diffjax.training.workdir import (
 )
 
 __all__ = [
-    "DATA_AXIS", "Checkpointer", "CorruptCheckpointError", "CorruptCheckpointWarning", "MetricsLogger",
+    "DATA_AXIS", "CheckpointWriteError", "Checkpointer", "CorruptCheckpointError", "CorruptCheckpointWarning",
+    "MetricsLogger",
     "NonFiniteError", "RunMismatchError", "SigtermFlag", "TrainConfig", "TrainResult", "TrainState",
     "TrainedModel", "all_finite", "as_key_data", "check_resumable", "compile_train_step",
     "create_train_state", "data_sharding", "make_data_mesh", "make_optimizer", "make_schedule",

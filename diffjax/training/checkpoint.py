@@ -14,6 +14,7 @@ its shards, process 0 the metadata).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -39,6 +40,10 @@ class CorruptCheckpointWarning(UserWarning):
 
 class CorruptCheckpointError(RuntimeError):
     """No checkpoint in the directory can be restored."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the earlier ones are intact."""
 
 
 # -- checksums ---------------------------------------------------------------------------------
@@ -162,7 +167,24 @@ class Checkpointer:
             **dict(metadata or {}),
         }
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        return self._manager.save(step, args=args, force=True)
+        with self._writing(step):
+            return self._manager.save(step, args=args, force=True)
+
+    @contextlib.contextmanager
+    def _writing(self, step: int | None):
+        """Turn a failed write (disk full, permissions, …) into a CheckpointWriteError that says where,
+        how much room is left and which checkpoints are intact."""
+        try:
+            yield
+        except Exception as err:
+            free = shutil.disk_usage(os.path.dirname(self.directory) or ".").free
+            what = f"checkpoint step {step}" if step is not None else "a pending checkpoint"
+            raise CheckpointWriteError(
+                f"Could not write {what} to {self.directory}: {type(err).__name__}: "
+                f"{(str(err).splitlines() or [''])[0][:200]} ({free / 2**20:.0f} MiB free on that disk). "
+                f"The earlier checkpoints {self.all_steps()} are intact; free some space (or choose "
+                "another work directory) and rerun to resume from the newest of them."
+            ) from err
 
     def restore(self, step: int, target: TrainState) -> TrainState:
         """The checkpoint at `step`, placed like `target` (a state of concrete or abstract arrays
@@ -251,7 +273,8 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are committed."""
-        self._manager.wait_until_finished()
+        with self._writing(None):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.close()

@@ -1,9 +1,11 @@
 """Training metrics: JSON lines, TensorBoard event files, a progress bar and a summary line.
 
 Only process 0 writes (`enabled` defaults to `jax.process_index() == 0`); the others are silent.
-Files in `workdir`: `metrics.jsonl` (one {"step": s, ...} object per log step, appended across
-resumed runs), `tensorboard/` (tensorboardX event files) and `summary.json`. The tqdm bar shows
-loss and steps/s; it is off when stderr is not a terminal or the CI variable is set.
+Files in `workdir`: `metrics.jsonl` (one {"step": s, ...} object per log step; a run resumed from
+the checkpoint at step s drops the records after s that an interrupted run had logged, so every step
+appears once), `tensorboard/` (tensorboardX event files) and `summary.json` (wall time summed over
+the resumed segments; a rerun that does no step leaves it as it is). The tqdm bar shows loss and
+steps/s on a terminal; elsewhere (nohup, SLURM, CI) each log period prints one line instead.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ class MetricsLogger:
         if not self.enabled:
             return
         os.makedirs(self.workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(self.workdir, "metrics.jsonl"), "a")
+        path = os.path.join(self.workdir, "metrics.jsonl")
+        _drop_records_after(path, start_step)
+        self._jsonl = open(path, "a")
         if tensorboard is None:  # when tensorboardX is installed (the `experiments` extra)
             tensorboard = importlib.util.find_spec("tensorboardX") is not None
         if tensorboard:
@@ -70,6 +74,9 @@ class MetricsLogger:
                     self._tb.add_scalar(f"train/{name}", value, step)
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{record.get('loss', math.nan):.4g}", it_s=f"{rate:.1f}")
+        else:
+            print(f"step {step}/{self.num_steps}: loss={record.get('loss', math.nan):.4g}, "
+                  f"{rate:.2f} steps/s", flush=True)  # fmt: skip
         return record
 
     def advance(self, step: int) -> None:
@@ -78,18 +85,24 @@ class MetricsLogger:
             self._bar.update(step - self._bar.n)
 
     def summary(self, step: int, **fields) -> str:
-        """Write `summary.json` and print one line: steps done, wall time, steps/s, `fields`."""
+        """Write `summary.json` and print one line: steps done, wall time (this run and all
+        segments), steps/s, `fields`. A run that did no step keeps the existing summary."""
         wall = time.perf_counter() - self._t0
         done = step - self.start_step
-        record = {"step": int(step), "steps_this_run": done, "wall_time_s": round(wall, 3),
+        path = os.path.join(self.workdir, "summary.json")
+        previous = _read_json(path) if self.start_step > 0 else {}
+        record = {"step": int(step), "steps_this_run": done,
+                  "wall_time_s": round(wall + previous.get("wall_time_s", 0.0), 3),
+                  "wall_time_this_run_s": round(wall, 3), "segments": previous.get("segments", 0) + 1,
                   "steps_per_s": round(done / max(wall, 1e-9), 3),
                   **{k: _scalar(v) for k, v in fields.items()}}  # fmt: skip
         line = "summary: " + ", ".join(
             f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
         )
         if self.enabled:
-            with open(os.path.join(self.workdir, "summary.json"), "w") as f:
-                json.dump(record, f, indent=1)
+            if done > 0 or not previous:
+                with open(path, "w") as f:
+                    json.dump(record, f, indent=1)
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
@@ -101,6 +114,27 @@ class MetricsLogger:
             if handle is not None:
                 handle.close()
         self._jsonl = self._tb = self._bar = None
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _drop_records_after(path: str, step: int) -> None:
+    """Keep the metrics.jsonl records up to `step` (a resumed run logs the later steps anew)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
 
 
 def _scalar(v):

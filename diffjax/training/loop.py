@@ -98,7 +98,7 @@ def train(
     *,
     mesh: Mesh | None = None,
     hooks: Sequence[Hook] = (),
-    on_start: Callable[[], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Run (or resume) training to `config.num_steps`; see the module docstring.
 
@@ -106,8 +106,8 @@ def train(
     initial state (host or single-device arrays, identical on every process); hooks: (period,
     fn(step, state)) called after every period-th step on every process, e.g. to write sample
     grids (write files from process 0 only; the state's buffers are donated to the next step,
-    so take what is needed before returning); on_start: called once the checkpoints have been
-    checked and restored, before the first step (e.g. to record the run's config)."""
+    so take what is needed before returning); on_start(start_step): called once the checkpoints have
+    been checked and restored, before the first step (e.g. to record the run's config)."""
     mesh = make_data_mesh() if mesh is None else mesh
     state = replicate(state, mesh)
     ckpt = Checkpointer(
@@ -124,7 +124,7 @@ def train(
     state = ckpt.restore_latest(state) or state
     start = int(state.step)
     if on_start is not None:
-        on_start()
+        on_start(start)
     step_fn = compile_train_step(train_step, mesh)
     logger = MetricsLogger(config.workdir, num_steps=config.num_steps, start_step=start)
     save_meta = dict(config.metadata or {})

@@ -14,6 +14,9 @@ Multi-host: every process runs the same program on its own local shard of the gl
 
 from __future__ import annotations
 
+import socket
+import time
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
@@ -25,14 +28,40 @@ from diffjax.training.step import TrainStep
 DATA_AXIS = "data"
 
 
+def wait_for_coordinator(address: str, timeout_s: float, every_s: float = 10.0) -> None:
+    """Poll the coordinator's TCP port until it accepts a connection, printing a line every
+    `every_s` seconds; TimeoutError naming the address after `timeout_s` (JAX itself would wait and
+    then abort the process natively, with no Python error)."""
+    host, _, port = address.rpartition(":")
+    start = last = time.monotonic()
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(every_s, 2.0)):
+                return
+        except OSError:
+            now = time.monotonic()
+            if now - start >= timeout_s:
+                raise TimeoutError(
+                    f"No coordinator answered at {address} within {timeout_s:.0f} s. Start process 0 "
+                    "(it runs the coordinator) first, check the address and port, or raise the "
+                    "timeout (distributed.timeout_s)."
+                ) from None
+            if now - last >= every_s:
+                print(f"waiting for the coordinator at {address} ({now - start:.0f} s)", flush=True)
+                last = now
+            time.sleep(0.2)
+
+
 def maybe_initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    timeout_s: float = 300.0,
 ) -> bool:
     """Call `jax.distributed.initialize` when a multi-process run is configured (num_processes
     > 1); a no-op returning False otherwise. Must run before any other JAX call. CPU processes
-    talk through gloo collectives."""
+    talk through gloo collectives. Processes other than 0 first wait (at most timeout_s, with
+    progress lines) for the coordinator, so that a coordinator that never starts is a clear error."""
     if num_processes is None or num_processes <= 1:
         return False
     if coordinator_address is None or process_id is None:
@@ -44,9 +73,12 @@ def maybe_initialize_distributed(
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except (AttributeError, KeyError, ValueError):
         pass
+    if process_id != 0:
+        wait_for_coordinator(coordinator_address, timeout_s)
     jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
-    )
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id,
+        initialization_timeout=int(timeout_s),
+    )  # fmt: skip
     return True
 
 

@@ -28,5 +28,6 @@ def get_config():
     # sample.sampler: a name of diffjax.solvers.SOLVERS; options: its keyword options
     c.sample = dict(sampler="heun", num_steps=32, num_samples=4000, guidance_scale=1.0,
                     clip_denoised=False, options={})
-    c.distributed = dict(coordinator_address="", num_processes=1, process_id=0)
+    # timeout_s: how long a process waits for the coordinator (process 0) before a clear error
+    c.distributed = dict(coordinator_address="", num_processes=1, process_id=0, timeout_s=300.0)
     return c
