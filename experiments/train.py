@@ -85,6 +85,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     loss_fn = model_loss(graphdef, build_loss(cfg, process), num_classes=num_classes(cfg),
                          p_uncond=t.label_dropout)  # fmt: skip
     train_step = make_train_step(loss_fn, optimizer, ema_decay=t.ema_decay, schedule=schedule)
+    if t.get("init_from"):
+        params = initial_parameters(t.init_from, params)
     state = create_train_state(params, optimizer, jax.random.key(cfg.seed))
     data_shape = data.shape[1:]
     record = run_record(model_spec(cfg), process_spec(cfg), optimizer_spec(cfg), data_shape, num_classes(cfg))
@@ -146,6 +148,21 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         path = save_image_grid(os.path.join(workdir, "samples.png"), samples[:64], 8)
     print(f"wrote {path} ({summary['nfe']} function evaluations per sample)")
     return summary
+
+
+def initial_parameters(source: str, params):
+    """The EMA parameters of the work directory `source`, to start (fine-tune) a new run whose network
+    has the same parameter shapes; ConfigError naming the parameters whose shapes differ."""
+    theirs = nnx.state(dj.load_model(source).model, nnx.Param)
+    mine = jax.tree_util.tree_flatten_with_path(params)[0]
+    other = dict(jax.tree_util.tree_flatten_with_path(theirs)[0])
+    bad = [f"{jax.tree_util.keystr(k)}: {np.shape(other.get(k))} → {np.shape(v)}" for k, v in mine
+           if k not in other or np.shape(other[k]) != np.shape(v)]  # fmt: skip
+    if bad or len(other) != len(mine):
+        raise ConfigError(f"train.init_from={source!r}: its network's parameters do not fit this one:\n  "
+                          + "\n  ".join(bad[:10] or ["different parameter trees"]))  # fmt: skip
+    print(f"starting from the EMA parameters of {source}")
+    return theirs
 
 
 FLAGS = flags.FLAGS

@@ -5,6 +5,7 @@ run them."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -148,6 +149,14 @@ def tiny_checkerboard(num_steps, **edits):
     return cfg
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 20-step checkerboard run, trained once and copied by the tests that resume or reuse it."""
+    workdir = str(tmp_path_factory.mktemp("finished") / "run")
+    train_and_evaluate(tiny_checkerboard(20), workdir)
+    return workdir
+
+
 @pytest.mark.parametrize("edit, outcome", [
     ({"model.kwargs.width": 48}, r"model\.width: 32 → 48"),
     ({"model.prediction": "x0"}, r"model\.prediction: 'velocity' → 'x0'"),
@@ -155,14 +164,14 @@ def tiny_checkerboard(num_steps, **edits):
     ({"train.batch_size": 32}, r"train\.batch_size: 64 → 32"),
     ({"seed": 3}, r"seed: 0 → 3"),
 ])  # fmt: skip
-def test_resume_contract(tmp_path, capsys, edit, outcome):
+def test_resume_contract(tmp_path, capsys, finished_run, edit, outcome):
     """Resuming with a changed network, prediction or process is refused by field and leaves the
     checkpoints as they were; a changed batch size or seed is accepted and logged. In every case the
     checkpoints stay loadable (`dj.load_model`, as experiments.sample uses)."""
     import diffjax as dj
 
     workdir = str(tmp_path / "run")
-    train_and_evaluate(tiny_checkerboard(20), workdir)
+    shutil.copytree(finished_run, workdir)
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
     changed = tiny_checkerboard(30, **edit)
     capsys.readouterr()
@@ -178,3 +187,18 @@ def test_resume_contract(tmp_path, capsys, edit, outcome):
         assert summary["start_step"] == 20 and summary["step"] == 30
         assert dj.load_model(workdir).step == 30
     assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == 20
+
+
+def test_fine_tuning_starts_from_another_runs_parameters_where_shapes_fit(tmp_path, capsys, finished_run):
+    """The remedy the resume contract offers: a new work directory started from a finished run's EMA
+    parameters (here with another prediction type); a network whose shapes differ is refused by name."""
+    import diffjax as dj
+
+    source = finished_run
+    tuned = tiny_checkerboard(5, **{"model.prediction": "x0", "train.init_from": source})
+    train_and_evaluate(tuned, str(tmp_path / "tuned"))
+    assert f"starting from the EMA parameters of {source}" in capsys.readouterr().out
+    assert dj.load_model(str(tmp_path / "tuned")).model.prediction == "x0"
+    wider = tiny_checkerboard(5, **{"model.kwargs.width": 48, "train.init_from": source})
+    with pytest.raises(ConfigError, match=r"(?s)do not fit this one:\n.*\(2, 32\) → \(2, 48\)"):
+        train_and_evaluate(wider, str(tmp_path / "wider"))

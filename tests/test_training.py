@@ -13,6 +13,8 @@ import pytest
 from _train_worker import build, eight_device_run, flat_arrays, reference_run, state_arrays
 
 from diffjax.training import (
+    Checkpointer,
+    CheckpointWriteError,
     MetricsLogger,
     TrainConfig,
     TrainState,
@@ -181,6 +183,50 @@ def test_metrics_logger_files_and_disabled(tmp_path):
     off.summary(10)
     off.close()
     assert not (tmp_path / "off").exists()
+
+
+def test_a_resumed_segment_logs_every_step_once_and_sums_wall_time(tmp_path, capsys):
+    """An interrupted run logged steps 5..15 but checkpointed at 10: resuming from 10 drops the records
+    after it, so metrics.jsonl holds each step once; summary.json sums the segments' wall time and a
+    rerun that does no step keeps it. Off a terminal each log period prints one line."""
+    first = MetricsLogger(tmp_path, num_steps=20, progress=False)
+    for step in (5, 10, 15):
+        first.log(step, {"loss": 1.0 / step})
+    first.summary(15)
+    first.close()
+    wall_1 = json.loads((tmp_path / "summary.json").read_text())["wall_time_s"]
+    assert "step 15/20: loss=0.06667" in capsys.readouterr().out
+    second = MetricsLogger(tmp_path, num_steps=20, start_step=10, progress=False)
+    second.log(15, {"loss": 0.5})
+    second.log(20, {"loss": 0.25})
+    second.summary(20)
+    second.close()
+    records = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20] and records[2]["loss"] == 0.5
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["segments"] == 2 and summary["steps_this_run"] == 10
+    assert summary["wall_time_s"] == pytest.approx(wall_1 + summary["wall_time_this_run_s"], abs=2e-3)
+    noop = MetricsLogger(tmp_path, num_steps=20, start_step=20, progress=False)
+    noop.summary(20)
+    noop.close()
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+def test_a_checkpoint_that_cannot_be_written_says_where_and_what_is_intact(tmp_path, monkeypatch):
+    ckpt = Checkpointer(tmp_path / "ckpt", save_every=1, async_save=False)
+    state = create_train_state({"w": jnp.ones(3)}, optax.sgd(1.0), 0)
+    ckpt.save(1, state)
+    ckpt.wait()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt._manager, "save", full_disk)
+    message = (r"step 2 to .*ckpt: OSError: \[Errno 28\] No space left on device \(\d+ MiB free on that "
+               r"disk\)\. The earlier checkpoints \[1\] are intact")
+    with pytest.raises(CheckpointWriteError, match=message):
+        ckpt.save(2, state)
+    ckpt.close()
 
 
 def test_train_config_validation():

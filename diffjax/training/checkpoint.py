@@ -130,6 +130,14 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
+        listing = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+        partial = [name for name in listing if "tmp" in name]  # Orbax's unfinished saves
+        if partial and jax.process_index() == 0:
+            warnings.warn(
+                f"{self.directory}: discarding {len(partial)} half-written checkpoint(s) {partial} of an "
+                "interrupted save; the complete checkpoints are kept.", CorruptCheckpointWarning,
+                stacklevel=2,
+            )  # fmt: skip
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:

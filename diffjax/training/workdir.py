@@ -92,8 +92,9 @@ def check_resumable(saved: dict | None, new: dict, workdir: str) -> None:
         raise RunMismatchError(
             f"The work directory {workdir} holds checkpoints of a different run:\n  "
             + "\n  ".join(diff)
-            + "\nIts checkpoints are untouched. Use a new work directory for the new configuration, or "
-            "run with the saved one (its record is in the checkpoint metadata and config.json)."
+            + "\nIts checkpoints are untouched. Use a new work directory for the new configuration (to "
+            "start from these parameters where the shapes allow, add --config.train.init_from="
+            f"{workdir}), or run with the saved configuration (config.json and the checkpoints' record)."
         )
 
 

@@ -24,7 +24,8 @@ def get_config():
     c.loss = dict(name="cfm", weighting="none", time="uniform", time_kwargs={}, t_eps=0.0)
     c.train = dict(num_steps=6000, batch_size=512, learning_rate=2e-3, warmup_steps=200,
                    weight_decay=0.0, clip_norm=1.0, ema_decay=0.999, checkpoint_every=2000,
-                   keep=2, log_every=200, sample_every=0, label_dropout=0.0)
+                   keep=2, log_every=200, sample_every=0, label_dropout=0.0,
+                   init_from="")  # a work directory whose (EMA) parameters start a new run: fine-tuning
     # sample.sampler: a name of diffjax.solvers.SOLVERS; options: its keyword options
     c.sample = dict(sampler="heun", num_steps=32, num_samples=4000, guidance_scale=1.0,
                     clip_denoised=False, options={})

@@ -16,9 +16,9 @@ def get_config():
                                dropout=0.1, time_scale=1000.0, dtype="bfloat16"))
     c.process = dict(name="vp", kwargs={})
     c.loss = dict(name="dsm", weighting="eps", time="uniform", time_kwargs={}, t_eps=1e-3)
-    c.train = dict(num_steps=400_000, batch_size=128, learning_rate=2e-4, warmup_steps=5000,
+    c.train.update(num_steps=400_000, batch_size=128, learning_rate=2e-4, warmup_steps=5000,
                    weight_decay=0.0, clip_norm=1.0, ema_decay=0.9999, checkpoint_every=10_000,
                    keep=3, log_every=100, sample_every=10_000, label_dropout=0.0)
-    c.sample = dict(sampler="dpm_solver_pp", num_steps=20, num_samples=64, guidance_scale=1.0,
+    c.sample.update(sampler="dpm_solver_pp", num_steps=20, num_samples=64, guidance_scale=1.0,
                     clip_denoised=True, options={})
     return c

@@ -25,9 +25,9 @@ def get_config():
     c.model = dict(kind="unet", prediction="eps", kwargs=unet_kwargs(time_scale=1.0))
     c.process = dict(name="ddpm", kwargs=dict(num_steps=1000))
     c.loss = dict(name="ddpm", weighting="eps", time="uniform", time_kwargs={}, t_eps=0.0)
-    c.train = dict(num_steps=1500, batch_size=128, learning_rate=2e-3, warmup_steps=100,
+    c.train.update(num_steps=1500, batch_size=128, learning_rate=2e-3, warmup_steps=100,
                    weight_decay=0.0, clip_norm=1.0, ema_decay=0.995, checkpoint_every=500, keep=3,
                    log_every=50, sample_every=500, label_dropout=0.0)
-    c.sample = dict(sampler="ddim", num_steps=50, num_samples=64, guidance_scale=1.0, clip_denoised=True,
+    c.sample.update(sampler="ddim", num_steps=50, num_samples=64, guidance_scale=1.0, clip_denoised=True,
                     options={})
     return c
