@@ -20,18 +20,25 @@ from diffjax.flow import ProbabilityFlow
 from diffjax.grids import edm_grid, logsnr_grid, make_grid, uniform_grid
 from diffjax.guidance import cfg_model, classifier_guided_model
 from diffjax.langevin import langevin_dynamics
-from diffjax.likelihood import bits_per_dim, log_likelihood, variational_bound
+from diffjax.likelihood import bits_per_dim, continuous_elbo, log_likelihood, variational_bound
 from diffjax.losses import (
+    EDMWeighting,
+    MinSNRWeighting,
+    antithetic_uniform_time,
     cfm_loss,
     conditional_loss,
     constant_time,
     denoising_loss,
     dsm_loss,
+    effective_weighting,
     logit_normal_time,
+    lognormal_time,
+    make_weighting,
     uniform_time,
 )
 from diffjax.oracle import GaussianMixture, gaussian, ring_mixture
 from diffjax.parameterization import PREDICTIONS, as_prediction, clip_denoised, convert
+from diffjax.preconditioning import Preconditioned, edm_scalings, precondition
 from diffjax.processes import (
     VESDE,
     VPSDE,
@@ -41,6 +48,7 @@ from diffjax.processes import (
     DDPMChain,
     GaussianPath,
     GaussianProcess,
+    LearnedSchedule,
     LinearSDE,
     PolynomialPath,
     SubVPSDE,
@@ -87,7 +95,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "DDIM", "EDM", "PREDICTIONS", "RK4", "SOLVERS", "VESDE", "VPSDE", "Adaptive", "Ancestral",
+    "DDIM", "EDM", "EDMWeighting", "MinSNRWeighting", "PREDICTIONS", "Preconditioned",
+    "antithetic_uniform_time", "edm_scalings", "effective_weighting", "lognormal_time", "make_weighting",
+    "precondition", "continuous_elbo", "LearnedSchedule", "RK4", "SOLVERS", "VESDE", "VPSDE", "Adaptive",
+    "Ancestral",
     "CondOTPath", "CosinePath", "CosineVPSDE", "DDPMChain", "DPMSolverPP", "Euler", "EulerMaruyama",
     "GaussianMixture", "GaussianPath", "GaussianProcess", "Heun", "LinearSDE", "Midpoint",
     "PolynomialPath", "PredictorCorrector", "ProbabilityFlow", "SampleResult", "SubVPSDE", "VPPath",

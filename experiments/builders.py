@@ -20,15 +20,17 @@ import ml_collections
 import numpy as np
 
 import diffjax as dj
+from diffjax.grids import GRIDS
 from diffjax.losses import TIME_SAMPLERS, WEIGHTINGS
 from diffjax.models import MODELS
+from diffjax.preconditioning import PRECONDITIONINGS, apply_preconditioning
 from diffjax.processes import PROCESSES
 from diffjax.training import Checkpointer, TrainedModel
 from diffjax.training.workdir import RunMismatchError
 from experiments.configs import base
 
 LOSSES = {"dsm": "eps", "cfm": "velocity", "ddpm": "eps"}  # name → regression target
-FREE_FORM = {"model.kwargs", "process.kwargs", "loss.time_kwargs", "sample.options"}
+FREE_FORM = {"model.kwargs", "process.kwargs", "loss.time_kwargs", "loss.weighting_kwargs", "sample.options"}
 
 
 class ConfigError(ValueError):
@@ -76,7 +78,18 @@ def _unknown_keys(cfg, schema, prefix="") -> list[str]:
 
 
 def model_spec(cfg) -> dict:
-    return {"kind": cfg.model.kind, "prediction": cfg.model.prediction, **dict(cfg.model.kwargs)}
+    """The run record's model entry; 'preconditioning' appears only when one is used, so records of
+    runs from before it existed still match."""
+    spec = {"kind": cfg.model.kind, "prediction": cfg.model.prediction, **dict(cfg.model.kwargs)}
+    if cfg.model.get("preconditioning", "none") != "none":
+        spec["preconditioning"] = {"kind": cfg.model.preconditioning, "sigma_data": cfg.model.sigma_data}
+    return spec
+
+
+def wrap_network(cfg, process):
+    """network -> the model the losses and samplers see (the configured preconditioning), or None."""
+    spec = model_spec(cfg).get("preconditioning")
+    return None if spec is None else functools.partial(apply_preconditioning, process=process, spec=spec)
 
 
 def process_spec(cfg) -> dict:
@@ -116,6 +129,10 @@ def validate_config(cfg) -> None:
     need(0.0 <= t.label_dropout < 1.0, f"train.label_dropout must lie in [0, 1), got {t.label_dropout}")
     need(t.label_dropout == 0.0 or num_classes(cfg) is not None,
          "train.label_dropout > 0 needs a class-conditional model (model.kwargs.num_classes)")
+    need(all(0.0 < float(r) < 12**-0.5 for r in t.posthoc_ema),
+         f"train.posthoc_ema: every σ_rel must lie in (0, 0.2887), got {tuple(t.posthoc_ema)}")
+    need(isinstance(t.snapshot_every, int) and t.snapshot_every >= 0,
+         f"train.snapshot_every must be an integer >= 0 (0: checkpoint_every), got {t.snapshot_every!r}")
     need(isinstance(s.num_steps, int) and s.num_steps >= 1,
          f"sample.num_steps must be >= 1, got {s.num_steps!r}")
     need(isinstance(s.num_samples, int) and s.num_samples >= 1,
@@ -123,7 +140,15 @@ def validate_config(cfg) -> None:
     need(cfg.data.num_examples >= 0, f"data.num_examples must be >= 0 (0: all), got {cfg.data.num_examples}")
     need(cfg.loss.name in LOSSES, f"loss.name {cfg.loss.name!r} is not one of {tuple(LOSSES)}")
     need(cfg.loss.weighting in WEIGHTINGS,
-         f"loss.weighting {cfg.loss.weighting!r} is not one of {WEIGHTINGS}")
+         f"loss.weighting {cfg.loss.weighting!r} is not one of {tuple(WEIGHTINGS)}")
+    need(cfg.model.preconditioning in PRECONDITIONINGS,
+         f"model.preconditioning {cfg.model.preconditioning!r} is not one of {PRECONDITIONINGS}")
+    need(cfg.model.preconditioning == "none" or cfg.model.prediction == "x0",
+         f"model.preconditioning={cfg.model.preconditioning!r} makes the network a denoiser: set "
+         f"model.prediction='x0' (got {cfg.model.prediction!r})")
+    need(cfg.model.sigma_data > 0,
+         f"model.sigma_data must be > 0 (the data's std), got {cfg.model.sigma_data}")
+    need(s.grid in GRIDS, f"sample.grid {s.grid!r} is not one of {GRIDS}")
     need(cfg.loss.time in TIME_SAMPLERS, f"loss.time {cfg.loss.time!r} is not one of {tuple(TIME_SAMPLERS)}")
     need(cfg.model.kind in MODELS, f"model.kind {cfg.model.kind!r} is not one of {tuple(MODELS)}")
     need(cfg.model.prediction in dj.PREDICTIONS,
@@ -136,6 +161,7 @@ def validate_config(cfg) -> None:
         process = dj.build_process(process_spec(cfg))
         dj.make_solver(s.sampler, **dict(s.options))
         build_time_sampler(cfg, process)
+        dj.make_weighting(cfg.loss.weighting, **dict(cfg.loss.weighting_kwargs))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"invalid config: {err}") from None
     if cfg.process.name == "ddpm" and cfg.model.prediction == "velocity":
@@ -150,7 +176,8 @@ def build_loss(cfg, process):
     """loss(model, x0, key) -> scalar, the configured regression (`diffjax.losses.denoising_loss`)."""
     return functools.partial(
         dj.denoising_loss, process=process, prediction=cfg.model.prediction,
-        target=LOSSES[cfg.loss.name], weighting=cfg.loss.weighting,
+        target=LOSSES[cfg.loss.name],
+        weighting=dj.make_weighting(cfg.loss.weighting, **dict(cfg.loss.weighting_kwargs)),
         time_sampler=build_time_sampler(cfg, process),
     )  # fmt: skip
 
@@ -170,6 +197,7 @@ def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_traje
     shape = (n, *data_shape)
     return dj.sample(cfg.sample.sampler, model, process, key, shape, cfg.sample.num_steps,
                      prediction=cfg.model.prediction, save_trajectory=save_trajectory,
+                     grid=cfg.sample.get("grid", "uniform"),
                      **dict(cfg.sample.options))  # fmt: skip
 
 
@@ -204,9 +232,10 @@ def config_changes(saved: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, TrainedModel]:
-    """(config, trained model with EMA parameters) of a work directory written by experiments.train."""
-    trained = dj.load_model(workdir)
+def load_run(workdir: str, sigma_rel: float | None = None) -> tuple[ml_collections.ConfigDict, TrainedModel]:
+    """(config, trained model with EMA parameters — or the post-hoc EMA of width sigma_rel) of a work
+    directory written by experiments.train."""
+    trained = dj.load_model(workdir, sigma_rel=sigma_rel)
     return saved_config(workdir), trained
 
 

@@ -11,6 +11,10 @@ steps near the data end (on mnist_fm, 8 images: Heun 50 steps −0.16, 200 steps
 1.64; Tsit5 1e-4 1.68, 1e-5 1.67 bits/dim); the variational bound (Ho et al. eq. 5, all 1000 terms)
 for the DDPM chain.
 
+Post-hoc EMA (EDM2): `--sigma_rels 0.02,0.05,0.1,0.2` evaluates, for a run trained with
+`train.posthoc_ema`, the EMA of each width reconstructed from its snapshots (one row per width, with
+the profile's least-squares residual), next to the run's own EMA ('ema' column).
+
 Features come from a small MNIST CNN trained once (cached by content hash in --cache_dir, test
 accuracy reported); "FD-MNIST" is the Fréchet distance of its penultimate features to the MNIST
 test set — not comparable with Inception FID. Appends one JSON row per model × sampler × NFE and
@@ -43,6 +47,7 @@ flags.DEFINE_string("workdirs", None, "Comma-separated work directories written 
 flags.DEFINE_string("table", None, "Only print the markdown table of the rows in this JSON lines file.")
 flags.DEFINE_string("samplers", "euler:20,heun:10,dpm_solver_pp:10", "name:steps[:w], comma-separated.")
 flags.DEFINE_integer("num", 1000, "Samples per model × sampler.")
+flags.DEFINE_list("sigma_rels", [], "Post-hoc EMA widths σ_rel to evaluate (runs with train.posthoc_ema).")
 flags.DEFINE_bool("clip_denoised", None, "Clip x̂0 to [−1, 1] while sampling (default: the config's).")
 flags.DEFINE_integer("bpd_examples", 64, "Test images for bits/dim (0 to skip).")
 flags.DEFINE_string("bpd_solver", "tsit5", "Bits/dim PF-ODE solver: tsit5/dopri5 (adaptive), heun/rk4.")
@@ -55,8 +60,8 @@ flags.DEFINE_string("out", "outputs/results.json", "JSON lines file the rows are
 FLAGS = flags.FLAGS
 
 
-def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
-    cfg, trained = load_run(workdir)
+def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None):
+    cfg, trained = load_run(workdir, sigma_rel)
     process, step, model = trained.process, trained.step, trained.model
     if FLAGS.clip_denoised is not None:
         cfg.sample.clip_denoised = FLAGS.clip_denoised
@@ -85,7 +90,9 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
         samples = np.clip(np.asarray(res.samples), -1, 1)
         fd = frechet_distance(*feature_statistics(clf.features(samples)), *test_stats)
         hist = class_histogram(clf, samples)
-        row = dict(model=os.path.basename(os.path.normpath(workdir)), sampler=name, steps=int(steps),
+        ema = (f"σ_rel {sigma_rel} (residual {trained.residual:.3f})" if sigma_rel
+               else f"decay {cfg.train.ema_decay}")  # fmt: skip
+        row = dict(model=os.path.basename(os.path.normpath(workdir)), ema=ema, sampler=name, steps=int(steps),
                    nfe=int(res.nfe), fd_mnist=round(fd, 3), train_steps=step,
                    train_time_s=train_wall_time(workdir), bits_per_dim=bpd, bits_per_dim_se=bpd_se,
                    clip_denoised=clip, num_samples=FLAGS.num, class_tv=round(class_tv(hist, test_freq), 4),
@@ -100,10 +107,10 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq):
 
 def markdown_table(rows) -> str:
     """One line per row; a later row for the same model × sampler × NFE × w replaces an earlier one."""
-    latest = {(r["model"], r["sampler"], r["nfe"], r.get("guidance_scale"), r.get("clip_denoised", False)): r
-              for r in rows}  # fmt: skip
-    header = ["model", "sampler", "NFE", "w", "clip x̂0", "FD-MNIST", "class TV", "cond. acc.", "bits/dim",
-              "train steps", "train time"]  # fmt: skip
+    latest = {(r["model"], r.get("ema"), r["sampler"], r["nfe"], r.get("guidance_scale"),
+               r.get("clip_denoised", False)): r for r in rows}  # fmt: skip
+    header = ["model", "EMA", "sampler", "NFE", "w", "clip x̂0", "FD-MNIST", "class TV", "cond. acc.",
+              "bits/dim", "train steps", "train time"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in latest.values():
         acc = f"{100 * r['conditional_accuracy']:.1f}%" if "conditional_accuracy" in r else "–"
@@ -114,8 +121,8 @@ def markdown_table(rows) -> str:
         t = f"{r['train_time_s'] / 60:.1f} min" if r.get("train_time_s") else "–"
         w = r.get("guidance_scale", "–")
         clip = "yes" if r.get("clip_denoised") else "no"
-        cells = [r["model"], r["sampler"], r["nfe"], w, clip, f"{r['fd_mnist']:.2f}", tv, acc, bpd,
-                 r["train_steps"], t]  # fmt: skip
+        cells = [r["model"], r.get("ema", "–"), r["sampler"], r["nfe"], w, clip, f"{r['fd_mnist']:.2f}", tv,
+                 acc, bpd, r["train_steps"], t]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
@@ -141,7 +148,8 @@ def main(argv):
     rows = []
     with user_errors():
         for workdir in FLAGS.workdirs.split(","):
-            rows += evaluate_workdir(workdir, clf, test_stats, test_x, test_freq)
+            for sigma_rel in [None] + [float(s) for s in FLAGS.sigma_rels]:
+                rows += evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel)
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
     with open(FLAGS.out, "a") as f:
         for row in rows:

@@ -36,6 +36,7 @@ from diffjax.training import (
     run_record,
     train,
 )
+from diffjax.training.posthoc_ema import SnapshotStore
 from diffjax.viz import save_image_grid, save_samples_2d
 from experiments.builders import (
     ConfigError,
@@ -50,6 +51,7 @@ from experiments.builders import (
     saved_config,
     user_errors,
     validate_config,
+    wrap_network,
 )
 
 
@@ -82,14 +84,18 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
 
     t = cfg.train
     optimizer, schedule = make_optimizer(**optimizer_spec(cfg))
+    wrap = wrap_network(cfg, process) or (lambda network: network)
     loss_fn = model_loss(graphdef, build_loss(cfg, process), num_classes=num_classes(cfg),
-                         p_uncond=t.label_dropout)  # fmt: skip
-    train_step = make_train_step(loss_fn, optimizer, ema_decay=t.ema_decay, schedule=schedule)
+                         p_uncond=t.label_dropout, wrap=wrap)  # fmt: skip
+    posthoc = tuple(t.get("posthoc_ema", ()))
+    train_step = make_train_step(loss_fn, optimizer, ema_decay=t.ema_decay, schedule=schedule,
+                                 posthoc_sigma_rels=posthoc)  # fmt: skip
     if t.get("init_from"):
         params = initial_parameters(t.init_from, params)
-    state = create_train_state(params, optimizer, jax.random.key(cfg.seed))
+    state = create_train_state(params, optimizer, jax.random.key(cfg.seed), num_posthoc=len(posthoc))
     data_shape = data.shape[1:]
-    record = run_record(model_spec(cfg), process_spec(cfg), optimizer_spec(cfg), data_shape, num_classes(cfg))
+    record = run_record(model_spec(cfg), process_spec(cfg), optimizer_spec(cfg), data_shape, num_classes(cfg),
+                        posthoc)  # fmt: skip
     config_json = json.loads(cfg.to_json_best_effort())
     use_labels = labels if num_classes(cfg) is not None else None
 
@@ -98,12 +104,16 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
                        process_index=jax.process_index(), process_count=jax.process_count())
 
     def preview(step, state):
-        model = nnx.merge(graphdef, state.ema_params)
+        model = wrap(nnx.merge(graphdef, state.ema_params))
         res = generate(cfg, model, process, jax.random.key(step), 64, data_shape)
         if is_main and cfg.model.kind == "unet":
             save_image_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), res.samples, 8)
 
     hooks = [(t.sample_every, preview)] if t.sample_every else []
+    if posthoc:
+        snapshots = SnapshotStore(os.path.join(workdir, "ema_snapshots"))
+        hooks.append((t.get("snapshot_every") or t.checkpoint_every,
+                      lambda step, state: snapshots.save(step, state.posthoc)))  # fmt: skip
     train_config = TrainConfig(workdir, t.num_steps, checkpoint_every=t.checkpoint_every, keep=t.keep,
                                log_every=t.log_every,
                                metadata={"run": record, "config": config_json})  # fmt: skip
@@ -128,7 +138,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         return summary
 
     n = cfg.sample.num_samples
-    res = generate(cfg, nnx.merge(graphdef, result.state.ema_params), process, jax.random.key(10_000), n,
+    model = wrap(nnx.merge(graphdef, result.state.ema_params))
+    res = generate(cfg, model, process, jax.random.key(10_000), n,
                    data_shape, save_trajectory=cfg.model.kind == "mlp")  # fmt: skip
     samples = np.asarray(res.samples)
     summary["nfe"] = int(res.nfe)

@@ -18,8 +18,10 @@ MODELS = {"unet": (UNet, UNetConfig), "mlp": (ResidualMLP, ResidualMLPConfig)}
 
 def build_model(spec: dict, seed: int = 0) -> nnx.Module:
     """The network spec['kind'] ('unet' or 'mlp') with the other entries as its config fields
-    (including `prediction`), initialised from `seed`."""
+    (including `prediction`), initialised from `seed`. A 'preconditioning' entry describes how the
+    network is wrapped (`diffjax.preconditioning.apply_preconditioning`), not the network: ignored here."""
     spec = dict(spec)
+    spec.pop("preconditioning", None)
     kind = spec.pop("kind", None)
     if kind not in MODELS:
         raise ValueError(f"Unknown model kind {kind!r}; choose one of {tuple(MODELS)}.")

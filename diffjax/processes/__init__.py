@@ -16,6 +16,7 @@ from diffjax.processes.convention import (
     sde_from_flow_path,
 )
 from diffjax.processes.ddpm import DDPMChain
+from diffjax.processes.learned import LearnedSchedule, variance_gradient
 from diffjax.processes.linear import LinearSDE
 from diffjax.processes.paths import CondOTPath, CosinePath, GaussianPath, PolynomialPath
 from diffjax.processes.sde import SDE, VESDE, VPSDE, CosineVPSDE, SubVPSDE
@@ -42,8 +43,8 @@ def build_process(spec: dict) -> GaussianProcess:
 
 __all__ = [
     "PROCESSES", "SDE", "VESDE", "VPSDE", "Coefficients", "CondOTPath", "CosinePath", "CosineVPSDE",
-    "DDPMChain", "DiffusionTime", "FlowTime", "GaussianPath", "GaussianProcess", "LinearSDE",
-    "NoisedSample", "PolynomialPath", "SubVPSDE", "VPPath", "build_process", "flow_path_from_sde",
-    "sde_from_flow_path",
+    "DDPMChain", "DiffusionTime", "FlowTime", "GaussianPath", "GaussianProcess", "LearnedSchedule",
+    "LinearSDE", "NoisedSample", "PolynomialPath", "SubVPSDE", "VPPath", "build_process",
+    "flow_path_from_sde", "sde_from_flow_path", "variance_gradient",
 ]  # fmt: skip
 

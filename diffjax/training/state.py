@@ -24,13 +24,15 @@ PyTree = Any
 class TrainState:
     """step: int32 scalar, updates applied so far (= index of the next data batch); params: any
     pytree of arrays (e.g. an `nnx.State`); opt_state: the optax state; ema_params: EMA of params
-    (same tree); key: uint32 key data of the next step's PRNG key."""
+    (same tree); key: uint32 key data of the next step's PRNG key; posthoc: None, or a tuple of
+    power-function EMAs of params tracked for post-hoc EMA (`diffjax.training.posthoc_ema`)."""
 
     step: Int[Array, ""]
     params: PyTree
     opt_state: PyTree
     ema_params: PyTree
     key: UInt32[Array, "..."]
+    posthoc: PyTree = None
 
 
 def as_key_data(key) -> jax.Array:
@@ -48,15 +50,20 @@ def as_key_data(key) -> jax.Array:
     return key
 
 
-def create_train_state(params: PyTree, optimizer: optax.GradientTransformation, key) -> TrainState:
-    """Step 0 state: `optimizer.init(params)`, EMA = a copy of params, `key` as key data."""
+def create_train_state(
+    params: PyTree, optimizer: optax.GradientTransformation, key, num_posthoc: int = 0
+) -> TrainState:
+    """Step 0 state: `optimizer.init(params)`, EMA = a copy of params, `key` as key data, and
+    `num_posthoc` power-function EMAs (copies of params) for post-hoc EMA (None if 0)."""
     params = jax.tree.map(jnp.asarray, params)
+    copy = lambda: jax.tree.map(lambda p: jnp.array(p, copy=True), params)  # noqa: E731
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
-        ema_params=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
+        ema_params=copy(),
         key=as_key_data(key),
+        posthoc=tuple(copy() for _ in range(num_posthoc)) if num_posthoc else None,
     )
 
 

@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from diffjax.losses import BoundLabels, drop_labels
+from diffjax.training.posthoc_ema import sigma_rel_to_gamma, update_power_emas
 from diffjax.training.state import PyTree, TrainState
 
 Batch = Any
@@ -43,12 +44,14 @@ def model_loss(
     *,
     num_classes: int | None = None,
     p_uncond: float = 0.0,
+    wrap: Callable | None = None,
 ) -> LossFn:
     """`loss_fn(params, (x, labels), key)` for `make_train_step`, from a loss of (model, x, key)
     (e.g. `functools.partial(dj.cfm_loss, process=path)`): the NNX network `graphdef` with `params`,
     dropout on (its own key), and for a class-conditional network (num_classes) the labels bound,
     each replaced by the null label num_classes with probability p_uncond (classifier-free guidance,
-    Ho & Salimans 2022). Unconditional networks ignore the labels."""
+    Ho & Salimans 2022). Unconditional networks ignore the labels. `wrap(network)` turns the network
+    into the model the loss sees (e.g. `functools.partial(dj.precondition, process=p)`)."""
 
     def loss_fn(params, batch, key):
         x, labels = batch
@@ -57,7 +60,8 @@ def model_loss(
             labels = None
         elif p_uncond > 0:
             labels = drop_labels(k_label, labels, p_uncond, num_classes)
-        model = BoundLabels(nnx.merge(graphdef, params), labels, {"rngs": k_dropout})
+        network = nnx.merge(graphdef, params)
+        model = BoundLabels(wrap(network) if wrap else network, labels, {"rngs": k_dropout})
         return loss(model, x, k_loss)
 
     return loss_fn
@@ -70,6 +74,7 @@ def make_train_step(
     ema_decay: float = 0.999,
     ema_warmup: bool = True,
     schedule: optax.Schedule | None = None,
+    posthoc_sigma_rels: tuple[float, ...] = (),
 ) -> TrainStep:
     """`train_step(state, batch) -> (state, metrics)`, pure and jit-able.
 
@@ -77,7 +82,9 @@ def make_train_step(
     typed PRNG key fresh for this step (split from `state.key`). metrics: 'loss', 'grad_norm'
     (before clipping), 'finite' (bool) and, if `schedule` is given, 'lr' (rate of this step).
     Under `jax.jit` with a batch sharded over devices the gradient of the mean loss is the
-    all-reduced (averaged) gradient of the per-device means: see `diffjax.training.parallel`."""
+    all-reduced (averaged) gradient of the per-device means: see `diffjax.training.parallel`.
+    posthoc_sigma_rels: widths of the power-function EMAs in `state.posthoc` (post-hoc EMA, EDM2)."""
+    gammas = tuple(sigma_rel_to_gamma(s) for s in posthoc_sigma_rels)
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}.")
 
@@ -91,7 +98,8 @@ def make_train_step(
             k = state.step.astype(jnp.float32)
             decay = jnp.minimum(decay, (1.0 + k) / (10.0 + k))
         ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
-        new = TrainState(state.step + 1, params, opt_state, ema, jax.random.key_data(key))
+        posthoc = update_power_emas(state.posthoc, params, state.step, gammas) if gammas else state.posthoc
+        new = TrainState(state.step + 1, params, opt_state, ema, jax.random.key_data(key), posthoc)
         finite = jnp.isfinite(loss) & all_finite(grads)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_l2_norm(grads), "finite": finite}

@@ -9,6 +9,7 @@ to rebuild and use its parameters without the config file that produced them:
     optimizer  the keyword arguments of `make_optimizer` (the optimizer state's structure)
     data_shape the shape of one example, e.g. [28, 28, 1]
     num_classes the number of classes of a class-conditional model (null label = num_classes) or None
+    posthoc_ema the widths σ_rel of the power-function EMAs the state tracks (absent: none)
 
 A resumed run must agree with the record on the network, the process, the data shape and classes
 and the optimizer state's structure (gradient clipping on or off) (`check_resumable`): a changed
@@ -19,6 +20,9 @@ checkpoint (verified by its checksums) and returns the EMA parameters merged int
 
     trained = dj.load_model("outputs/mnist_fm")
     dj.sample("heun", trained.model, trained.process, key, (16, 28, 28, 1), 20)
+
+A run that tracked post-hoc EMAs (`train.posthoc_ema`) also has `<workdir>/ema_snapshots/`;
+`load_model(workdir, sigma_rel=0.07)` returns the EMA of that width reconstructed from them.
 """
 
 from __future__ import annotations
@@ -31,14 +35,16 @@ import jax
 from flax import nnx
 
 from diffjax.models import build_model
+from diffjax.preconditioning import apply_preconditioning
 from diffjax.processes import GaussianProcess, build_process
 from diffjax.training.checkpoint import Checkpointer
+from diffjax.training.posthoc_ema import SnapshotStore, reconstruct_from_store
 from diffjax.training.state import create_train_state, make_optimizer
 
-RUN_FIELDS = ("model", "process", "optimizer", "data_shape", "num_classes")
+RUN_FIELDS = ("model", "process", "optimizer", "data_shape", "num_classes", "posthoc_ema")
 # what a resumed run must share with its checkpoints: everything that gives the parameters their
 # meaning or the state its structure (learning rate, schedule length, batch size, seed may change)
-MUST_MATCH = ("model", "process", "data_shape", "num_classes", "gradient_clipping")
+MUST_MATCH = ("model", "process", "data_shape", "num_classes", "gradient_clipping", "posthoc_ema")
 
 
 class RunMismatchError(ValueError):
@@ -46,22 +52,28 @@ class RunMismatchError(ValueError):
 
 
 class TrainedModel(NamedTuple):
-    """model: the network with the restored (EMA) parameters; process: what it was trained on;
-    step: the checkpoint's step; record: the run record; num_classes: None if unconditional."""
+    """model: the network with the restored (EMA) parameters (wrapped by its preconditioning, if the
+    run used one: `diffjax.preconditioning`); process: what it was trained on;
+    step: the checkpoint's step; record: the run record; num_classes: None if unconditional;
+    residual: for a post-hoc EMA, the relative residual of its profile's reconstruction (else None)."""
 
     model: nnx.Module
     process: GaussianProcess
     step: int
     record: dict
     num_classes: int | None
+    residual: float | None = None
 
 
 def run_record(
-    model: dict, process: dict, optimizer: dict, data_shape, num_classes: int | None = None
-) -> dict:
+    model: dict, process: dict, optimizer: dict, data_shape, num_classes: int | None = None,
+    posthoc_ema: tuple[float, ...] = (),
+) -> dict:  # fmt: skip
     """The run record of the module docstring, in the form it has once saved as JSON (tuples as lists)."""
     record = {"model": dict(model), "process": dict(process), "optimizer": dict(optimizer),
               "data_shape": [int(d) for d in data_shape], "num_classes": num_classes}  # fmt: skip
+    if posthoc_ema:
+        record["posthoc_ema"] = [float(s) for s in posthoc_ema]
     return json.loads(json.dumps(record))
 
 
@@ -120,14 +132,18 @@ def read_record(workdir: str) -> dict:
     return meta["run"]
 
 
-def load_model(workdir: str, *, ema: bool = True, seed: int = 0) -> TrainedModel:
-    """The trained network of a work directory (EMA parameters unless ema=False), its process and
-    step, from the newest good checkpoint and its run record (module docstring)."""
+def load_model(
+    workdir: str, *, ema: bool = True, seed: int = 0, sigma_rel: float | None = None
+) -> TrainedModel:
+    """The trained network of a work directory (EMA parameters unless ema=False; with `sigma_rel` the
+    post-hoc EMA of that width reconstructed from `<workdir>/ema_snapshots` at its last snapshot), its
+    process and step, from the newest good checkpoint and its run record (module docstring)."""
     record = read_record(workdir)
     model = build_model(record["model"], seed)
     graphdef, params = nnx.split(model)
     optimizer, _ = make_optimizer(**record["optimizer"])
-    target = create_train_state(params, optimizer, jax.random.key(0))
+    tracked = tuple(record.get("posthoc_ema") or ())
+    target = create_train_state(params, optimizer, jax.random.key(0), num_posthoc=len(tracked))
     ckpt = _checkpointer(workdir)
     try:
         state = ckpt.restore_latest(target)
@@ -135,9 +151,20 @@ def load_model(workdir: str, *, ema: bool = True, seed: int = 0) -> TrainedModel
         ckpt.close()
     if state is None:
         raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
-    model = nnx.merge(graphdef, state.ema_params if ema else state.params)
-    return TrainedModel(model, build_process(record["process"]), int(state.step), record,
-                        record.get("num_classes"))  # fmt: skip
+    chosen, residual, step = state.ema_params if ema else state.params, None, int(state.step)
+    if sigma_rel is not None:
+        if not tracked:
+            raise ValueError(f"{workdir} tracked no post-hoc EMAs; train with train.posthoc_ema=(0.05, 0.1).")
+        store = SnapshotStore(os.path.join(workdir, "ema_snapshots"))
+        try:
+            chosen, residual, _ = reconstruct_from_store(store, state.posthoc, tracked, sigma_rel)
+            step = store.steps()[-1]
+        finally:
+            store.close()
+    process = build_process(record["process"])
+    network = nnx.merge(graphdef, chosen)
+    model = apply_preconditioning(network, process, record["model"].get("preconditioning"))
+    return TrainedModel(model, process, step, record, record.get("num_classes"), residual)
 
 
 __all__ = [

@@ -14,21 +14,28 @@ def get_config():
     # data.name: checkerboard | moons | eight_gaussians | spirals | mnist | cifar10 ...;
     # num_examples 0 = all (toys: how many to draw)
     c.data = dict(name="checkerboard", data_dir="", source="auto", num_examples=0)
-    # model.kind: mlp | unet; model.prediction: eps | x0 | score | v | velocity
-    c.model = dict(kind="mlp", prediction="velocity", kwargs={})
+    # model.kind: mlp | unet; model.prediction: eps | x0 | score | v | velocity;
+    # model.preconditioning: none | edm (EDM's c_skip/c_out/c_in/c_noise with sigma_data; needs prediction x0)
+    c.model = dict(kind="mlp", prediction="velocity", kwargs={}, preconditioning="none", sigma_data=0.5)
     # process.name: a key of diffjax.processes.PROCESSES (vp, subvp, ve, cosine_vp, condot, ddpm, ...)
     c.process = dict(name="condot", kwargs={})
     # loss.name: dsm (target ε) | cfm (target velocity) | ddpm (= dsm on the chain);
-    # weighting: none | eps | likelihood | uniform (the score-matching λ(t), see diffjax.losses);
-    # time: uniform | logit_normal; t_eps: data-end offset of the training times
-    c.loss = dict(name="cfm", weighting="none", time="uniform", time_kwargs={}, t_eps=0.0)
+    # weighting: none | eps | likelihood | uniform | edm | min_snr (see diffjax.losses), weighting_kwargs
+    # its options (edm: sigma_data; min_snr: gamma); time: uniform | logit_normal | lognormal | antithetic,
+    # time_kwargs its options (lognormal: p_mean, p_std); t_eps: data-end offset of the training times
+    c.loss = dict(name="cfm", weighting="none", weighting_kwargs={}, time="uniform", time_kwargs={},
+                  t_eps=0.0)
     c.train = dict(num_steps=6000, batch_size=512, learning_rate=2e-3, warmup_steps=200,
                    weight_decay=0.0, clip_norm=1.0, ema_decay=0.999, checkpoint_every=2000,
                    keep=2, log_every=200, sample_every=0, label_dropout=0.0,
-                   init_from="")  # a work directory whose (EMA) parameters start a new run: fine-tuning
+                   init_from="",  # a work directory whose (EMA) parameters start a new run: fine-tuning
+                   # post-hoc EMA (EDM2): widths σ_rel of the power-function EMAs tracked (e.g. (0.05, 0.1)),
+                   # saved to <workdir>/ema_snapshots every snapshot_every steps (0: checkpoint_every)
+                   posthoc_ema=(), snapshot_every=0)
     # sample.sampler: a name of diffjax.solvers.SOLVERS; options: its keyword options
+    # sample.grid: uniform | edm | logsnr (diffjax.grids), the times the sampler steps through
     c.sample = dict(sampler="heun", num_steps=32, num_samples=4000, guidance_scale=1.0,
-                    clip_denoised=False, options={})
+                    clip_denoised=False, options={}, grid="uniform")
     # timeout_s: how long a process waits for the coordinator (process 0) before a clear error
     c.distributed = dict(coordinator_address="", num_processes=1, process_id=0, timeout_s=300.0)
     return c

@@ -22,9 +22,9 @@ def unet_kwargs(**overrides):
 def get_config():
     c = base.get_config()
     c.data.name = "mnist"
-    c.model = dict(kind="unet", prediction="eps", kwargs=unet_kwargs(time_scale=1.0))
+    c.model.update(kind="unet", prediction="eps", kwargs=unet_kwargs(time_scale=1.0))
     c.process = dict(name="ddpm", kwargs=dict(num_steps=1000))
-    c.loss = dict(name="ddpm", weighting="eps", time="uniform", time_kwargs={}, t_eps=0.0)
+    c.loss.update(name="ddpm", weighting="eps", time="uniform", time_kwargs={}, t_eps=0.0)
     c.train.update(num_steps=1500, batch_size=128, learning_rate=2e-3, warmup_steps=100,
                    weight_decay=0.0, clip_norm=1.0, ema_decay=0.995, checkpoint_every=500, keep=3,
                    log_every=50, sample_every=500, label_dropout=0.0)

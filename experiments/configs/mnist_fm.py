@@ -12,7 +12,7 @@ def get_config():
     c.model.prediction = "velocity"
     c.model.kwargs = mnist_ddpm.unet_kwargs(time_scale=1000.0)
     c.process = dict(name="condot", kwargs={})
-    c.loss = dict(name="cfm", weighting="none", time="uniform", time_kwargs={}, t_eps=0.0)
+    c.loss.update(name="cfm", weighting="none", time="uniform", time_kwargs={}, t_eps=0.0)
     c.sample.sampler = "heun"
     c.sample.num_steps = 20
     return c
