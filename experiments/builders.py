@@ -83,6 +83,8 @@ def model_spec(cfg) -> dict:
     spec = {"kind": cfg.model.kind, "prediction": cfg.model.prediction, **dict(cfg.model.kwargs)}
     if cfg.model.get("preconditioning", "none") != "none":
         spec["preconditioning"] = {"kind": cfg.model.preconditioning, "sigma_data": cfg.model.sigma_data}
+    if cfg.loss.get("learned_weighting", False):
+        spec["learned_weighting"] = True
     return spec
 
 

@@ -164,7 +164,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
 def initial_parameters(source: str, params):
     """The EMA parameters of the work directory `source`, to start (fine-tune) a new run whose network
     has the same parameter shapes; ConfigError naming the parameters whose shapes differ."""
-    theirs = nnx.state(dj.load_model(source).model, nnx.Param)
+    model = dj.load_model(source).model
+    theirs = nnx.state(model.network if isinstance(model, dj.Preconditioned) else model, nnx.Param)
     mine = jax.tree_util.tree_flatten_with_path(params)[0]
     other = dict(jax.tree_util.tree_flatten_with_path(theirs)[0])
     bad = [f"{jax.tree_util.keystr(k)}: {np.shape(other.get(k))} → {np.shape(v)}" for k, v in mine

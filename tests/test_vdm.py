@@ -20,7 +20,8 @@ def test_schedule_is_monotone_with_its_endpoints_and_its_sde_is_consistent():
     process = dj.LearnedSchedule.create(-10.0, 6.0, key=jax.random.key(3))
     t = jnp.linspace(0.0, 1.0, 201)
     gamma = process.gamma(t)
-    assert float(gamma[0]) == pytest.approx(-10.0, abs=1e-5) and float(gamma[-1]) == pytest.approx(6.0, abs=1e-5)
+    assert float(gamma[0]) == pytest.approx(-10.0, abs=1e-5)
+    assert float(gamma[-1]) == pytest.approx(6.0, abs=1e-5)
     assert bool(jnp.all(jnp.diff(gamma) > 0))
     np.testing.assert_allclose(process.alpha(t) ** 2 + process.sigma(t) ** 2, 1.0, rtol=1e-6)
     d_gamma = jax.vmap(jax.grad(process.gamma))(t)  # g² = σ²·γ'(t) for a VP schedule

@@ -11,6 +11,7 @@ from flax import nnx
 
 from diffjax.models.embeddings import TimeEmbedding, fourier_embedding, null_labels, sinusoidal_embedding
 from diffjax.models.mlp import ResidualMLP, ResidualMLPConfig
+from diffjax.models.uncertainty import UncertaintyWeight, WithUncertainty
 from diffjax.models.unet import UNet, UNetConfig
 
 MODELS = {"unet": (UNet, UNetConfig), "mlp": (ResidualMLP, ResidualMLPConfig)}
@@ -19,9 +20,11 @@ MODELS = {"unet": (UNet, UNetConfig), "mlp": (ResidualMLP, ResidualMLPConfig)}
 def build_model(spec: dict, seed: int = 0) -> nnx.Module:
     """The network spec['kind'] ('unet' or 'mlp') with the other entries as its config fields
     (including `prediction`), initialised from `seed`. A 'preconditioning' entry describes how the
-    network is wrapped (`diffjax.preconditioning.apply_preconditioning`), not the network: ignored here."""
+    network is wrapped (`diffjax.preconditioning.apply_preconditioning`), not the network: ignored here.
+    'learned_weighting': True bundles the network with EDM2's learned loss weighting (`WithUncertainty`)."""
     spec = dict(spec)
     spec.pop("preconditioning", None)
+    learned_weighting = spec.pop("learned_weighting", False)
     kind = spec.pop("kind", None)
     if kind not in MODELS:
         raise ValueError(f"Unknown model kind {kind!r}; choose one of {tuple(MODELS)}.")
@@ -30,7 +33,8 @@ def build_model(spec: dict, seed: int = 0) -> nnx.Module:
         cfg = config(**spec)
     except TypeError as err:
         raise ValueError(f"model {kind!r}: invalid config fields {sorted(spec)} ({err}).") from None
-    return module(cfg, rngs=nnx.Rngs(seed))
+    network = module(cfg, rngs=nnx.Rngs(seed))
+    return WithUncertainty(network, rngs=nnx.Rngs(seed + 1)) if learned_weighting else network
 
 
 def count_params(tree) -> int:
@@ -42,6 +46,7 @@ def count_params(tree) -> int:
 
 
 __all__ = [
-    "MODELS", "ResidualMLP", "ResidualMLPConfig", "TimeEmbedding", "UNet", "UNetConfig", "build_model",
+    "MODELS", "ResidualMLP", "ResidualMLPConfig", "TimeEmbedding", "UNet", "UNetConfig", "UncertaintyWeight",
+    "WithUncertainty", "build_model",
     "count_params", "fourier_embedding", "null_labels", "sinusoidal_embedding",
 ]  # fmt: skip

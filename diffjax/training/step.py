@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from diffjax.losses import BoundLabels, drop_labels
+from diffjax.models.uncertainty import WithUncertainty
 from diffjax.training.posthoc_ema import sigma_rel_to_gamma, update_power_emas
 from diffjax.training.state import PyTree, TrainState
 
@@ -51,7 +52,9 @@ def model_loss(
     dropout on (its own key), and for a class-conditional network (num_classes) the labels bound,
     each replaced by the null label num_classes with probability p_uncond (classifier-free guidance,
     Ho & Salimans 2022). Unconditional networks ignore the labels. `wrap(network)` turns the network
-    into the model the loss sees (e.g. `functools.partial(dj.precondition, process=p)`)."""
+    into the model the loss sees (e.g. `functools.partial(dj.precondition, process=p)`). A network
+    bundled with a learned weighting (`diffjax.models.WithUncertainty`) trains it through the loss's
+    `log_uncertainty`."""
 
     def loss_fn(params, batch, key):
         x, labels = batch
@@ -62,6 +65,8 @@ def model_loss(
             labels = drop_labels(k_label, labels, p_uncond, num_classes)
         network = nnx.merge(graphdef, params)
         model = BoundLabels(wrap(network) if wrap else network, labels, {"rngs": k_dropout})
+        if isinstance(network, WithUncertainty):  # EDM2's learned weighting, trained with the network
+            return loss(model, x, k_loss, log_uncertainty=network.uncertainty)
         return loss(model, x, k_loss)
 
     return loss_fn

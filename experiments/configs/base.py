@@ -23,8 +23,9 @@ def get_config():
     # weighting: none | eps | likelihood | uniform | edm | min_snr (see diffjax.losses), weighting_kwargs
     # its options (edm: sigma_data; min_snr: gamma); time: uniform | logit_normal | lognormal | antithetic,
     # time_kwargs its options (lognormal: p_mean, p_std); t_eps: data-end offset of the training times
+    # learned_weighting: EDM2's learned uncertainty u(λ) on top (e^{−u}·L + u; diffjax.models.uncertainty)
     c.loss = dict(name="cfm", weighting="none", weighting_kwargs={}, time="uniform", time_kwargs={},
-                  t_eps=0.0)
+                  t_eps=0.0, learned_weighting=False)
     c.train = dict(num_steps=6000, batch_size=512, learning_rate=2e-3, warmup_steps=200,
                    weight_decay=0.0, clip_norm=1.0, ema_decay=0.999, checkpoint_every=2000,
                    keep=2, log_every=200, sample_every=0, label_dropout=0.0,
