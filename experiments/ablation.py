@@ -2,7 +2,7 @@
 budget (same U-Net, same steps and batch, same seed), each row trained (or resumed) into
 `<out>/<row>` and scored by `experiments.evaluate` with one sampler for all rows.
 
-    python -m experiments.ablation --data_dir ../shared/data/mnist --steps 400 --out outputs/ablation
+    python -m experiments.ablation --data_dir ../shared/data/mnist --steps 300 --out outputs/ablation
 
 Rows (`ROWS`): the EDM recipe of `configs/mnist_edm.py`, then each with one change — no
 preconditioning (a raw x0-network), uniform instead of log-normal noise levels, min-SNR-5 instead
@@ -23,12 +23,12 @@ from experiments.configs import mnist_edm, mnist_vp
 from experiments.train import train_and_evaluate
 
 flags.DEFINE_string("data_dir", None, "MNIST IDX directory.")
-flags.DEFINE_integer("steps", 400, "Training steps of every row (batch 128).")
+flags.DEFINE_integer("steps", 300, "Training steps of every row (batch 128).")
 flags.DEFINE_string("out", "outputs/ablation", "Folder of the rows' work directories.")
 flags.DEFINE_string("rows", "", "Comma-separated subset of the rows (default all).")
-flags.DEFINE_string("sampler", "heun:17", "The one sampler of every row (name:steps, EDM grid).")
+flags.DEFINE_string("sampler", "dpm_solver_pp:10", "The one sampler of every row (name:steps, EDM grid).")
 flags.DEFINE_integer("num", 1000, "Samples per row for FD-MNIST and class TV.")
-flags.DEFINE_integer("bpd_examples", 16, "Test images for bits/dim.")
+flags.DEFINE_integer("bpd_examples", 8, "Test images for bits/dim.")
 FLAGS = flags.FLAGS
 
 
