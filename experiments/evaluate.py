@@ -8,8 +8,9 @@ A sampler spec is name:steps[:w] (w: classifier-free guidance scale for class-co
 default the config's). Bits/dim: through the probability-flow ODE (adaptive Tsit5 at rtol = atol =
 1e-5 by default, Hutchinson, dequantized) for continuous-time models — fixed-step solvers need many
 steps near the data end (on mnist_fm, 8 images: Heun 50 steps −0.16, 200 steps 1.38, 800 steps
-1.64; Tsit5 1e-4 1.68, 1e-5 1.67 bits/dim); the variational bound (Ho et al. eq. 5, all 1000 terms)
-for the DDPM chain.
+1.64; Tsit5 1e-4 1.68, 1e-5 1.67 bits/dim), next to the continuous-time ELBO of the same images
+(`diffjax.continuous_elbo`, VDM's 8-bit decoder, 64 stratified times per image); the variational
+bound (Ho et al. eq. 5, all 1000 terms) for the DDPM chain.
 
 Post-hoc EMA (EDM2): `--sigma_rels 0.02,0.05,0.1,0.2` evaluates, for a run trained with
 `train.posthoc_ema`, the EMA of each width reconstructed from its snapshots (one row per width, with
@@ -40,7 +41,7 @@ from diffjax.evaluation import (
     load_or_train_classifier,
 )
 from diffjax.evaluation.classifier import RECIPE
-from diffjax.likelihood import bits_per_dim, variational_bound
+from diffjax.likelihood import bits_per_dim, continuous_elbo, variational_bound
 from experiments.builders import generate, load_run, num_classes, parse_flags, train_wall_time, user_errors
 
 flags.DEFINE_string("workdirs", None, "Comma-separated work directories written by experiments.train.")
@@ -67,7 +68,7 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
         cfg.sample.clip_denoised = FLAGS.clip_denoised
     clip = bool(cfg.sample.get("clip_denoised", False))
     rows = []
-    bpd = bpd_se = None
+    bpd = bpd_se = elbo = elbo_se = None
     if FLAGS.bpd_examples:
         x8 = np.round((test_x[: FLAGS.bpd_examples] + 1) * 127.5).astype(np.uint8)
         if not process.has_rates:  # the DDPM chain: its variational bound
@@ -78,6 +79,13 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
                                solver=FLAGS.bpd_solver, rtol=FLAGS.bpd_tol, atol=FLAGS.bpd_tol,
                                num_steps=FLAGS.bpd_steps)  # fmt: skip
             per_image = np.asarray(res.bits_per_dim)
+            # the continuous-time ELBO (VDM's 8-bit decoder, 64 stratified times per image)
+            x = x8 / np.float32(127.5) - 1
+            t_eps = process.default_t_eps or 1e-3 * abs(process.t_noise - process.t_data)
+            bound = continuous_elbo(model, process, x, jax.random.key(2), num_times=64, t_eps=t_eps,
+                                    decoder="discrete")  # fmt: skip
+            per_elbo = np.asarray(bound.total) / (x[0].size * np.log(2.0))
+            elbo, elbo_se = float(per_elbo.mean()), float(per_elbo.std() / np.sqrt(len(per_elbo)))
         bpd, bpd_se = float(per_image.mean()), float(per_image.std() / np.sqrt(len(per_image)))
     for spec in FLAGS.samplers.split(","):
         name, steps, *w = spec.split(":")
@@ -95,6 +103,7 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
         row = dict(model=os.path.basename(os.path.normpath(workdir)), ema=ema, sampler=name, steps=int(steps),
                    nfe=int(res.nfe), fd_mnist=round(fd, 3), train_steps=step,
                    train_time_s=train_wall_time(workdir), bits_per_dim=bpd, bits_per_dim_se=bpd_se,
+                   elbo_bits_per_dim=elbo, elbo_bits_per_dim_se=elbo_se,
                    clip_denoised=clip, num_samples=FLAGS.num, class_tv=round(class_tv(hist, test_freq), 4),
                    class_histogram=[round(float(v), 3) for v in hist])  # fmt: skip
         if labels is not None:
@@ -110,7 +119,7 @@ def markdown_table(rows) -> str:
     latest = {(r["model"], r.get("ema"), r["sampler"], r["nfe"], r.get("guidance_scale"),
                r.get("clip_denoised", False)): r for r in rows}  # fmt: skip
     header = ["model", "EMA", "sampler", "NFE", "w", "clip x̂0", "FD-MNIST", "class TV", "cond. acc.",
-              "bits/dim", "train steps", "train time"]  # fmt: skip
+              "bits/dim (PF-ODE)", "ELBO bits/dim", "train steps", "train time"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in latest.values():
         acc = f"{100 * r['conditional_accuracy']:.1f}%" if "conditional_accuracy" in r else "–"
@@ -118,11 +127,14 @@ def markdown_table(rows) -> str:
         if r.get("bits_per_dim_se") is not None:
             bpd += f" ± {r['bits_per_dim_se']:.3f}"
         tv = f"{r['class_tv']:.3f}" if "class_tv" in r else "–"
+        elbo = "–"
+        if r.get("elbo_bits_per_dim") is not None:
+            elbo = f"{r['elbo_bits_per_dim']:.3f} ± {r['elbo_bits_per_dim_se']:.3f}"
         t = f"{r['train_time_s'] / 60:.1f} min" if r.get("train_time_s") else "–"
         w = r.get("guidance_scale", "–")
         clip = "yes" if r.get("clip_denoised") else "no"
         cells = [r["model"], r.get("ema", "–"), r["sampler"], r["nfe"], w, clip, f"{r['fd_mnist']:.2f}", tv,
-                 acc, bpd, r["train_steps"], t]  # fmt: skip
+                 acc, bpd, elbo, r["train_steps"], t]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
