@@ -85,7 +85,9 @@ def main(argv):
         for name in names:
             workdir = os.path.join(FLAGS.out, name)
             print(f"== {name}: {workdir}", flush=True)
-            train_and_evaluate(row_config(name), workdir)
+            if train_and_evaluate(row_config(name), workdir)["preempted"]:
+                print(f"stopped (SIGTERM) during {name}; rerun the same command to resume", flush=True)
+                sys.exit(1)
             workdirs.append(workdir)
     cmd = [sys.executable, "-m", "experiments.evaluate", "--workdirs", ",".join(workdirs), "--samplers",
            FLAGS.sampler, "--num", str(FLAGS.num), "--bpd_examples", str(FLAGS.bpd_examples),
