@@ -43,6 +43,7 @@ def assert_png(path: str) -> None:
         "fig2_sde_marginals",
         pytest.param("fig4_langevin", marks=pytest.mark.slow),  # 5000 Langevin steps of 4000 particles
         "fig5_flow_matching",
+        "fig10_weightings",
     ],
 )
 def test_figure_of_the_library_alone_writes_png(tmp_path, name):
