@@ -131,10 +131,11 @@ def test_mnist_class_conditional_tiny_run_with_guided_sampling(tmp_path):
         assert r["train_steps"] == 3 and np.isfinite(r["fd_mnist"]) and r["fd_mnist"] > 0
         assert 0 <= r["conditional_accuracy"] <= 1 and sum(r["class_histogram"]) == pytest.approx(1, abs=0.01)
         assert 0 < r["bits_per_dim"] < 20
-    assert "| mnist | euler |" in out
+        assert r["elbo_bits_per_dim"] > 0 and r["ema"] == "decay 0.995"  # the ELBO column and the EMA used
+    assert "| mnist | decay 0.995 | euler |" in out
     assert 0 <= rows[0]["class_tv"] <= 1
     table = run("evaluate", "--table", results)
-    assert table.count("| mnist | euler |") == 2  # one row per guidance scale
+    assert table.count("| mnist | decay 0.995 | euler |") == 2  # one row per guidance scale
 
 
 def tiny_checkerboard(num_steps, **edits):
