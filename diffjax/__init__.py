@@ -57,7 +57,7 @@ from diffjax.processes import (
     flow_path_from_sde,
     sde_from_flow_path,
 )
-from diffjax.sampling import SampleResult, make_solver, sample
+from diffjax.sampling import SampleResult, make_solver, sample, steps_for_budget
 from diffjax.solvers import (
     DDIM,
     EDM,
@@ -106,6 +106,7 @@ __all__ = [
     "clip_denoised", "conditional_loss", "constant_time", "convert",
     "denoising_loss", "dsm_loss", "edm_grid", "flow_path_from_sde", "gaussian", "integrate",
     "langevin_dynamics", "load_model", "log_likelihood", "logit_normal_time", "logsnr_grid",
-    "make_grid", "make_solver", "ring_mixture", "sample", "sde_from_flow_path", "uniform_grid",
+    "make_grid", "make_solver", "ring_mixture", "sample", "sde_from_flow_path", "steps_for_budget",
+    "uniform_grid",
     "uniform_time", "variational_bound",
 ]  # fmt: skip

@@ -54,10 +54,51 @@ def make_solver(solver: str | Solver, **options) -> Solver:
         raise ValueError(f"sampler {solver!r}: invalid options {options} ({err}).") from None
 
 
+def _check_positive_int(value, name: str) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"sample: {name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
 def _check_num_steps(num_steps) -> int:
-    if not isinstance(num_steps, int | np.integer) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"sample: num_steps must be a positive integer, got {num_steps!r}.")
-    return int(num_steps)
+    return _check_positive_int(num_steps, "num_steps")
+
+
+def steps_for_budget(
+    solver: str | Solver,
+    process: GaussianProcess,
+    nfe: int,
+    *,
+    t_eps: float | None = None,
+    denoise_final: bool = True,
+    **solver_options,
+) -> int:
+    """The largest number of grid steps whose model evaluations, the final denoising step included,
+    fit in a budget of `nfe` (what `sample(..., nfe=…)` uses). Heun to t_eps > 0 costs 2n + 1 (n steps
+    of 2, plus x̂0 at the end), to the data 2n − 1; a multistep method n (+ 1). Static (Python int)."""
+    solver = make_solver(solver, **solver_options)
+    nfe = _check_positive_int(nfe, "nfe")
+    if isinstance(solver, Adaptive):
+        raise ValueError("sample: an adaptive solver chooses its own steps; give rtol/atol, not nfe.")
+    reaches = process.data_end(t_eps) == process.t_data
+    extra = int(denoise_final and not reaches)
+
+    def cost(n):
+        return extra + solver.num_evaluations(
+            n, ends_at_data=reaches, starts_at_zero_alpha=process.alpha_is_zero_at_noise())
+
+    if cost(1) > nfe:
+        raise ValueError(
+            f"sample: a budget of nfe={nfe} is below one step of {type(solver).__name__} "
+            f"({cost(1)} evaluations{' with the final denoising step' if extra else ''}); raise nfe, "
+            "use a one-evaluation solver ('ddim', 'dpm_solver_pp', 'euler') or denoise_final=False."
+        )
+    n = 1
+    while cost(n + 1) <= nfe:  # cost is increasing in n
+        n += 1
+    if process.discrete:
+        n = min(n, int(abs(process.t_noise - process.t_data)))
+    return n
 
 
 def sample(
@@ -74,6 +115,7 @@ def sample(
     denoise_final: bool = True,
     save_trajectory: bool = False,
     x_init: Array | None = None,
+    nfe: int | None = None,
     **solver_options,
 ) -> SampleResult:
     """Draw samples of shape `shape` = (batch, *event) with `num_steps` steps of `solver`.
@@ -85,7 +127,9 @@ def sample(
       model: model(x (batch, *event), t (batch,)) -> prediction of type `prediction`.
       process: any `GaussianProcess` (diffusion SDE, flow path, DDPM chain).
       key: PRNG key for the prior and the solver's noise.
-      num_steps: steps on the grid (not needed by adaptive solvers).
+      num_steps: steps on the grid (not needed by adaptive solvers), or
+      nfe: a budget of model evaluations instead: the most steps that fit it, final denoising
+        included (`steps_for_budget`); `SampleResult.nfe` reports what was used (≤ nfe).
       prediction: 'eps', 'x0', 'score', 'v' or 'velocity' (default: `model.prediction`).
       grid: 'uniform', 'edm', 'logsnr' (`diffjax.grids`) or a concrete array of num_steps+1 times
         running towards the data (from t_noise, unless x_init is given).
@@ -100,6 +144,10 @@ def sample(
     """
     check_key(key, "sample")
     solver = make_solver(solver, **solver_options)
+    if nfe is not None:
+        if num_steps is not None:
+            raise ValueError("sample: give num_steps or nfe (a budget of evaluations), not both.")
+        num_steps = steps_for_budget(solver, process, nfe, t_eps=t_eps, denoise_final=denoise_final)
     flow = as_flow(model, process, prediction)
     adaptive = isinstance(solver, Adaptive)
     if solver.needs_rates and not process.has_rates:
@@ -181,4 +229,4 @@ def _sample_compiled(
     return x, sol.trajectory, sol.nfe
 
 
-__all__ = ["SampleResult", "make_solver", "sample"]
+__all__ = ["SampleResult", "make_solver", "sample", "steps_for_budget"]

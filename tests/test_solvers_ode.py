@@ -345,6 +345,32 @@ def test_every_solver_declares_the_model_evaluations_it_makes(proc_name, t_eps):
         assert bool(jnp.all(jnp.isfinite(res.samples))), name  # no evaluation where σ = 0
 
 
+def test_an_nfe_budget_takes_the_most_steps_that_fit_it():
+    """`sample(..., nfe=B)`: the runtime count of model evaluations is ≤ B and one more step would
+    exceed B, for every fixed-grid solver on VP (final denoising included) and CondOT (ends at the
+    data); too small a budget and num_steps together with nfe are refused."""
+    mix = mixture_2d()
+    for proc_name in ("VPSDE", "CondOT"):
+        process, pred = PROCESSES[proc_name]
+        for name in ("euler", "heun", "rk4", "dpm_solver_pp", "edm"):
+            for budget in (7,):
+                model = EvalCounter(mix.model(process, pred))
+                res = dj.sample(name, model, process, jax.random.PRNGKey(0), (8, 2), nfe=budget)
+                jax.block_until_ready(res.samples)
+                n = dj.steps_for_budget(name, process, budget)
+                solver = dj.make_solver(name)
+                reaches = process.data_end(None) == process.t_data
+                more = solver.num_evaluations(
+                    n + 1, ends_at_data=reaches, starts_at_zero_alpha=process.alpha_is_zero_at_noise()
+                ) + int(not reaches)
+                assert res.nfe == model.count <= budget < more, (proc_name, name, budget, res.nfe)
+    process, pred = PROCESSES["VPSDE"]
+    with pytest.raises(ValueError, match="below one step of RK4"):
+        dj.sample("rk4", mix.model(process, pred), process, jax.random.PRNGKey(0), (8, 2), nfe=4)
+    with pytest.raises(ValueError, match="not both"):
+        dj.sample("heun", mix.model(process, pred), process, jax.random.PRNGKey(0), (8, 2), 4, nfe=8)
+
+
 @pytest.mark.parametrize("solver", [dj.Heun(), dj.RK4()], ids=repr)
 def test_integrate_runs_a_pytree_state_and_saves_every_kth_state(solver):
     """`dj.integrate` on the harmonic oscillator dx/dt = v, dv/dt = −x with the state a tuple of two
