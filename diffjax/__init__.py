@@ -15,6 +15,12 @@ are imported on first use.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+
+try:
+    __version__ = importlib.metadata.version("diffjax")
+except importlib.metadata.PackageNotFoundError:  # a source tree that was not installed
+    __version__ = "0+unknown"
 
 from diffjax.flow import ProbabilityFlow
 from diffjax.grids import edm_grid, logsnr_grid, make_grid, uniform_grid
@@ -73,8 +79,6 @@ from diffjax.solvers import (
     PredictorCorrector,
     integrate,
 )
-
-__version__ = "0.2.0"
 
 _LAZY = {  # heavier subpackages and helpers, imported on first use
     "models": "diffjax.models",

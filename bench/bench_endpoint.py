@@ -1,0 +1,300 @@
+"""Benchmark: per-sample endpoint error of diffjax's samplers and the peers' at a fixed NFE budget.
+
+Sliced Wasserstein on a few thousand samples is dominated by its noise floor; this benchmark measures
+what a deterministic sampler is for: how far each sample lands from where the *exact* probability-flow
+ODE takes the *same* initial noise. Every sampler is driven by the exact model of a Gaussian mixture
+(`bench_samplers.py`'s problems and torch closed forms, checked against diffjax's oracle), so the
+error is the sampler's discretisation error alone.
+
+Per library, the reference is an accurate solve of the ODE that library was given, from its own start:
+  * diffjax on `VPSDE()` from t = 1, on `CondOTPath()` from t = 0;
+  * diffusers (DPMSolverMultistep, UniPCMultistep, DEISMultistep; `DDPMChain.linear(1000)`): from the
+    chain's σ/α at its first timestep, solved in the continuous VP process with the same log-SNR (the
+    probability-flow ODE in log-SNR depends only on the schedule's λ range); with `use_flow_sigmas`
+    (CondOT, x_t = (1 − σ)x0 + σε) from t = 1 − σ_first, the model evaluated at the scheduler's σ;
+  * flow_matching's ODESolver (torchdiffeq euler / midpoint / rk4) on CondOT from t = 0.
+The reference integrates the exact model in float64 with Dopri8 (rtol = atol = 1e-10) to t = 1e-6
+from the data end and returns E[x0 | x] there (an O(σ²) ≈ 1e-12 difference from the data end).
+
+Endpoint error per sample = ‖x − x_ref‖₂; reported: median, RMSE and the number of evaluations. Every
+configuration of each library (solver × order × grid/spacing) is run; the table gives all of them, and
+the summary compares diffjax's best with the best peer configuration at each budget.
+
+    /work/main/.venv-bench/bin/python bench/bench_endpoint.py            # ~5 min on 2 cores
+    /work/main/.venv-bench/bin/python bench/bench_endpoint.py --quick    # 2D, NFE 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+# the sibling benchmark's problems and torch models (a script's directory is on its import path)
+from bench_samplers import (
+    DIFFUSERS_SCHEDULE,
+    TORCH_THREADS,
+    DiffusersEpsModel,
+    TorchMixture,
+    check_models,
+    condot_velocity_wrapper,
+    environment,
+    make_problems,
+)
+
+import diffjax as dj
+from diffjax.flow import as_flow
+
+T_END = 1e-6  # the reference stops this close to the data end, then denoises exactly
+
+
+@dataclass
+class Row:
+    problem: str
+    family: str
+    library: str
+    method: str
+    budget: int
+    nfe: int
+    median: float
+    rmse: float
+
+
+# ==============================================================================================
+# References: the exact ODE from each library's own start, float64
+# ==============================================================================================
+def reference(mixture: dj.GaussianMixture, process, x_start: np.ndarray, t_start: float) -> np.ndarray:
+    """x̂0 of the exact probability flow from (x_start, t_start) to (data end ∓ T_END), float64."""
+    with _x64():
+        pred = "velocity" if process.has_rates and process.alpha_is_zero_at_noise() else "eps"
+        flow = as_flow(mixture.model(process, pred), process)
+        t_end = process.t_data + (T_END if process.t_noise > process.t_data else -T_END)
+        solver = dj.Adaptive(method="dopri8", rtol=1e-10, atol=1e-10, max_steps=20000,
+                             norm="per_example")  # fmt: skip
+        x = jnp.asarray(x_start, jnp.float64)
+        ts = jnp.asarray([t_start, t_end], jnp.float64)
+        y = jax.jit(lambda x: dj.integrate(solver, flow, x, ts).y)(x)
+        return np.asarray(flow.denoise(y, jnp.float64(t_end))[0])
+
+
+def _x64():
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64  # older JAX
+
+    return enable_x64()
+
+
+def errors(x: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    d = np.linalg.norm(np.asarray(x, np.float64) - ref, axis=-1)
+    return float(np.median(d)), float(np.sqrt(np.mean(d**2)))
+
+
+# ==============================================================================================
+# diffjax
+# ==============================================================================================
+SKIP: set[str] = set()  # diffjax solver names left out (--skip)
+
+
+def diffjax_configs(family: str) -> list[tuple[str, str, dict, str]]:
+    """(label, solver, options, grid) tried at each budget."""
+    names = [(f"dpm_solver_pp {k}", "dpm_solver_pp", {"order": k}) for k in (2, 3)]
+    for name, opts in (("unipc", {"order": 2}), ("unipc", {"order": 3}), ("deis", {"order": 2}),
+                       ("deis", {"order": 3})):  # fmt: skip
+        if name in dj.SOLVERS:
+            names.append((f"{name} {opts['order']}", name, opts))
+    names += [("heun", "heun", {}), ("rk4", "rk4", {})]
+    if family == "CondOT":
+        names += [("midpoint", "midpoint", {}), ("euler", "euler", {})]
+    return [(f"{label} · {grid}", name, opts, grid) for label, name, opts in names if name not in SKIP
+            for grid in ("uniform", "logsnr", "edm")]  # fmt: skip
+
+
+def run_diffjax(prob, family, process, x_T, ref, budget) -> list[Row]:
+    model = prob.mixture.model(process, "velocity" if family == "CondOT" else "eps")
+    rows = []
+    for label, name, opts, grid in diffjax_configs(family):
+        try:
+            res = dj.sample(name, model, process, jax.random.key(0), x_init=jnp.asarray(x_T, jnp.float32),
+                            nfe=budget, grid=grid, **opts)  # fmt: skip
+        except ValueError:  # the budget is below one step of this solver
+            continue
+        med, rmse = errors(res.samples, ref)
+        rows.append(Row(prob.name, family, "diffjax", label, budget, int(res.nfe), med, rmse))
+    return rows
+
+
+# ==============================================================================================
+# peers
+# ==============================================================================================
+def diffusers_vp_configs():
+    out = []
+    for karras in (False, True):
+        tag = " karras" if karras else ""
+        for order in (2, 3):
+            out.append((f"DPMSolverMultistep {order}{tag}", "DPMSolverMultistepScheduler",
+                        dict(solver_order=order, use_karras_sigmas=karras)))  # fmt: skip
+            for bh in ("bh1", "bh2"):
+                out.append((f"UniPC {order} {bh}{tag}", "UniPCMultistepScheduler",
+                            dict(solver_order=order, solver_type=bh, use_karras_sigmas=karras)))  # fmt: skip
+            out.append((f"DEIS {order}{tag}", "DEISMultistepScheduler",
+                        dict(solver_order=order, use_karras_sigmas=karras)))  # fmt: skip
+    return out
+
+
+def diffusers_flow_configs():
+    out = []
+    for order in (2, 3):
+        out.append((f"DPMSolverMultistep {order} flow", "DPMSolverMultistepScheduler",
+                    dict(solver_order=order)))  # fmt: skip
+        for bh in ("bh1", "bh2"):
+            out.append((f"UniPC {order} {bh} flow", "UniPCMultistepScheduler",
+                        dict(solver_order=order, solver_type=bh)))  # fmt: skip
+    return out
+
+
+def run_diffusers_vp(prob, x_T, budget, vp) -> list[Row]:
+    import diffusers
+
+    chain = dj.DDPMChain.linear(1000)
+    model = DiffusersEpsModel(prob, chain)
+    rows = []
+    for label, cls_name, kwargs in diffusers_vp_configs():
+        sched = getattr(diffusers, cls_name)(**DIFFUSERS_SCHEDULE, **kwargs)
+        sched.set_timesteps(budget)
+        x = torch.tensor(x_T, dtype=torch.float32) * sched.init_noise_sigma
+        model.nfe = 0
+        with torch.no_grad():
+            for t in sched.timesteps:
+                x = sched.step(model(sched.scale_model_input(x, t), t), t, x).prev_sample
+        ratio0 = float(sched.sigmas[0])  # σ/α where the chain starts (VP scaling of x)
+        t0 = float(vp.time_at_log_snr(-2.0 * math.log(ratio0)))
+        ref = reference(prob.mixture, vp, x_T, t0)
+        med, rmse = errors(x.numpy(), ref)
+        rows.append(Row(prob.name, "VP", "diffusers", label, budget, model.nfe, med, rmse))
+    return rows
+
+
+def run_diffusers_flow(prob, x_T, budget, ot) -> list[Row]:
+    import diffusers
+
+    mix = TorchMixture(prob)
+    rows = []
+    for label, cls_name, kwargs in diffusers_flow_configs():
+        sched = getattr(diffusers, cls_name)(use_flow_sigmas=True, prediction_type="flow_prediction",
+                                             **kwargs)  # fmt: skip
+        sched.set_timesteps(budget)
+        sigmas = [float(s) for s in sched.sigmas]
+        x = torch.tensor(x_T, dtype=torch.float32)
+        nfe = 0
+        with torch.no_grad():
+            for i, t in enumerate(sched.timesteps):
+                s = sigmas[i]  # x = (1 − s)x0 + s ε; diffusers' flow prediction is ε − x0
+                x0, eps = mix.posterior(x, 1.0 - s, s)
+                nfe += 1
+                x = sched.step(eps - x0, t, x).prev_sample
+        ref = reference(prob.mixture, ot, x_T, 1.0 - sigmas[0])
+        med, rmse = errors(x.numpy(), ref)
+        rows.append(Row(prob.name, "CondOT", "diffusers", label, budget, nfe, med, rmse))
+    return rows
+
+
+def run_flow_matching(prob, x_T, budget, ref) -> list[Row]:
+    from flow_matching.solver import ODESolver
+
+    velocity = condot_velocity_wrapper(prob)
+    solver = ODESolver(velocity_model=velocity)
+    rows = []
+    for method, evals in (("euler", 1), ("midpoint", 2), ("rk4", 4)):
+        n = budget // evals
+        if n < 1:
+            continue
+        velocity.nfe = 0
+        with torch.no_grad():
+            x = solver.sample(torch.tensor(x_T, dtype=torch.float32), step_size=None, method=method,
+                              time_grid=torch.linspace(0.0, 1.0, n + 1))  # fmt: skip
+        med, rmse = errors(x.numpy(), ref)
+        rows.append(Row(prob.name, "CondOT", "flow_matching", method, budget, velocity.nfe, med, rmse))
+    return rows
+
+
+# ==============================================================================================
+def bench(prob, family, budgets, n, seed) -> list[Row]:
+    vp, ot = dj.VPSDE(), dj.CondOTPath()
+    process = vp if family == "VP" else ot
+    x_T = np.asarray(jax.random.normal(jax.random.key(seed), (n, prob.dim)), np.float64)
+    ref = reference(prob.mixture, process, x_T, process.t_noise)
+    rows = []
+    for budget in budgets:
+        rows += run_diffjax(prob, family, process, x_T, ref, budget)
+        if family == "VP":
+            rows += run_diffusers_vp(prob, x_T, budget, vp)
+        else:
+            rows += run_diffusers_flow(prob, x_T, budget, ot)
+            rows += run_flow_matching(prob, x_T, budget, ref)
+    return rows
+
+
+def summary(rows: list[Row]) -> list[str]:
+    out = ["| problem | NFE | best diffjax (median / RMSE) | best peer (median / RMSE) | ratio of medians |",
+           "|---|---|---|---|---|"]  # fmt: skip
+    keys = sorted({(r.problem, r.family, r.budget) for r in rows})
+    for p, f, b in keys:
+        sel = [r for r in rows if (r.problem, r.family, r.budget) == (p, f, b) and r.nfe <= b]
+        ours = min((r for r in sel if r.library == "diffjax"), key=lambda r: r.median)
+        peer = min((r for r in sel if r.library != "diffjax"), key=lambda r: r.median)
+        out.append(f"| {p} {f} | {b} | {ours.method}: {ours.median:.2e} / {ours.rmse:.2e} (NFE {ours.nfe}) | "
+                   f"{peer.library} {peer.method}: {peer.median:.2e} / {peer.rmse:.2e} (NFE {peer.nfe}) | "
+                   f"{ours.median / peer.median:.3f} |")  # fmt: skip
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2D only, NFE 10")
+    ap.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 20])
+    ap.add_argument("--n", type=int, default=2000, help="initial noises per problem")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "endpoint.md"))
+    ap.add_argument("--skip", nargs="*", default=[], help="diffjax solver names to leave out")
+    args = ap.parse_args()
+    SKIP.update(args.skip)
+    torch.set_num_threads(TORCH_THREADS)
+    problems = make_problems()
+    if args.quick:
+        problems, args.nfe = {"2D": problems["2D"]}, [10]
+    rows = []
+    for prob in problems.values():
+        check_models(prob, dj.DDPMChain.linear(1000), dj.CondOTPath())
+        for family in ("VP", "CondOT"):
+            new = bench(prob, family, args.nfe, args.n, seed=1)
+            for r in new:
+                print(f"{r.problem:>3} {r.family:<6} {r.library:<13} {r.method:<32} budget {r.budget:>3} "
+                      f"NFE {r.nfe:>3}  median {r.median:.3e}  RMSE {r.rmse:.3e}", flush=True)  # fmt: skip
+            rows += new
+    env = environment()
+    lines = [f"# Endpoint error at a fixed NFE budget ({datetime.date.today()})", "",
+             f"{args.n} initial noises per problem; error = ‖x − x_ref‖₂ per sample against the exact ODE "
+             "from the same noise (float64 Dopri8, rtol = atol = 1e-10). "
+             f"jax {env['jax']}, torch {env['torch']}, diffusers {env['diffusers']}, "
+             f"flow_matching {env['flow_matching']}, load average at start {os.getloadavg()[0]:.2f}.", "",
+             *summary(rows), "", "## Every configuration", "",
+             "| problem | family | library | method | budget | NFE | median | RMSE |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {r.problem} | {r.family} | {r.library} | {r.method} | {r.budget} | {r.nfe} | "
+              f"{r.median:.3e} | {r.rmse:.3e} |" for r in rows]  # fmt: skip
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(summary(rows)))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
