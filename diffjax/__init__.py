@@ -26,7 +26,14 @@ from diffjax.flow import ProbabilityFlow
 from diffjax.grids import edm_grid, logsnr_grid, make_grid, uniform_grid
 from diffjax.guidance import cfg_model, classifier_guided_model
 from diffjax.langevin import langevin_dynamics
-from diffjax.likelihood import bits_per_dim, continuous_elbo, log_likelihood, variational_bound
+from diffjax.likelihood import (
+    SampleLogProb,
+    bits_per_dim,
+    continuous_elbo,
+    log_likelihood,
+    sample_with_log_prob,
+    variational_bound,
+)
 from diffjax.losses import (
     EDMWeighting,
     MinSNRWeighting,
@@ -111,6 +118,6 @@ __all__ = [
     "denoising_loss", "dsm_loss", "edm_grid", "flow_path_from_sde", "gaussian", "integrate",
     "langevin_dynamics", "load_model", "log_likelihood", "logit_normal_time", "logsnr_grid",
     "make_grid", "make_solver", "ring_mixture", "sample", "sde_from_flow_path", "steps_for_budget",
-    "uniform_grid",
+    "uniform_grid", "SampleLogProb", "sample_with_log_prob",
     "uniform_time", "variational_bound",
 ]  # fmt: skip

@@ -20,6 +20,30 @@ D) or Hutchinson's estimate zᵀ(∂v/∂x)z with E[zzᵀ] = I (Rademacher or Ga
 trajectory: unbiased for log p, as Δ is linear in the divergence). Both assume the model treats the
 examples of a batch independently (no batch statistics).
 
+Run from the noise end instead (`sample_with_log_prob`), the same term gives each sample its model
+log-density: x(t_noise) ~ prior, Δ(t_noise) = 0, and log p_{t_end}(x(t_end)) = log p_prior(x(t_noise))
+− Δ(t_end) with Δ(t_end) = ∫_{t_noise}^{t_end} ∇·v dt.
+
+Gradients. `log_likelihood` is differentiable with respect to x and to every array inside the model
+(a `jax.tree_util.Partial(apply, params)`, a pytree dataclass, or an NNX module — e.g.
+`nnx.merge(graphdef, state)` inside the loss): arrays are traced by `filter_jit`, so new parameter
+values reuse the compiled program, under an outer `jax.jit` or not. For likelihood training
+
+    loss = lambda params, x: -log_likelihood(Partial(apply, params), process, x, ...).log_prob.mean()
+    grads = jax.jit(jax.grad(loss))(params, x)
+
+and ∇_x log p_{t₀}(x) (e.g. for guidance) is `jax.grad(lambda x: log_likelihood(...).log_prob.sum())`
+(per example, as the examples are independent). Fixed-step solvers differentiate through the
+`lax.scan` (the exact derivative of the discrete solution; memory: the scan stores one state and its
+stage evaluations per step). Adaptive solvers use diffrax's adjoint (`adjoint`, see
+`diffjax.solvers.adaptive`): 'recursive_checkpoint' (default) differentiates the computed solution
+with O(√max_steps) checkpoints; 'backsolve' integrates the continuous adjoint backwards with memory
+independent of the steps, its gradient accurate only to the tolerances. Hutchinson divergences are
+differentiable for a fixed `key` (fixed probes: the gradient of that estimate, whose expectation over
+keys is the gradient of the exact-divergence solution). A model given as a plain Python function
+closing over parameters is static (hashed by identity) and compiles anew for each new closure:
+pass parameters inside a pytree model instead.
+
 Shapes: x is (batch, *event) (e.g. (batch, D) or images (batch, H, W, C)); results are (batch,).
 """
 
@@ -36,10 +60,10 @@ from jaxtyping import Array, Bool, Float, Int
 
 from diffjax._array import expand
 from diffjax._jit import filter_jit
-from diffjax._pytree import pytree_dataclass
-from diffjax._validate import is_concrete
+from diffjax._pytree import pytree_dataclass, static_field
+from diffjax._validate import check_key, is_concrete
 from diffjax.flow import ProbabilityFlow, as_flow
-from diffjax.grids import make_grid
+from diffjax.grids import GRIDS, make_grid
 from diffjax.parameterization import to_x0_eps
 from diffjax.processes.base import GaussianProcess
 from diffjax.processes.ddpm import DDPMChain, check_variance
@@ -126,14 +150,20 @@ def sample_probes(
 @pytree_dataclass
 class LogDensityFlow:
     """The probability flow augmented with Δ = ∫∇·v dt: state (x (batch, *event), Δ (batch,)).
-    probes None: exact divergence; else Hutchinson with these fixed probes."""
+    probes None: exact divergence; else Hutchinson with these fixed probes. ends_at_data: the grid
+    ends at t_data (sampling with t_eps = 0), where Runge–Kutta methods skip their c = 1 stage."""
 
     flow: ProbabilityFlow
     probes: Array | None = None
+    ends_at_data: bool = static_field(default=False)
 
     @property
     def process(self) -> GaussianProcess:
         return self.flow.process
+
+    @property
+    def t_data(self) -> float | None:  # None: no step ends at t_data (no data-end branch in RK steps)
+        return self.flow.t_data if self.ends_at_data else None
 
     def _velocity_divergence(self, x, t):
         t_batch = jnp.full(x.shape[:1], t, x.dtype)
@@ -156,18 +186,53 @@ class LogDensityFlow:
         return (s, jnp.ones_like(s)), (a, a / s)
 
 
-def _likelihood_solver(solver: str | Solver, rtol, atol, max_steps) -> Solver:
+def _likelihood_solver(solver: str | Solver, rtol, atol, max_steps, adjoint, owner: str) -> Solver:
     if isinstance(solver, str) and solver in ADAPTIVE:
         return Adaptive(method=solver, rtol=rtol, atol=atol, max_steps=max_steps, initial_steps=None,
-                        norm="per_example", throw=False)  # fmt: skip
+                        norm="per_example", throw=False, adjoint=adjoint)  # fmt: skip
+    if adjoint != "recursive_checkpoint":
+        raise ValueError(f"{owner}: adjoint={adjoint!r} applies to the adaptive solvers {ADAPTIVE} named "
+                         "by string; set it on an `Adaptive` object instead, fixed-step solvers "
+                         "differentiate through their scan.")  # fmt: skip
     solver = make_solver(solver)
     if not isinstance(solver, RungeKutta | Adaptive | DPMSolverPP):
         raise ValueError(
-            f"log_likelihood integrates the probability-flow ODE with its divergence: use a "
+            f"{owner} integrates the probability-flow ODE with its divergence: use a "
             f"deterministic ODE solver ({ADAPTIVE}, 'euler', 'heun', 'midpoint', 'rk4', "
             f"'dpm_solver_pp'), not {type(solver).__name__}."
         )
     return solver
+
+
+def _check_has_flow(process: GaussianProcess, owner: str) -> None:
+    if not process.has_rates:
+        raise ValueError(f"{owner}: {type(process).__name__} has no probability-flow ODE; "
+                         "use variational_bound for the DDPM chain.")  # fmt: skip
+
+
+def _check_dpm_end(solver: Solver, process: GaussianProcess, t_end: float, owner: str) -> None:
+    """DPM-Solver++ must not touch σ = 0 (at the data end t_end)."""
+    if isinstance(solver, DPMSolverPP):
+        sigma = process.sigma(t_end)
+        if is_concrete(sigma) and float(sigma) == 0.0:
+            raise ValueError(
+                f"{owner}: dpm_solver_pp integrates x/σ and the log-density with weight α/σ, singular "
+                f"at σ = 0 (t = {t_end} on {type(process).__name__}); use t_eps > 0 (e.g. 1e-5) or an "
+                "RK/adaptive solver."
+            )
+
+
+def _hutchinson_probes(divergence, key, shape, n_probes, probe, dtype, owner: str) -> Array | None:
+    """Fixed probes for Hutchinson's estimator (None for the exact divergence)."""
+    if divergence == "exact":
+        return None
+    if divergence != "hutchinson":
+        raise ValueError(f"Unknown divergence {divergence!r}; choose 'exact' or 'hutchinson'.")
+    if key is None:
+        raise ValueError(f"{owner}: divergence='hutchinson' needs a PRNG `key`.")
+    if n_probes < 1:
+        raise ValueError(f"{owner}: n_probes must be >= 1, got {n_probes}.")
+    return sample_probes(key, shape, n_probes, probe, dtype)
 
 
 def log_likelihood(
@@ -188,8 +253,10 @@ def log_likelihood(
     t_eps: float = 1e-5,
     prior_logp: Callable[[Array], Array] | None = None,
     max_steps: int = 4096,
+    adjoint: Literal["recursive_checkpoint", "backsolve"] = "recursive_checkpoint",
 ) -> LikelihoodResult:
     """log p_{t₀}(x) by the augmented probability-flow ODE (module docstring), per example.
+    Differentiable with respect to x and the model's arrays (module docstring, "Gradients").
 
     Args:
       model: model(x, t) -> prediction of type `prediction` (default `model.prediction`).
@@ -205,6 +272,9 @@ def log_likelihood(
       prior_logp: log-density of x_T, (batch, *event) -> (batch,); default `process.prior_logp`,
         N(0, σ(t_noise)² I), which neglects α(t_noise)·x_data (exact when α(t_noise) = 0, e.g.
         CondOTPath; for VPSDE(β_max=20), α(T) ≈ 6.6e-3, an error of order α(T)·|x_T|·|E x_data|).
+      adjoint: reverse-mode gradients of an adaptive solve ('recursive_checkpoint': exact derivative
+        of the computed solution, O(√max_steps) checkpoints; 'backsolve': continuous adjoint,
+        memory independent of the steps, accurate to the tolerances); see `diffjax.solvers.adaptive`.
     Returns:
       `LikelihoodResult` with log_prob and bits_per_dim of shape (batch,). Compiled once per
       (shapes, solver, process and model structure).
@@ -216,22 +286,17 @@ def log_likelihood(
         x = x.astype(jnp.result_type(float))
     if is_concrete(t_eps) and not 0.0 <= t_eps < abs(process.t_noise - process.t_data):
         raise ValueError(f"log_likelihood: t_eps must lie in [0, |t_noise − t_data|), got {t_eps}.")
-    if not process.has_rates:
-        raise ValueError(f"log_likelihood: {type(process).__name__} has no probability-flow ODE; "
-                         "use variational_bound for the DDPM chain.")  # fmt: skip
-    solver = _likelihood_solver(solver, rtol, atol, max_steps)
-    if isinstance(solver, DPMSolverPP) and float(process.sigma(process.data_end(float(t_eps)))) == 0.0:
-        raise ValueError("log_likelihood: dpm_solver_pp integrates x/σ and cannot start at σ(t₀) = 0; use "
-                         f"t_eps > 0 (e.g. 1e-5) on {type(process).__name__}, or an RK/adaptive solver.")
-    probes = None
-    if divergence == "hutchinson":
-        if key is None:
-            raise ValueError("log_likelihood: divergence='hutchinson' needs a PRNG `key`.")
-        if n_probes < 1:
-            raise ValueError(f"log_likelihood: n_probes must be >= 1, got {n_probes}.")
-        probes = sample_probes(key, x.shape, n_probes, probe, x.dtype)
-    elif divergence != "exact":
-        raise ValueError(f"Unknown divergence {divergence!r}; choose 'exact' or 'hutchinson'.")
+    _check_has_flow(process, "log_likelihood")
+    solver = _likelihood_solver(solver, rtol, atol, max_steps, adjoint, "log_likelihood")
+    _check_dpm_end(solver, process, process.data_end(float(t_eps)), "log_likelihood")
+    if float(t_eps) == 0.0:  # every solver evaluates v at t₀ = t_data
+        c = process.coefficients(jnp.asarray(process.t_data, jnp.result_type(float)))
+        if is_concrete(c) and not (np.isfinite(float(c.d_alpha)) and np.isfinite(float(c.d_sigma))):
+            raise ValueError(
+                f"log_likelihood: dα/dt or dσ/dt is infinite at t_data on {type(process).__name__}, so the "
+                "probability flow (and its gradient) is NaN there; use t_eps > 0 (e.g. 1e-5)."
+            )
+    probes = _hutchinson_probes(divergence, key, x.shape, n_probes, probe, x.dtype, "log_likelihood")
     term = LogDensityFlow(as_flow(model, process, prediction), probes)
     adaptive = isinstance(solver, Adaptive)
     if not adaptive and (not isinstance(num_steps, int) or num_steps < 1):
@@ -253,6 +318,140 @@ def _solve(term: LogDensityFlow, solver: Solver, x, *, steps: int, grid: str, t_
     ts = make_grid(term.process, steps, grid, t_eps)[::-1].astype(x.dtype)  # data end → noise
     sol = integrate(solver, term, (x, jnp.zeros(x.shape[:1], x.dtype)), ts)
     return sol.y, sol.nfe, sol.success
+
+
+# -- log p during sampling --------------------------------------------------------------------
+class SampleLogProb(NamedTuple):
+    """Output of `sample_with_log_prob`: samples at t_end with their model log-density."""
+
+    samples: Array  # x(t_end), the ODE state at t_end = data_end(t_eps) (no final denoising), (batch, *event)
+    log_prob: Float[Array, " batch"]  # log p_{t_end}(samples) of the model's flow, in nats
+    prior_logp: Float[Array, " batch"]  # log p_prior(x_T)
+    delta_logp: Float[Array, " batch"]  # ∫_{t_noise}^{t_end} ∇·v dt, so log_prob = prior_logp − delta_logp
+    noise: Array  # x_T, the prior draw (batch, *event)
+    nfe: int | Int[Array, ""]  # evaluations of v (static for fixed grids; counted by adaptive solvers)
+    success: Bool[Array, ""]  # False if the adaptive solver failed (e.g. hit max_steps)
+
+
+def sample_with_log_prob(
+    solver: str | Solver,
+    model,
+    process: GaussianProcess,
+    key: Array,
+    shape: tuple[int, ...],
+    num_steps: int | None = None,
+    *,
+    prediction: str | None = None,
+    grid: str | Array = "uniform",
+    t_eps: float | None = None,
+    divergence: Literal["exact", "hutchinson"] = "exact",
+    probe: Literal["rademacher", "gaussian"] = "rademacher",
+    n_probes: int = 1,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    max_steps: int = 4096,
+    adjoint: Literal["recursive_checkpoint", "backsolve"] = "recursive_checkpoint",
+    prior_logp: Callable[[Array], Array] | None = None,
+) -> SampleLogProb:
+    """Samples of the probability-flow ODE with their log-density under the model, in one solve.
+
+    Draws x_T ~ N(0, σ(t_noise)² I) (`process.prior_sample`, from the first half of `key` as
+    `diffjax.sample` does, so the samples are those of `sample(solver, ..., denoise_final=False)`
+    for a fixed-grid solver) and integrates the `LogDensityFlow` term [x, Δ]' = [v, ∇·v] from
+    t_noise to t_end = `process.data_end(t_eps)` with Δ(t_noise) = 0. By the instantaneous change of
+    variables (module docstring) the returned state x(t_end) has, under the model's flow,
+
+        log p_{t_end}(x(t_end)) = log p_prior(x_T) − Δ(t_end),   Δ(t_end) = ∫_{t_noise}^{t_end} ∇·v dt:
+
+    the density at t_end of the prior pushed forward by the model's ODE. There is no final
+    denoising step: `samples` is the ODE state at t_end and `log_prob` is its density at t_end,
+    the quantity `log_likelihood(model, process, samples, t_eps=t_eps)` computes from the other
+    end (equal up to the errors of the two solves; for the exact model of data p_data and an exact
+    prior, log p_{t_end} of p_data noised to t_end, = log p_data at t_eps = 0 on a flow path).
+
+    Args:
+      solver: a deterministic ODE solver: adaptive 'tsit5' | 'dopri5' | 'dopri8' (rtol/atol per
+        example, at most max_steps steps), or a fixed-grid one ('euler', 'heun', 'midpoint', 'rk4',
+        'dpm_solver_pp' or a solver object) on `num_steps` steps of `grid`.
+      model, process, prediction: as for `diffjax.sample`.
+      key: PRNG key: the prior draw (first half of `jax.random.split(key)`) and the Hutchinson probes
+        (second half; drawn once, fixed along the trajectory).
+      shape: (batch, *event).
+      grid: 'uniform', 'edm', 'logsnr' or a concrete array of num_steps+1 times from t_noise
+        towards the data. DPM-Solver++ steps in log-SNR: give it 'logsnr' (on a uniform-t grid its
+        last steps span long log-SNR intervals where the log-density weight α/σ is large, and
+        log_prob converges slowly: off by ≈ 50 nats at 16 steps on 2-D Gaussian data, CondOT).
+      t_eps: data-end offset (default `process.default_t_eps`, as `sample`).
+      divergence, probe, n_probes: exact divergence (D JVPs per evaluation) or Hutchinson's estimate
+        (unbiased for log_prob: Δ is linear in the divergence).
+      prior_logp: log-density of x_T (default `process.prior_logp`, the density x_T is drawn from).
+    Returns:
+      `SampleLogProb`; compiled once per (shape, num_steps, solver, grid name, process and model
+      structure), and differentiable with respect to the model's arrays like `log_likelihood`.
+    """
+    owner = "sample_with_log_prob"
+    check_key(key, owner)
+    if shape is None or len(shape) < 2:
+        raise ValueError(f"{owner}: shape must be (batch, *event), got {shape}.")
+    shape = tuple(int(s) for s in shape)
+    _check_has_flow(process, owner)
+    solver = _likelihood_solver(solver, rtol, atol, max_steps, adjoint, owner)
+    t_eps = None if t_eps is None else float(t_eps)  # static
+    t_end = process.data_end(t_eps)
+    adaptive = isinstance(solver, Adaptive)
+    ts_arg, grid_name = None, None
+    if adaptive:
+        if t_end == process.t_data and process.default_t_eps > 0:
+            raise ValueError(
+                f"{owner}: an adaptive solver would evaluate the velocity at t_data, where it is "
+                f"singular on {type(process).__name__} (dσ/dt ~ 1/√t); use t_eps > 0."
+            )
+        ts_arg, num_steps = jnp.asarray([process.t_noise, t_end]), 1
+    else:
+        if not isinstance(num_steps, int | np.integer) or isinstance(num_steps, bool) or num_steps < 1:
+            raise ValueError(f"{owner}: num_steps must be a positive integer, got {num_steps!r}.")
+        num_steps = int(num_steps)
+        if isinstance(grid, str):
+            if grid not in GRIDS:
+                raise ValueError(f"Unknown grid {grid!r}; choose one of {GRIDS} or pass an array.")
+            grid_name = grid
+        else:
+            ts_arg = jnp.asarray(grid, jnp.result_type(float))
+            if ts_arg.shape != (num_steps + 1,) or not is_concrete(ts_arg):
+                raise ValueError(
+                    f"{owner}: a grid array must be concrete with shape (num_steps+1,) = "
+                    f"({num_steps + 1},); got {ts_arg.shape}. Use a grid name inside jit."
+                )
+            tn = np.asarray(ts_arg)
+            towards_data = np.sign(process.t_data - process.t_noise)
+            if not np.all(np.diff(tn) * towards_data > 0) or float(tn[0]) != process.t_noise:
+                raise ValueError(f"{owner}: the grid must start at t_noise = {process.t_noise} and run "
+                                 "strictly towards the data end.")  # fmt: skip
+            t_end = float(tn[-1])
+    _check_dpm_end(solver, process, t_end, owner)
+    k_prior, k_probes = jax.random.split(key)
+    dtype = jnp.result_type(float)
+    probes = _hutchinson_probes(divergence, k_probes, shape, n_probes, probe, dtype, owner)
+    reaches_data = t_end == process.t_data
+    term = LogDensityFlow(as_flow(model, process, prediction), probes, ends_at_data=reaches_data)
+    (x, delta), x_T, nfe, success = _solve_from_noise(
+        term, solver, k_prior, ts_arg, shape=shape, steps=num_steps, grid=grid_name, t_eps=t_eps
+    )
+    if not adaptive:
+        nfe = solver.num_evaluations(num_steps, ends_at_data=reaches_data,
+                                     starts_at_zero_alpha=process.alpha_is_zero_at_noise())  # fmt: skip
+        success = jnp.asarray(True)
+    logp_prior = (prior_logp or process.prior_logp)(x_T)
+    return SampleLogProb(x, logp_prior - delta, logp_prior, delta, x_T, nfe, success)
+
+
+@filter_jit
+def _solve_from_noise(term: LogDensityFlow, solver: Solver, key, ts, *, shape, steps, grid, t_eps):
+    process, dtype = term.process, jnp.result_type(float)
+    ts = make_grid(process, steps, grid, t_eps) if ts is None else ts  # noise end → data
+    x_T = process.prior_sample(key, shape, dtype)
+    sol = integrate(solver, term, (x_T, jnp.zeros(shape[:1], dtype)), ts.astype(dtype))
+    return sol.y, x_T, sol.nfe, sol.success
 
 
 # -- the discrete chain's bound -----------------------------------------------------------------
