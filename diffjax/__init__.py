@@ -23,8 +23,18 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that was not in
     __version__ = "0+unknown"
 
 from diffjax.flow import ProbabilityFlow
+from diffjax.grid_optimization import OptimizedGrid, optimize_grid
 from diffjax.grids import edm_grid, logsnr_grid, make_grid, uniform_grid
-from diffjax.guidance import cfg_model, classifier_guided_model
+from diffjax.guidance import (
+    apg,
+    autoguidance,
+    bind_labels,
+    cfg_model,
+    cfgpp_equivalent_scales,
+    cfgpp_sample,
+    classifier_guided_model,
+    guidance_interval,
+)
 from diffjax.langevin import langevin_dynamics
 from diffjax.likelihood import (
     SampleLogProb,
@@ -73,17 +83,20 @@ from diffjax.processes import (
 from diffjax.sampling import SampleResult, make_solver, sample, steps_for_budget
 from diffjax.solvers import (
     DDIM,
+    DEIS,
     EDM,
     RK4,
     SOLVERS,
     Adaptive,
     Ancestral,
     DPMSolverPP,
+    DPMSolverPPSDE,
     Euler,
     EulerMaruyama,
     Heun,
     Midpoint,
     PredictorCorrector,
+    UniPC,
     integrate,
 )
 
@@ -118,6 +131,8 @@ __all__ = [
     "denoising_loss", "dsm_loss", "edm_grid", "flow_path_from_sde", "gaussian", "integrate",
     "langevin_dynamics", "load_model", "log_likelihood", "logit_normal_time", "logsnr_grid",
     "make_grid", "make_solver", "ring_mixture", "sample", "sde_from_flow_path", "steps_for_budget",
-    "uniform_grid", "SampleLogProb", "sample_with_log_prob",
+    "uniform_grid", "SampleLogProb", "sample_with_log_prob", "UniPC", "DEIS", "DPMSolverPPSDE",
+    "OptimizedGrid", "optimize_grid", "apg", "autoguidance", "bind_labels", "cfgpp_equivalent_scales",
+    "cfgpp_sample", "guidance_interval",
     "uniform_time", "variational_bound",
 ]  # fmt: skip

@@ -68,7 +68,10 @@ from diffjax.parameterization import to_x0_eps
 from diffjax.processes.base import GaussianProcess
 from diffjax.processes.ddpm import DDPMChain, check_variance
 from diffjax.sampling import make_solver
-from diffjax.solvers import Adaptive, DPMSolverPP, RungeKutta, Solver, integrate
+from diffjax.solvers import DEIS, Adaptive, DPMSolverPP, RungeKutta, Solver, UniPC, integrate
+
+# exponential integrators of the semi-linear form (x/σ, weight α/σ): they run on the log-density term too
+EXPONENTIAL = (DPMSolverPP, UniPC, DEIS)
 
 VectorField = Callable[[Array], Array]
 ADAPTIVE = ("tsit5", "dopri5", "dopri8")
@@ -195,11 +198,11 @@ def _likelihood_solver(solver: str | Solver, rtol, atol, max_steps, adjoint, own
                          "by string; set it on an `Adaptive` object instead, fixed-step solvers "
                          "differentiate through their scan.")  # fmt: skip
     solver = make_solver(solver)
-    if not isinstance(solver, RungeKutta | Adaptive | DPMSolverPP):
+    if not isinstance(solver, (RungeKutta, Adaptive, *EXPONENTIAL)):
         raise ValueError(
             f"{owner} integrates the probability-flow ODE with its divergence: use a "
             f"deterministic ODE solver ({ADAPTIVE}, 'euler', 'heun', 'midpoint', 'rk4', "
-            f"'dpm_solver_pp'), not {type(solver).__name__}."
+            f"'dpm_solver_pp', 'unipc', 'deis'), not {type(solver).__name__}."
         )
     return solver
 
@@ -211,14 +214,14 @@ def _check_has_flow(process: GaussianProcess, owner: str) -> None:
 
 
 def _check_dpm_end(solver: Solver, process: GaussianProcess, t_end: float, owner: str) -> None:
-    """DPM-Solver++ must not touch σ = 0 (at the data end t_end)."""
-    if isinstance(solver, DPMSolverPP):
+    """The exponential integrators (DPM-Solver++, UniPC, DEIS) must not touch σ = 0 (at t_end)."""
+    if isinstance(solver, EXPONENTIAL):
         sigma = process.sigma(t_end)
         if is_concrete(sigma) and float(sigma) == 0.0:
             raise ValueError(
-                f"{owner}: dpm_solver_pp integrates x/σ and the log-density with weight α/σ, singular "
-                f"at σ = 0 (t = {t_end} on {type(process).__name__}); use t_eps > 0 (e.g. 1e-5) or an "
-                "RK/adaptive solver."
+                f"{owner}: {type(solver).__name__} integrates x/σ and the log-density with weight α/σ, "
+                f"singular at σ = 0 (t = {t_end} on {type(process).__name__}); use t_eps > 0 (e.g. "
+                "1e-5) or an RK/adaptive solver."
             )
 
 

@@ -122,8 +122,9 @@ def sample(
 
     Args:
       solver: a name in `diffjax.solvers.SOLVERS` ('euler', 'heun', 'midpoint', 'rk4', 'ddim',
-        'dpm_solver_pp', 'tsit5', 'dopri5', 'euler_maruyama', 'ancestral', 'pc', 'edm'), with its
-        options as keyword arguments, or a solver object (e.g. `DPMSolverPP(order=3)`).
+        'dpm_solver_pp', 'unipc', 'deis', 'tsit5', 'dopri5', 'euler_maruyama', 'ancestral', 'pc',
+        'edm', 'dpm_solver_pp_sde'), with its options as keyword arguments, or a solver object
+        (e.g. `DPMSolverPP(order=3)`).
       model: model(x (batch, *event), t (batch,)) -> prediction of type `prediction`.
       process: any `GaussianProcess` (diffusion SDE, flow path, DDPM chain).
       key: PRNG key for the prior and the solver's noise.
@@ -153,9 +154,9 @@ def sample(
     if solver.needs_rates and not process.has_rates:
         raise ValueError(
             f"{type(solver).__name__} integrates an ODE/SDE and needs dα/dt, dσ/dt or g²(t), which "
-            f"{type(process).__name__} (a discrete chain) does not have. Use 'ancestral', 'ddim' or "
-            "'dpm_solver_pp' on the chain, or its continuous limit VPSDE(beta_min=T·β_1, "
-            "beta_max=T·β_T)."
+            f"{type(process).__name__} (a discrete chain) does not have. Use 'ancestral', 'ddim', "
+            "'dpm_solver_pp', 'unipc' or 'deis' on the chain, or its continuous limit "
+            "VPSDE(beta_min=T·β_1, beta_max=T·β_T)."
         )
     if x_init is not None:
         x_init = jnp.asarray(x_init)

@@ -43,6 +43,7 @@ from diffjax.evaluation import (
 from diffjax.evaluation.classifier import RECIPE
 from diffjax.likelihood import bits_per_dim, continuous_elbo, variational_bound
 from experiments.builders import generate, load_run, num_classes, parse_flags, train_wall_time, user_errors
+from experiments.optimize_grid import use_grid_file
 
 flags.DEFINE_string("workdirs", None, "Comma-separated work directories written by experiments.train.")
 flags.DEFINE_string("table", None, "Only print the markdown table of the rows in this JSON lines file.")
@@ -58,6 +59,8 @@ flags.DEFINE_integer("classifier_steps", RECIPE["steps"], "Training steps of the
 flags.DEFINE_string("data_dir", None, "MNIST IDX directory (else DIFFJAX_DATA_DIR).")
 flags.DEFINE_string("cache_dir", "outputs/cache", "Where the evaluation classifier is cached.")
 flags.DEFINE_string("out", "outputs/results.json", "JSON lines file the rows are appended to.")
+flags.DEFINE_string("grid_file", None, "Also evaluate the grid of experiments.optimize_grid (JSON): "
+                    "its solver and steps on its optimised times (row grid='optimized').")
 FLAGS = flags.FLAGS
 
 
@@ -87,11 +90,16 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
             per_elbo = np.asarray(bound.total) / (x[0].size * np.log(2.0))
             elbo, elbo_se = float(per_elbo.mean()), float(per_elbo.std() / np.sqrt(len(per_elbo)))
         bpd, bpd_se = float(per_image.mean()), float(per_image.std() / np.sqrt(len(per_image)))
-    for spec in FLAGS.samplers.split(","):
-        name, steps, *w = spec.split(":")
-        cfg.sample.sampler, cfg.sample.num_steps = name, int(steps)
-        if w:
-            cfg.sample.guidance_scale = float(w[0])
+    specs = FLAGS.samplers.split(",") if FLAGS.samplers else []
+    for spec in specs + (["grid_file"] if FLAGS.grid_file else []):
+        if spec == "grid_file":
+            name, steps = use_grid_file(cfg, FLAGS.grid_file)["solver"], cfg.sample.num_steps
+        else:
+            name, steps, *w = spec.split(":")
+            cfg.sample.sampler, cfg.sample.num_steps = name, int(steps)
+            if w:
+                cfg.sample.guidance_scale = float(w[0])
+        grid = "optimized" if spec == "grid_file" else cfg.sample.get("grid", "uniform")
         labels = np.arange(FLAGS.num) % 10 if num_classes(cfg) is not None else None
         res = generate(cfg, model, process, jax.random.key(1), FLAGS.num, trained.record["data_shape"],
                        labels=labels)  # fmt: skip
@@ -101,7 +109,7 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
         ema = (f"σ_rel {sigma_rel} (residual {trained.residual:.3f})" if sigma_rel
                else f"decay {cfg.train.ema_decay}")  # fmt: skip
         row = dict(model=os.path.basename(os.path.normpath(workdir)), ema=ema, sampler=name, steps=int(steps),
-                   nfe=int(res.nfe), fd_mnist=round(fd, 3), train_steps=step,
+                   grid=grid, nfe=int(res.nfe), fd_mnist=round(fd, 3), train_steps=step,
                    train_time_s=train_wall_time(workdir), bits_per_dim=bpd, bits_per_dim_se=bpd_se,
                    elbo_bits_per_dim=elbo, elbo_bits_per_dim_se=elbo_se,
                    clip_denoised=clip, num_samples=FLAGS.num, class_tv=round(class_tv(hist, test_freq), 4),
@@ -117,7 +125,7 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
 def markdown_table(rows) -> str:
     """One line per row; a later row for the same model × sampler × NFE × w replaces an earlier one."""
     latest = {(r["model"], r.get("ema"), r["sampler"], r["nfe"], r.get("guidance_scale"),
-               r.get("clip_denoised", False)): r for r in rows}  # fmt: skip
+               r.get("clip_denoised", False), r.get("grid")): r for r in rows}  # fmt: skip
     header = ["model", "EMA", "sampler", "NFE", "w", "clip x̂0", "FD-MNIST", "class TV", "cond. acc.",
               "bits/dim (PF-ODE)", "ELBO bits/dim", "train steps", "train time"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -133,7 +141,8 @@ def markdown_table(rows) -> str:
         t = f"{r['train_time_s'] / 60:.1f} min" if r.get("train_time_s") else "–"
         w = r.get("guidance_scale", "–")
         clip = "yes" if r.get("clip_denoised") else "no"
-        cells = [r["model"], r.get("ema", "–"), r["sampler"], r["nfe"], w, clip, f"{r['fd_mnist']:.2f}", tv,
+        sampler = r["sampler"] + (" (optimized grid)" if r.get("grid") == "optimized" else "")
+        cells = [r["model"], r.get("ema", "–"), sampler, r["nfe"], w, clip, f"{r['fd_mnist']:.2f}", tv,
                  acc, bpd, elbo, r["train_steps"], t]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)

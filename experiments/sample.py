@@ -18,6 +18,7 @@ from absl import app, flags, logging
 import diffjax as dj
 from diffjax.viz import save_image_grid, save_samples_2d
 from experiments.builders import ConfigError, generate, load_run, parse_flags, user_errors
+from experiments.optimize_grid import use_grid_file
 
 flags.DEFINE_string("workdir", None, "A work directory written by experiments.train.")
 flags.DEFINE_string("sampler", None, f"Sampler name, one of {tuple(dj.SOLVERS)} (default: the config's).")
@@ -28,6 +29,7 @@ flags.DEFINE_string("labels", "", "Comma-separated class labels, cycled over the
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("out", None, "Output prefix (default WORKDIR/sample_<sampler>_<steps>).")
+flags.DEFINE_string("grid_file", None, "A grid JSON of experiments.optimize_grid (solver, steps, times).")
 FLAGS = flags.FLAGS
 
 
@@ -64,6 +66,8 @@ def main(argv):
             cfg.sample.guidance_scale = FLAGS.guidance
         if FLAGS.clip_denoised is not None:
             cfg.sample.clip_denoised = FLAGS.clip_denoised
+        if FLAGS.grid_file:
+            use_grid_file(cfg, FLAGS.grid_file)
         labels = parse_labels(FLAGS.labels, FLAGS.num, trained.num_classes)
         res = generate(cfg, trained.model, trained.process, jax.random.key(FLAGS.seed), FLAGS.num,
                        trained.record["data_shape"], labels=labels)  # fmt: skip

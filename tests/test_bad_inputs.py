@@ -89,7 +89,7 @@ CASES = [
     ("unknown option", lambda: dj.sample("heun", EPS, VP, KEY, (8, 2), 4, order=2), ValueError, r"'order'",
      r"invalid options"),
     ("ODE on chain", lambda: dj.sample("euler", EPS, CHAIN, KEY, (8, 2), 4), ValueError, r"DDPMChain",
-     r"Use 'ancestral', 'ddim' or 'dpm_solver_pp'"),
+     r"Use 'ancestral', 'ddim', 'dpm_solver_pp', 'unipc' or 'deis'"),
     ("zero steps", lambda: dj.sample("heun", EPS, VP, KEY, (8, 2), 0), ValueError, r"got 0", r"positive integer"),
     ("grid name", lambda: dj.sample("heun", EPS, VP, KEY, (8, 2), 4, grid="cosine"), ValueError, r"'cosine'",
      r"choose one of"),

@@ -25,6 +25,9 @@ BENCH_ROWS = [
 ]
 
 
+CHEAP = {"fig11_guidance": ["--quick"]}  # the figure's smoke-test mode (small n, few steps, 2D only)
+
+
 def figure(name: str):
     return importlib.import_module(f"experiments.figures.{name}")
 
@@ -44,11 +47,12 @@ def assert_png(path: str) -> None:
         pytest.param("fig4_langevin", marks=pytest.mark.slow),  # 5000 Langevin steps of 4000 particles
         "fig5_flow_matching",
         "fig10_weightings",
+        "fig11_guidance",
     ],
 )
 def test_figure_of_the_library_alone_writes_png(tmp_path, name):
     mod = figure(name)
-    assert _common.run(mod.main, ["--out", str(tmp_path)]) == 0
+    assert _common.run(mod.main, ["--out", str(tmp_path), *CHEAP.get(name, [])]) == 0
     assert_png(str(tmp_path / f"{name}.png"))
 
 

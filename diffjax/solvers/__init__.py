@@ -10,12 +10,15 @@ from diffjax.solvers.adaptive import Adaptive
 from diffjax.solvers.ancestral import Ancestral
 from diffjax.solvers.base import Solution, Solver, integrate
 from diffjax.solvers.ddim import DDIM
+from diffjax.solvers.deis import DEIS
 from diffjax.solvers.dpm_solver import DPMSolverPP
+from diffjax.solvers.dpm_solver_sde import DPMSolverPPSDE
 from diffjax.solvers.edm import EDM
 from diffjax.solvers.euler_maruyama import EulerMaruyama
 from diffjax.solvers.predictor_corrector import PredictorCorrector
 from diffjax.solvers.runge_kutta import RK4, Euler, Heun, Midpoint, RungeKutta, Tableau
 from diffjax.solvers.terms import ODE, SDE, Langevin
+from diffjax.solvers.unipc import UniPC
 
 SOLVERS = {
     # probability-flow ODE
@@ -25,6 +28,8 @@ SOLVERS = {
     "rk4": RK4,
     "ddim": DDIM,  # eta = 0 deterministic; eta > 0 stochastic
     "dpm_solver_pp": DPMSolverPP,
+    "unipc": UniPC,  # predictor-corrector multistep (corrector free: reuses the next evaluation)
+    "deis": DEIS,
     "tsit5": lambda **kw: Adaptive(method="tsit5", **kw),
     "dopri5": lambda **kw: Adaptive(method="dopri5", **kw),
     # stochastic
@@ -32,10 +37,11 @@ SOLVERS = {
     "ancestral": Ancestral,
     "pc": PredictorCorrector,
     "edm": EDM,  # s_churn = 0: EDM's deterministic Heun in σ/α
+    "dpm_solver_pp_sde": DPMSolverPPSDE,  # SDE-DPM-Solver++ 2M
 }
 
 __all__ = [
-    "EDM", "ODE", "RK4", "SDE", "SOLVERS", "Adaptive", "Ancestral", "DDIM", "DPMSolverPP", "Euler",
-    "EulerMaruyama", "Heun", "Langevin", "Midpoint", "PredictorCorrector", "RungeKutta", "Solution",
-    "Solver", "Tableau", "integrate",
+    "DEIS", "EDM", "ODE", "RK4", "SDE", "SOLVERS", "Adaptive", "Ancestral", "DDIM", "DPMSolverPP",
+    "DPMSolverPPSDE", "Euler", "EulerMaruyama", "Heun", "Langevin", "Midpoint", "PredictorCorrector",
+    "RungeKutta", "Solution", "Solver", "Tableau", "UniPC", "integrate",
 ]  # fmt: skip
