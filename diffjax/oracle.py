@@ -195,6 +195,34 @@ class GaussianMixture:
         check_prediction(prediction)
         return ExactModel(self, process, prediction)
 
+    def conditional_model(self, process, prediction: Prediction = "eps") -> ExactConditionalModel:
+        """The exact class-conditional model (x, t, y) -> prediction of p_t(x | y), with the null
+        label y = n_classes (∅) giving p_t(x): the Bayes-optimal network of classifier-free guidance
+        training (`cfg_model(model, y, w, null_label=mixture.n_classes)`). A pytree, like `model`."""
+        check_prediction(prediction)
+        return ExactConditionalModel(self, process, prediction)
+
+
+@pytree_dataclass(eq=False)
+class ExactConditionalModel:
+    """p_t(x | y)'s exact prediction; y = n_classes is ∅ (see `GaussianMixture.conditional_model`)."""
+
+    mixture: GaussianMixture
+    process: GaussianProcess
+    prediction: str = static_field(default="eps")
+
+    def __call__(self, x, t, y):
+        mix, null = self.mixture, self.mixture.n_classes
+        t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
+        y = jnp.broadcast_to(jnp.asarray(y), x.shape[:1])
+
+        def one(xi, ti, yi):
+            args = (xi[None], self.process, ti[None], self.prediction)
+            cond = mix.condition(jnp.minimum(yi, null - 1)).predict(*args)
+            return jnp.where(yi == null, mix.predict(*args), cond)[0]
+
+        return jax.vmap(one)(x, t, y)
+
 
 @pytree_dataclass(eq=False)
 class ExactModel:

@@ -48,7 +48,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import diffjax as dj
-from diffjax._pytree import pytree_dataclass, static_field
 from diffjax.guidance import (
     apg,
     autoguidance,
@@ -89,26 +88,6 @@ def mixture_8d(width: float = 1.0) -> GaussianMixture:
 
 
 PROBLEMS = {"2D ring": ring_2d, "8D": mixture_8d}
-
-
-@pytree_dataclass(eq=False)
-class LabelledOracle:
-    """The exact model(x, t, y) -> prediction of p_t(x | y); y = mixture.n_classes (∅) gives p_t(x).
-    A pytree (the mixture is a leaf): rebuilding it reuses compiled samplers."""
-
-    mixture: GaussianMixture
-    process: object
-    prediction: str = static_field(default="eps")
-
-    def __call__(self, x, t, y):
-        mix, null = self.mixture, self.mixture.n_classes
-
-        def one(xi, ti, yi):
-            args = (xi[None], self.process, ti[None], self.prediction)
-            cond = mix.condition(jnp.minimum(yi, null - 1)).predict(*args)
-            return jnp.where(yi == null, mix.predict(*args), cond)[0]
-
-        return jax.vmap(one)(x, t, y)
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -157,8 +136,8 @@ class Problem:
         key = jax.random.key(seed)
         self.k_noise, self.k_ref, self.k_floor, self.k_proj, self.k_tilt = jax.random.split(key, 5)
         self.x_init = PROCESS.prior_sample(self.k_noise, (self.y.shape[0], self.mix.dim))
-        self.model = LabelledOracle(self.mix, PROCESS)
-        self.bad_model = LabelledOracle(self.bad, PROCESS)
+        self.model = self.mix.conditional_model(PROCESS)
+        self.bad_model = self.bad.conditional_model(PROCESS)
         self.refs = [exact_conditional(self.mix, jax.random.fold_in(self.k_ref, c), n_per_class, c)
                      for c in range(N_CLASSES)]  # fmt: skip
         self.floors = [exact_conditional(self.mix, jax.random.fold_in(self.k_floor, c), n_per_class, c)

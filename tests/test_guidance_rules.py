@@ -3,10 +3,10 @@
 Data: `experiments.guidance_table.ring_2d` (8 components on a circle of radius 3, std 0.8, 4 classes of
 two opposite components: neighbours belong to different classes and overlap, exact conditional samples
 are classified correctly with probability ≈ 0.78, so guidance changes them). Models: the exact
-labelled oracle (`LabelledOracle`, y = 4 is ∅). Float32 throughout: two routes to the same samples
-must agree to float32 rounding propagated through the sampler (observed ≤ 4e-6 on samples up to 5 in
-size; the bound 1e-3 is 250× that and 1000× below the real differences these tests also check: APG
-with η = 0 against CFG, or CFG++ at λ = 1 against conditional DDIM, differ by ≈ 1).
+labelled oracle (`GaussianMixture.conditional_model`, y = 4 is ∅). Float32 throughout: two routes to
+the same samples must agree to float32 rounding propagated through the sampler (observed ≤ 4e-6 on
+samples up to 5 in size; the bound 1e-3 is 250× that and 1000× below the real differences these tests
+also check: APG with η = 0 against CFG, or CFG++ at λ = 1 against conditional DDIM, differ by ≈ 1).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from diffjax.guidance import (
 )
 from diffjax.processes import VPSDE, CondOTPath
 from experiments import guidance_table
-from experiments.guidance_table import LabelledOracle, ring_2d
+from experiments.guidance_table import ring_2d
 
 N, STEPS, NULL = 128, 12, 4
 TOL = 1e-3
@@ -38,7 +38,7 @@ VP = VPSDE()
 
 def setup(process=VP, prediction="eps", n=N):
     mix = ring_2d()
-    model = LabelledOracle(mix, process, prediction)
+    model = mix.conditional_model(process, prediction)
     y = jnp.arange(n) % 4
     x_init = process.prior_sample(jax.random.key(0), (n, 2))
     return mix, model, y, x_init
@@ -60,7 +60,7 @@ def test_cfg_at_scale_one_and_empty_interval_sample_the_conditional():
     cond = draw(bind_labels(model, y), x_init=x0)
     close(draw(cfg_model(model, y, 1.0, NULL), x_init=x0), cond)
     close(draw(guidance_interval(cfg_model(model, y, 3.0, NULL), VP, 1.0, 1.0), x_init=x0), cond)
-    bad = bind_labels(LabelledOracle(ring_2d(1.5), VP), y)
+    bad = bind_labels(ring_2d(1.5).conditional_model(VP), y)
     close(draw(autoguidance(bind_labels(model, y), bad, 1.0), x_init=x0), cond)
     guided = draw(cfg_model(model, y, 3.0, NULL), x_init=x0)
     assert np.abs(np.asarray(guided - cond)).max() > 100 * TOL  # the identities are not vacuous
@@ -150,7 +150,7 @@ def test_guided_models_compile_once_across_scales_labels_and_bounds():
 
     def net(x, t, y):
         traces.append(1)
-        return LabelledOracle(mix, VP)(x, t, y)
+        return mix.conditional_model(VP)(x, t, y)
 
     for w, first, lo, eta in [(2.0, 0, 0.3, 0.0), (3.0, 1, 0.5, 0.5), (5.0, 2, 0.1, 1.0)]:
         y = (jnp.arange(16) + first) % 4

@@ -191,3 +191,19 @@ def test_exact_model_is_a_pytree_so_sampling_compiles_once_for_new_mixtures():
     assert _sample_compiled.compiled._cache_size() == before + 1  # the count sees a compilation
     np.testing.assert_allclose(x_b, x_plain, rtol=1e-5, atol=1e-5)
     assert float(jnp.max(jnp.abs(x_a - x_b))) > 0.1  # mixture b's arrays were used
+
+
+def test_the_conditional_model_is_each_class_mixture_and_the_null_label_the_whole_one():
+    """`conditional_model(process, prediction)(x, t, y)` equals `condition(y).predict` per example and
+    the unconditional prediction at y = n_classes (∅), for mixed labels in one batch."""
+    means = jnp.array([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    mix = GaussianMixture.create(means, 0.3, labels=[0, 1, 1])
+    process = VPSDE()
+    x = jax.random.normal(jax.random.key(0), (6, 2))
+    t = jnp.linspace(0.1, 0.9, 6)
+    y = jnp.array([0, 1, 2, 0, 2, 1])
+    got = mix.conditional_model(process, "x0")(x, t, y)
+    for i in range(6):
+        ref = (mix if int(y[i]) == 2 else mix.condition(int(y[i]))).predict(x[i : i + 1], process,
+                                                                             t[i : i + 1], "x0")  # fmt: skip
+        np.testing.assert_allclose(got[i], ref[0], rtol=1e-5, atol=1e-6)
