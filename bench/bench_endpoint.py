@@ -104,8 +104,13 @@ SKIP: set[str] = set()  # diffjax solver names left out (--skip)
 OPTIMIZE_BUDGETS: set[int] = set()  # budgets at which optimised grids are run (--optimize)
 
 
-def diffjax_configs(family: str) -> list[tuple[str, str, dict, str]]:
-    """(label, solver, options, grid) tried at each budget."""
+EXPONENTIAL = ("dpm_solver_pp", "unipc", "deis")
+
+
+def diffjax_configs(family: str) -> list[tuple[str, str, dict, str, float | None]]:
+    """(label, solver, options, grid, t_eps) tried at each budget. On VP the exponential integrators
+    also run to t_eps = 0, like diffusers (`final_sigmas_type='zero'`): their step to σ = 0 is first
+    order, i.e. returns x̂0 at the previous time, so no evaluation is spent at t = 1e-3."""
     names = [(f"dpm_solver_pp {k}", "dpm_solver_pp", {"order": k}) for k in (2, 3)]
     for name, opts in (("unipc", {"order": 2}), ("unipc", {"order": 3}), ("deis", {"order": 2}),
                        ("deis", {"order": 3})):  # fmt: skip
@@ -114,8 +119,16 @@ def diffjax_configs(family: str) -> list[tuple[str, str, dict, str]]:
     names += [("heun", "heun", {}), ("rk4", "rk4", {})]
     if family == "CondOT":
         names += [("midpoint", "midpoint", {}), ("euler", "euler", {})]
-    return [(f"{label} · {grid}", name, opts, grid) for label, name, opts in names if name not in SKIP
-            for grid in ("uniform", "logsnr", "edm")]  # fmt: skip
+    out = []
+    for label, name, opts in names:
+        if name in SKIP:
+            continue
+        ends = (None, 0.0) if family == "VP" and name in EXPONENTIAL else (None,)
+        for t_eps in ends:
+            for grid in ("uniform", "logsnr", "edm"):
+                tag = f"{label} · {grid}" + (" · t_eps 0" if t_eps == 0.0 else "")
+                out.append((tag, name, opts, grid, t_eps))
+    return out
 
 
 OPTIMIZE: list[tuple[str, str, dict]] = [("dpm_solver_pp 2", "dpm_solver_pp", {"order": 2}),
@@ -125,29 +138,32 @@ OPTIMIZE_ITERATIONS = 100
 
 def run_optimized(prob, family, process, x_T, ref, budget) -> list[Row]:
     """Grids optimised by `dj.optimize_grid` (Adam on the grid's log-SNR logits, 100 iterations) on 128
-    *other* noises against the model's own accurate solve, then run on the benchmark's noises."""
+    *other* noises against the model's own accurate solve, then run on the benchmark's noises (on VP
+    also to t_eps = 0, see `diffjax_configs`)."""
     model = prob.mixture.model(process, "velocity" if family == "CondOT" else "eps")
     rows = []
     for label, name, opts in OPTIMIZE:
-        solver = dj.make_solver(name, **opts)
-        n = dj.steps_for_budget(solver, process, budget)
-        res = dj.optimize_grid(solver, model, process, jax.random.key(7), (128, prob.dim), n,
-                               iterations=OPTIMIZE_ITERATIONS, learning_rate=0.05, heldout=128)  # fmt: skip
-        out = dj.sample(solver, model, process, jax.random.key(0), x_init=jnp.asarray(x_T, jnp.float32),
-                        num_steps=n, grid=res.ts)  # fmt: skip
-        med, rmse = errors(out.samples, ref)
-        rows.append(Row(prob.name, family, "diffjax", f"{label} · optimised grid (from {res.init})",
-                        budget, int(out.nfe), med, rmse))  # fmt: skip
+        for t_eps in (None, 0.0) if family == "VP" else (None,):
+            solver = dj.make_solver(name, **opts)
+            n = dj.steps_for_budget(solver, process, budget, t_eps=t_eps)
+            res = dj.optimize_grid(solver, model, process, jax.random.key(7), (128, prob.dim), n,
+                                   t_eps=t_eps, iterations=OPTIMIZE_ITERATIONS, learning_rate=0.05,
+                                   heldout=128)  # fmt: skip
+            out = dj.sample(solver, model, process, jax.random.key(0), x_init=jnp.asarray(x_T, jnp.float32),
+                            num_steps=n, grid=res.ts, t_eps=t_eps)  # fmt: skip
+            med, rmse = errors(out.samples, ref)
+            tag = f"{label} · optimised grid (from {res.init})" + (" · t_eps 0" if t_eps == 0.0 else "")
+            rows.append(Row(prob.name, family, "diffjax", tag, budget, int(out.nfe), med, rmse))
     return rows
 
 
 def run_diffjax(prob, family, process, x_T, ref, budget) -> list[Row]:
     model = prob.mixture.model(process, "velocity" if family == "CondOT" else "eps")
     rows = []
-    for label, name, opts, grid in diffjax_configs(family):
+    for label, name, opts, grid, t_eps in diffjax_configs(family):
         try:
             res = dj.sample(name, model, process, jax.random.key(0), x_init=jnp.asarray(x_T, jnp.float32),
-                            nfe=budget, grid=grid, **opts)  # fmt: skip
+                            nfe=budget, grid=grid, t_eps=t_eps, **opts)  # fmt: skip
         except ValueError:  # the budget is below one step of this solver
             continue
         med, rmse = errors(res.samples, ref)

@@ -75,23 +75,26 @@ def time_at_log_snr_differentiable(
     return solve(process, jnp.asarray(lam, jnp.result_type(float)))
 
 
-@jax.custom_jvp
-def _log_snr_fixed_ends(process: GaussianProcess, t: Array) -> Array:
-    return process.log_snr(t)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _fixed_ends(name: str, process: GaussianProcess, t: Array) -> Array:
+    return getattr(process, name)(t)
 
 
-@_log_snr_fixed_ends.defjvp
-def _log_snr_fixed_ends_jvp(primals, tangents):
+@_fixed_ends.defjvp
+def _fixed_ends_jvp(name, primals, tangents):
+    """process.<name>(t) with the tangent in t dropped where t's tangent is zero (a fixed end, where
+    the derivative in t may be infinite: dλ/dt, dσ/dt at σ = 0, dα/dt at α = 0)."""
     process, t = primals
     process_dot, t_dot = tangents
-    lam, dlam_dt = jax.jvp(process.log_snr, (t,), (jnp.ones_like(t),))
-    _, dlam_dtheta = jax.jvp(lambda p: p.log_snr(t), (process,), (process_dot,))
-    return lam, jnp.where(t_dot == 0, 0.0, dlam_dt * t_dot) + dlam_dtheta
+    fn = getattr(process, name)
+    value, d_dt = jax.jvp(fn, (t,), (jnp.ones_like(t),))
+    _, d_dtheta = jax.jvp(lambda p: getattr(p, name)(t), (process,), (process_dot,))
+    return value, jnp.where(t_dot == 0, 0.0, d_dt * t_dot) + d_dtheta
 
 
 @pytree_dataclass
 class FixedEnds(GaussianProcess):
-    """`process` itself, except that a time with zero tangent gives its log-SNR a zero tangent.
+    """`process` itself, except that a time with zero tangent gives α, σ and λ a zero tangent.
 
     The grid's ends are constants, but forward-mode differentiation still carries their (zero)
     tangents, and at an end where λ = ∓∞ (α = 0 at a flow's noise end, σ = 0 at its data end)
@@ -107,10 +110,10 @@ class FixedEnds(GaussianProcess):
     default_t_eps = property(lambda self: self.process.default_t_eps)
 
     def alpha(self, t):
-        return self.process.alpha(t)
+        return _fixed_ends("alpha", self.process, jnp.asarray(t, jnp.result_type(float)))
 
     def sigma(self, t):
-        return self.process.sigma(t)
+        return _fixed_ends("sigma", self.process, jnp.asarray(t, jnp.result_type(float)))
 
     def coefficients(self, t):
         return self.process.coefficients(t)
@@ -119,8 +122,7 @@ class FixedEnds(GaussianProcess):
         return self.process.diffusion_squared(t)
 
     def log_snr(self, t):
-        t = jnp.asarray(t, jnp.result_type(float))
-        return _log_snr_fixed_ends(self.process, t)
+        return _fixed_ends("log_snr", self.process, jnp.asarray(t, jnp.result_type(float)))
 
 
 @pytree_dataclass

@@ -27,20 +27,22 @@ from diffjax.processes import VPSDE, CondOTPath, DDPMChain
 from diffjax.solvers import DPMSolverPP, Heun
 
 
-@pytest.mark.parametrize(("process", "prediction"), [(VPSDE(), "eps"), (CondOTPath(), "velocity")], ids=str)
-def test_grid_gradient_matches_central_differences(process, prediction):
+@pytest.mark.parametrize(("process", "prediction", "t_eps"),
+                         [(VPSDE(), "eps", None), (VPSDE(), "eps", 0.0), (CondOTPath(), "velocity", None)],
+                         ids=str)  # fmt: skip
+def test_grid_gradient_matches_central_differences(process, prediction, t_eps):
     """float64, 16 noises, a 4-step 3rd-order DPM-Solver++ (multistep warm-up branches masked by
-    jnp.where) and on CondOT the α = 0 / σ = 0 ends (λ = ∓∞); any reference serves (20 steps).
-    Central differences with step 1e-5 have error O(1e-10 · L''') + O(ε_64/1e-5) ≈ 1e-10 relative;
-    1e-6 leaves room for both."""
+    jnp.where) and the ends where λ, α or σ has an infinite time derivative (CondOT's α = 0 / σ = 0,
+    VP's σ = 0 at t_eps = 0); any reference serves (20 steps). Central differences with step 1e-5
+    have error O(1e-10 · L''') + O(ε_64/1e-5) ≈ 1e-10 relative; 1e-6 leaves room for both."""
     with x64():
         flow = as_flow(mixture_2d().model(process, prediction), FixedEnds(process))
         x = process.prior_sample(jax.random.key(0), (16, 2), jnp.float64)
-        denoise = process.data_end() != process.t_data
+        denoise = process.data_end(t_eps) != process.t_data
         solve = jax.jit(endpoint, static_argnums=(0, 4))
-        ref = solve(DPMSolverPP(order=3), flow, x, make_grid(process, 20, "logsnr"), denoise)
-        param = GridParameterization.create(process, 4)
-        z = param.logits(make_grid(process, 4, "edm"))
+        ref = solve(DPMSolverPP(order=3), flow, x, make_grid(process, 20, "logsnr", t_eps), denoise)
+        param = GridParameterization.create(process, 4, t_eps)
+        z = param.logits(make_grid(process, 4, "edm", t_eps))
         z = z + 0.1 * jax.random.normal(jax.random.key(1), (4,), jnp.float64)
         args = (param, DPMSolverPP(order=3), flow, x, ref, denoise)
         loss = jax.jit(functools.partial(grid_loss, param=param, solver=args[1], flow=flow, x_init=x,
