@@ -1,6 +1,7 @@
 """Shared test helpers."""
 
 import jax
+import pytest
 
 
 def x64():
@@ -10,3 +11,13 @@ def x64():
     from jax.experimental import enable_x64  # older JAX
 
     return enable_x64()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. A pytest-xdist worker runs hundreds of
+    modules in one process; without this every executable it ever compiled stays mapped (one worker
+    crashed in XLA's compiler after ~400 tests, as a benchmark process did after ~500 compiles, with
+    'LLVM compilation error: Cannot allocate memory'). Modules do not share compiled programs."""
+    yield
+    jax.clear_caches()
