@@ -371,13 +371,14 @@ def optimize_grid(
     param = GridParameterization.create(process, num_steps, t_eps, floor=floor, contain=init_ts)
     logits = param.logits(init_ts)
     opt_state = optax.adam(learning_rate).init(logits)
-    losses = []
+    losses = []  # device scalars: the steps are dispatched without waiting for the host
     for i in range(iterations):
         logits, opt_state, loss = _train_step(logits, opt_state, param, solver, flow, x_train,
                                               ref_train, denoise, float(learning_rate))  # fmt: skip
-        losses.append(float(loss))
-        if callback is not None:
-            callback(i, losses[-1])
+        losses.append(loss)
+        if callback is not None:  # the only per-step host read
+            callback(i, float(loss))
+    losses = [float(v) for v in jax.device_get(losses)]
     ts = param.times(logits)
     tn = np.asarray(ts)
     if not np.all(np.diff(tn) * np.sign(process.t_data - process.t_noise) > 0):

@@ -116,6 +116,14 @@ def test_fixed_step_gradients_match_finite_differences(solver, divergence):
             assert err <= 3 * richardson + rounding, errs
 
 
+def assert_closed_form_gradient(grad, params, x, process, steps: float, rtol: float) -> None:
+    """Each leaf of grad matches the closed-form ∇ log p within steps·rtol·(1 + |∇ log p|)."""
+    exact = jax.grad(lambda a: gaussian_log_prob(a[0], process, a[1], 1.0).sum())((params, x))
+    for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(exact), strict=True):
+        bound = steps * rtol * (1 + float(jnp.max(jnp.abs(b))))
+        assert float(jnp.max(jnp.abs(a - b))) < bound, (a - b, bound)
+
+
 def test_adaptive_gradients_match_finite_differences_and_the_closed_form():
     """dopri5 (rtol = atol = 1e-10) through diffrax's RecursiveCheckpointAdjoint: the gradient in
     (θ, x) matches central FD and the closed-form gradient within the global-error bound."""
@@ -132,10 +140,7 @@ def test_adaptive_gradients_match_finite_differences_and_the_closed_form():
         vg = jax.jit(jax.value_and_grad(total, has_aux=True))
         (f0, nfe), g = vg((params, x))
         steps = int(nfe) / 6
-        exact = jax.grad(lambda a: gaussian_log_prob(a[0], process, a[1], 1.0).sum())((params, x))
-        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(exact), strict=True):
-            bound = steps * rtol * (1 + float(jnp.max(jnp.abs(b))))
-            assert float(jnp.max(jnp.abs(a - b))) < bound, (a - b, bound)
+        assert_closed_form_gradient(g, params, x, process, steps, rtol)
         step_term = steps * rtol * (1 + abs(float(f0)))
         errs = fd_errors(lambda a: vg(a)[0][0], (params, x), g, jax.random.key(3))
         for err, richardson, rounding in errs:
@@ -156,10 +161,7 @@ def test_backsolve_adjoint_agrees_with_recursive_checkpointing():
             return res.log_prob.sum(), res.nfe
 
         (_, nfe), g = jax.jit(jax.value_and_grad(total, has_aux=True))((params, x))
-        exact = jax.grad(lambda a: gaussian_log_prob(a[0], process, a[1], 1.0).sum())((params, x))
-        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(exact), strict=True):
-            bound = 2 * int(nfe) / 6 * rtol * (1 + float(jnp.max(jnp.abs(b))))  # forward + backward solve
-            assert float(jnp.max(jnp.abs(a - b))) < bound, (a - b, bound)
+        assert_closed_form_gradient(g, params, x, process, 2 * int(nfe) / 6, rtol)  # forward + backward
 
 
 def test_gradients_compile_once_across_parameter_values():
