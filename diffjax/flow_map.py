@@ -65,7 +65,8 @@ class _RescaledTime:
         return expand(self.s - self.t, x) * self._velocity(x, self.t + tau * (self.s - self.t))
 
 
-def solve_flow_map(velocity: Callable[[Array, Array], Array], x: Array, t, s, *, num_steps: int = 64) -> Array:
+def solve_flow_map(velocity: Callable[[Array, Array], Array], x: Array, t, s, *, num_steps: int = 64
+                   ) -> Array:
     """Φ_{t→s}(x) of dx/dt = velocity(x, t) (velocity takes x (N, *event) and t (N,)).
 
     x (N, *event); t, s scalars or (N,) (every example its own interval, either direction; s = t
