@@ -95,7 +95,20 @@ class ExactFlowMap:
         return self.mixture.velocity(x, self.process, t)
 
     def __call__(self, x, t, s):
-        return solve_flow_map(self.velocity, x, t, s, num_steps=self.num_steps)
+        return _exact_flow_map(self, x, t, s)
+
+
+@jax.jit
+def _exact_flow_map(flow_map: ExactFlowMap, x, t, s):
+    """Compiled once per mixture shape, process and batch shape. Where s = t the map is the identity
+    (returned as x, with a stand-in time inside the solve: the velocity may be singular at t itself,
+    e.g. VP at t_data)."""
+    t, s = _batch_times(x, t, "flow_map"), _batch_times(x, s, "flow_map")
+    same = s == t
+    mid = 0.5 * (flow_map.process.t_data + flow_map.process.t_noise)
+    t_safe, s_safe = jnp.where(same, mid, t), jnp.where(same, mid, s)
+    out = solve_flow_map(flow_map.velocity, x, t_safe, s_safe, num_steps=flow_map.num_steps)
+    return jnp.where(expand(same, x), x, out)
 
 
 @pytree_dataclass(eq=False)
