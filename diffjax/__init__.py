@@ -23,6 +23,7 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that was not in
     __version__ = "0+unknown"
 
 from diffjax.flow import ProbabilityFlow
+from diffjax.flow_map import AverageVelocityMap, InstantaneousVelocity, flow_map_sample, solve_flow_map
 from diffjax.grid_optimization import OptimizedGrid, optimize_grid
 from diffjax.grids import edm_grid, logsnr_grid, make_grid, uniform_grid
 from diffjax.guidance import (
@@ -135,4 +136,5 @@ __all__ = [
     "OptimizedGrid", "optimize_grid", "apg", "autoguidance", "bind_labels", "cfgpp_equivalent_scales",
     "cfgpp_sample", "guidance_interval",
     "uniform_time", "variational_bound",
+    "AverageVelocityMap", "InstantaneousVelocity", "flow_map_sample", "solve_flow_map",
 ]  # fmt: skip

@@ -160,6 +160,22 @@ class AverageVelocityMap:
 
 
 @pytree_dataclass
+class InstantaneousVelocity:
+    """model(x, t) = net(x, t, s=t): a two-time network u(x, t, s) on its diagonal, where the average
+    velocity is the velocity of the probability-flow ODE (u(x, t, t) = v(x, t)). Declares prediction
+    'velocity', so every ODE sampler runs a MeanFlow or shortcut network with many steps too."""
+
+    model: Callable
+    keyword_s: bool = static_field(default=True)
+    prediction: str = static_field(default="velocity")
+
+    def __call__(self, x, t, *args, **kwargs):
+        if self.keyword_s:
+            return self.model(x, t, *args, s=t, **kwargs)
+        return self.model(x, t, t, *args, **kwargs)
+
+
+@pytree_dataclass
 class FlowMapTerm:
     """The term of a few-step model: flow_map(x, t, s) -> Φ_{t→s}(x) under `process`."""
 
@@ -213,5 +229,5 @@ def flow_map_sample(
 
 __all__ = [
     "AverageVelocityMap", "ExactAverageVelocity", "ExactConsistencyFunction", "ExactFlowMap",
-    "FlowMapStep", "FlowMapTerm", "flow_map_sample", "solve_flow_map",
+    "FlowMapStep", "FlowMapTerm", "InstantaneousVelocity", "flow_map_sample", "solve_flow_map",
 ]  # fmt: skip

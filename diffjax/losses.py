@@ -343,14 +343,16 @@ def conditional_loss(
 
 class BoundLabels:
     """model(x, t) = model(x, t·1.0, labels, **kwargs) (t as floats), keeping the model's declared
-    prediction: a class-conditional network seen by a loss or a sampler."""
+    prediction: a class-conditional network seen by a loss or a sampler. A two-time network
+    (`second_time=True`: flow maps, MeanFlow) is called as model(x, t, s) = model(x, t, labels, s=s)."""
 
     def __init__(self, model, labels, kwargs=None):
         self.model, self.labels, self.kwargs = model, labels, dict(kwargs or {})
         self.prediction = getattr(model, "prediction", None)
 
-    def __call__(self, x, t):
-        return self.model(x, jnp.asarray(t).astype(x.dtype), self.labels, **self.kwargs)
+    def __call__(self, x, t, s=None):
+        kwargs = self.kwargs if s is None else {**self.kwargs, "s": jnp.asarray(s).astype(x.dtype)}
+        return self.model(x, jnp.asarray(t).astype(x.dtype), self.labels, **kwargs)
 
 
 __all__ = [

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -161,11 +162,15 @@ def validate_config(cfg) -> None:
     try:  # the free-form parts, by constructing what consumes them (cheap: no parameters)
         MODELS[cfg.model.kind][1](prediction=cfg.model.prediction, **dict(cfg.model.kwargs))
         process = dj.build_process(process_spec(cfg))
-        dj.make_solver(s.sampler, **dict(s.options))
+        if s.sampler not in FEW_STEP_SAMPLERS:
+            dj.make_solver(s.sampler, **dict(s.options))
         build_time_sampler(cfg, process)
         dj.make_weighting(cfg.loss.weighting, **dict(cfg.loss.weighting_kwargs))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"invalid config: {err}") from None
+    if s.sampler == "flow_map" and not cfg.model.kwargs.get("second_time", False):
+        raise ConfigError("invalid config: sample.sampler='flow_map' jumps with an average velocity "
+                          "u(x, t, s): the network needs model.kwargs.second_time=True (MeanFlow).")
     if cfg.process.name == "ddpm" and cfg.model.prediction == "velocity":
         raise ConfigError("invalid config: the DDPM chain has no velocity (model.prediction='velocity').")
 
@@ -184,11 +189,20 @@ def build_loss(cfg, process):
     )  # fmt: skip
 
 
+FEW_STEP_SAMPLERS = {"flow_map": False, "consistency": True}  # name → renoise (diffjax.flow_map)
+
+
 def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_trajectory=False):
     """n samples from `model` (an NNX network with the parameters to use) with the configured sampler,
     classifier-free guidance for class-conditional models (labels cycle 0..C−1 unless given) and x̂0
-    clipped to [−1, 1] when cfg.sample.clip_denoised."""
+    clipped to [−1, 1] when cfg.sample.clip_denoised. Few-step samplers: 'flow_map' jumps with a
+    two-time network's average velocity (MeanFlow), 'consistency' is multistep consistency sampling;
+    an ODE sampler runs a two-time network on its diagonal u(x, t, t) = v(x, t)."""
     n_cls = num_classes(cfg)
+    if cfg.sample.sampler in FEW_STEP_SAMPLERS:
+        return generate_few_step(cfg, model, process, key, n, data_shape, labels=labels)
+    if cfg.model.kwargs.get("second_time", False):
+        model = dj.flow_map.InstantaneousVelocity(model)
     if n_cls is not None:
         labels = np.arange(n) % n_cls if labels is None else np.asarray(labels)
         model = dj.cfg_model(model, jnp.asarray(labels), cfg.sample.guidance_scale, n_cls)
@@ -202,6 +216,28 @@ def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_traje
                      grid=cfg.sample.get("grid", "uniform"),
                      **dict(cfg.sample.options))  # fmt: skip
 
+
+def generate_few_step(cfg, model, process, key, n, data_shape, *, labels=None):
+    """`generate` for the few-step samplers: cfg.sample.num_steps jumps (one evaluation each) on the
+    configured grid from t_noise to exactly t_data (no guidance: a class-conditional model gets its
+    labels, cycling 0..C−1 unless given)."""
+    from diffjax.flow_map import AverageVelocityMap, flow_map_sample
+    from diffjax.losses import BoundLabels
+
+    n_cls = num_classes(cfg)
+    if n_cls is not None:
+        labels = np.arange(n) % n_cls if labels is None else np.asarray(labels)
+    elif labels is not None:
+        raise ConfigError("labels were given for a model that is not class-conditional.")
+    bound = BoundLabels(model, None if labels is None else jnp.asarray(labels))
+    renoise = FEW_STEP_SAMPLERS[cfg.sample.sampler]
+    flow_map = (lambda x, t, s: bound(x, t)) if renoise else AverageVelocityMap(bound, process)
+    steps = cfg.sample.num_steps
+    ts = dj.make_grid(process, steps, cfg.sample.get("grid", "uniform"), 0.0)
+    k_prior, k_steps = jax.random.split(key)
+    x = process.prior_sample(k_prior, (n, *data_shape))
+    run = jax.jit(lambda x, k: flow_map_sample(flow_map, process, x, ts, key=k, renoise=renoise))
+    return dj.SampleResult(run(x, k_steps), None, steps)
 
 
 def saved_config(workdir: str, missing_ok: bool = False) -> ml_collections.ConfigDict | None:

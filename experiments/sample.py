@@ -17,11 +17,12 @@ from absl import app, flags, logging
 
 import diffjax as dj
 from diffjax.viz import save_image_grid, save_samples_2d
-from experiments.builders import ConfigError, generate, load_run, parse_flags, user_errors
+from experiments.builders import FEW_STEP_SAMPLERS, ConfigError, generate, load_run, parse_flags, user_errors
 from experiments.optimize_grid import use_grid_file
 
 flags.DEFINE_string("workdir", None, "A work directory written by experiments.train.")
-flags.DEFINE_string("sampler", None, f"Sampler name, one of {tuple(dj.SOLVERS)} (default: the config's).")
+flags.DEFINE_string("sampler", None, f"Sampler name, one of {tuple(dj.SOLVERS)} or a few-step sampler "
+                    "'flow_map' (MeanFlow networks) / 'consistency' (default: the config's).")
 flags.DEFINE_integer("steps", None, "Number of sampler steps (default: the config's).")
 flags.DEFINE_float("guidance", None, "Classifier-free guidance scale w (class-conditional models).")
 flags.DEFINE_bool("clip_denoised", None, "Clip x̂0 to [−1, 1] while sampling (default: the config's).")
@@ -57,8 +58,9 @@ def main(argv):
         for name in ("steps", "num"):
             if FLAGS[name].value is not None and FLAGS[name].value < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {FLAGS[name].value}.")
-        if FLAGS.sampler is not None and FLAGS.sampler not in dj.SOLVERS:
-            raise ConfigError(f"--sampler {FLAGS.sampler!r} is not one of {tuple(dj.SOLVERS)}.")
+        if FLAGS.sampler is not None and FLAGS.sampler not in (*dj.SOLVERS, *FEW_STEP_SAMPLERS):
+            raise ConfigError(f"--sampler {FLAGS.sampler!r} is not one of "
+                              f"{(*dj.SOLVERS, *FEW_STEP_SAMPLERS)}.")  # fmt: skip
         cfg, trained = load_run(FLAGS.workdir)
         cfg.sample.sampler = FLAGS.sampler or cfg.sample.sampler
         cfg.sample.num_steps = FLAGS.steps or cfg.sample.num_steps

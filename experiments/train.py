@@ -163,18 +163,25 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
 
 def initial_parameters(source: str, params):
     """The EMA parameters of the work directory `source`, to start (fine-tune) a new run whose network
-    has the same parameter shapes; ConfigError naming the parameters whose shapes differ."""
+    has the same parameter shapes; ConfigError naming the parameters whose shapes differ. Parameters
+    the source does not have keep their initialisation (e.g. the interval embedding of a two-time
+    network fine-tuned from a one-time one: MeanFlow from a flow-matching run) and are listed."""
     model = dj.load_model(source).model
     theirs = nnx.state(model.network if isinstance(model, dj.Preconditioned) else model, nnx.Param)
-    mine = jax.tree_util.tree_flatten_with_path(params)[0]
+    mine = jax.tree_util.tree_flatten_with_path(params)
     other = dict(jax.tree_util.tree_flatten_with_path(theirs)[0])
-    bad = [f"{jax.tree_util.keystr(k)}: {np.shape(other.get(k))} → {np.shape(v)}" for k, v in mine
-           if k not in other or np.shape(other[k]) != np.shape(v)]  # fmt: skip
-    if bad or len(other) != len(mine):
+    bad = [f"{jax.tree_util.keystr(k)}: {np.shape(other[k])} → {np.shape(v)}" for k, v in mine[0]
+           if k in other and np.shape(other[k]) != np.shape(v)]  # fmt: skip
+    mine_keys = {k for k, _ in mine[0]}
+    bad += [f"{jax.tree_util.keystr(k)}: {np.shape(v)} → absent" for k, v in other.items()
+            if k not in mine_keys]  # fmt: skip
+    if bad:
         raise ConfigError(f"train.init_from={source!r}: its network's parameters do not fit this one:\n  "
-                          + "\n  ".join(bad[:10] or ["different parameter trees"]))  # fmt: skip
-    print(f"starting from the EMA parameters of {source}")
-    return theirs
+                          + "\n  ".join(bad[:10]))  # fmt: skip
+    new = sorted({jax.tree_util.keystr(k[:1]) for k, _ in mine[0] if k not in other})
+    print(f"starting from the EMA parameters of {source}"
+          + (f" (new, freshly initialised: {', '.join(new)})" if new else ""))  # fmt: skip
+    return jax.tree_util.tree_unflatten(mine[1], [other.get(k, v) for k, v in mine[0]])
 
 
 FLAGS = flags.FLAGS
