@@ -87,16 +87,22 @@ def precondition(network, process: GaussianProcess, sigma_data: float = 0.5) -> 
     return Preconditioned(network, process, float(sigma_data))
 
 
-PRECONDITIONINGS = ("none", "edm")
+PRECONDITIONINGS = ("none", "edm", "consistency")
 
 
 def apply_preconditioning(network, process: GaussianProcess, spec: dict | None):
-    """The denoiser a run record's model entry `preconditioning` describes: `network` itself for None
-    or {'kind': 'none'}, `precondition(network, process, sigma_data)` for {'kind': 'edm', 'sigma_data'}."""
+    """The model a run record's model entry `preconditioning` describes: `network` itself for None
+    or {'kind': 'none'}, `precondition(network, process, sigma_data)` for {'kind': 'edm', 'sigma_data'},
+    the consistency model `diffjax.consistency.ConsistencyModel(network, process, sigma_data)` for
+    {'kind': 'consistency', 'sigma_data'}."""
     spec = dict(spec or {"kind": "none"})
     kind = spec.pop("kind", "none")
     if kind == "none":
         return network
+    if kind == "consistency":
+        from diffjax.consistency import ConsistencyModel
+
+        return ConsistencyModel(network, process, **spec)
     if kind != "edm":
         raise ValueError(f"Unknown preconditioning {kind!r}; choose one of {PRECONDITIONINGS}.")
     return precondition(network, process, **spec)

@@ -31,7 +31,9 @@ from diffjax.training.workdir import RunMismatchError
 from experiments.configs import base
 
 LOSSES = {"dsm": "eps", "cfm": "velocity", "ddpm": "eps"}  # name → regression target
-FREE_FORM = {"model.kwargs", "process.kwargs", "loss.time_kwargs", "loss.weighting_kwargs", "sample.options"}
+FEW_STEP_LOSSES = ("meanflow", "consistency_training", "consistency_distillation")
+FREE_FORM = {"model.kwargs", "process.kwargs", "loss.time_kwargs", "loss.weighting_kwargs", "sample.options",
+             "loss.options"}
 
 
 class ConfigError(ValueError):
@@ -141,12 +143,14 @@ def validate_config(cfg) -> None:
     need(isinstance(s.num_samples, int) and s.num_samples >= 1,
          f"sample.num_samples must be >= 1, got {s.num_samples!r}")
     need(cfg.data.num_examples >= 0, f"data.num_examples must be >= 0 (0: all), got {cfg.data.num_examples}")
-    need(cfg.loss.name in LOSSES, f"loss.name {cfg.loss.name!r} is not one of {tuple(LOSSES)}")
+    need(cfg.loss.name in (*LOSSES, *FEW_STEP_LOSSES),
+         f"loss.name {cfg.loss.name!r} is not one of {(*LOSSES, *FEW_STEP_LOSSES)}")
+    few_step_checks(cfg, need)
     need(cfg.loss.weighting in WEIGHTINGS,
          f"loss.weighting {cfg.loss.weighting!r} is not one of {tuple(WEIGHTINGS)}")
     need(cfg.model.preconditioning in PRECONDITIONINGS,
          f"model.preconditioning {cfg.model.preconditioning!r} is not one of {PRECONDITIONINGS}")
-    need(cfg.model.preconditioning == "none" or cfg.model.prediction == "x0",
+    need(cfg.model.preconditioning in ("none", "consistency") or cfg.model.prediction == "x0",
          f"model.preconditioning={cfg.model.preconditioning!r} makes the network a denoiser: set "
          f"model.prediction='x0' (got {cfg.model.prediction!r})")
     need(cfg.model.sigma_data > 0,
@@ -175,12 +179,69 @@ def validate_config(cfg) -> None:
         raise ConfigError("invalid config: the DDPM chain has no velocity (model.prediction='velocity').")
 
 
+def few_step_checks(cfg, need) -> None:
+    """What the few-step losses and samplers need of the rest of the config."""
+    name, precond, sampler = cfg.loss.name, cfg.model.preconditioning, cfg.sample.sampler
+    two_time = bool(cfg.model.kwargs.get("second_time", False))
+    need(name != "meanflow" or two_time,
+         "loss.name='meanflow' trains an average velocity u(x, t, s): set model.kwargs.second_time=True")
+    need(name == "meanflow" or not two_time,
+         f"model.kwargs.second_time=True is a MeanFlow network; loss.name={name!r} trains a one-time one")
+    consistency = name.startswith("consistency_")
+    need(consistency == (precond == "consistency"),
+         "consistency losses and model.preconditioning='consistency' go together (got loss.name="
+         f"{name!r}, model.preconditioning={precond!r})")
+    need(consistency == (sampler == "consistency"),
+         f"a consistency model samples with sample.sampler='consistency' (got {sampler!r} for "
+         f"loss.name={name!r})")
+    need(bool(cfg.teacher.workdir) == (name == "consistency_distillation") or name == "meanflow",
+         f"teacher.workdir is what loss.name='consistency_distillation' distils (and MeanFlow may); got "
+         f"teacher.workdir={cfg.teacher.workdir!r} with loss.name={name!r}")
+    need(not dict(cfg.loss.options) or name in FEW_STEP_LOSSES,
+         f"loss.options are options of a few-step loss {FEW_STEP_LOSSES}, not of {name!r}")
+
+
+def teacher_flow_velocity(cfg, process):
+    """v(x, t) of the teacher run's probability flow (its EMA model), checked to share the process."""
+    trained = dj.load_model(cfg.teacher.workdir)
+    if process_spec(saved_config(cfg.teacher.workdir)) != process_spec(cfg):
+        raise ConfigError(f"teacher.workdir={cfg.teacher.workdir!r} was trained on another process "
+                          f"({trained.record['process']}); distil on the same one.")  # fmt: skip
+    return trained.model, dj.ProbabilityFlow(trained.model, process, trained.model.prediction).velocity
+
+
+def build_few_step_loss(cfg, process):
+    """loss(model, x0, key) of a few-step method (`FEW_STEP_LOSSES`) with cfg.loss.options."""
+    from diffjax.consistency import consistency_distillation_loss, consistency_training_loss
+    from diffjax.meanflow import meanflow_loss, meanflow_times
+
+    options = dict(cfg.loss.options)
+    if cfg.loss.name == "meanflow":
+        times = {k: options.pop(k) for k in ("mean", "std", "ratio") if k in options}
+        time_sampler = meanflow_times(process, t_eps=cfg.loss.t_eps, **times)
+        velocity = teacher_flow_velocity(cfg, process)[1] if cfg.teacher.workdir else None
+        return functools.partial(meanflow_loss, process=process, time_sampler=time_sampler,
+                                 velocity=velocity, **options)  # fmt: skip
+    if cfg.loss.name == "consistency_training":
+        options.setdefault("num_levels", 41)
+        return functools.partial(consistency_training_loss, process=process, **options)
+    teacher, _ = teacher_flow_velocity(cfg, process)
+    solver = dj.make_solver(options.pop("solver", "heun"))
+    num_steps = int(options.pop("num_steps", 18))
+    ts = dj.make_grid(process, num_steps, options.pop("grid", "edm"), None)[::-1]  # t_min → t_noise
+    return functools.partial(consistency_distillation_loss, teacher=teacher, solver=solver, process=process,
+                             ts=ts, **options)  # fmt: skip
+
+
 def build_time_sampler(cfg, process):
     return TIME_SAMPLERS[cfg.loss.time](process, t_eps=cfg.loss.t_eps, **dict(cfg.loss.time_kwargs))
 
 
 def build_loss(cfg, process):
-    """loss(model, x0, key) -> scalar, the configured regression (`diffjax.losses.denoising_loss`)."""
+    """loss(model, x0, key) -> scalar, the configured regression (`diffjax.losses.denoising_loss`)
+    or few-step loss (`build_few_step_loss`)."""
+    if cfg.loss.name in FEW_STEP_LOSSES:
+        return build_few_step_loss(cfg, process)
     return functools.partial(
         dj.denoising_loss, process=process, prediction=cfg.model.prediction,
         target=LOSSES[cfg.loss.name],

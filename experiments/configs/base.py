@@ -16,6 +16,7 @@ def get_config():
     c.data = dict(name="checkerboard", data_dir="", source="auto", num_examples=0)
     # model.kind: mlp | unet; model.prediction: eps | x0 | score | v | velocity;
     # model.preconditioning: none | edm (EDM's c_skip/c_out/c_in/c_noise with sigma_data; needs prediction x0)
+    #   | consistency (Song et al.'s boundary-respecting c_skip/c_out: a consistency model f(x, t))
     c.model = dict(kind="mlp", prediction="velocity", kwargs={}, preconditioning="none", sigma_data=0.5)
     # process.name: a key of diffjax.processes.PROCESSES (vp, subvp, ve, cosine_vp, condot, ddpm, ...)
     c.process = dict(name="condot", kwargs={})
@@ -24,8 +25,16 @@ def get_config():
     # its options (edm: sigma_data; min_snr: gamma); time: uniform | logit_normal | lognormal | antithetic,
     # time_kwargs its options (lognormal: p_mean, p_std); t_eps: data-end offset of the training times
     # learned_weighting: EDM2's learned uncertainty u(λ) on top (e^{−u}·L + u; diffjax.models.uncertainty)
+    # few-step losses (diffjax.meanflow, diffjax.consistency): name meanflow (a two-time network,
+    # model.kwargs.second_time=True) | consistency_training (iCT) | consistency_distillation (needs
+    # teacher.workdir; both need model.preconditioning='consistency'); options: the loss's keyword
+    # options (meanflow: mean, std, ratio, adaptive_p, adaptive_c; consistency_training: num_levels,
+    # distance, sigma_max, ...; consistency_distillation: num_steps (the grid), solver, distance)
     c.loss = dict(name="cfm", weighting="none", weighting_kwargs={}, time="uniform", time_kwargs={},
-                  t_eps=0.0, learned_weighting=False)
+                  t_eps=0.0, learned_weighting=False, options={})
+    # teacher.workdir: a finished run whose EMA model a distillation loss follows (its process must be
+    # this run's); with loss.name='meanflow' it replaces the conditional velocity by the teacher's
+    c.teacher = dict(workdir="")
     c.train = dict(num_steps=6000, batch_size=512, learning_rate=2e-3, warmup_steps=200,
                    weight_decay=0.0, clip_norm=1.0, ema_decay=0.999, checkpoint_every=2000,
                    keep=2, log_every=200, sample_every=0, label_dropout=0.0,
