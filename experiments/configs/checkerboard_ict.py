@@ -2,7 +2,8 @@
 consistency model f(x, t) (Song et al.'s c_skip/c_out around a residual MLP) on the CondOT path,
 sampled in one step or a few (multistep consistency sampling).
 
-    python -m experiments.train --config experiments/configs/checkerboard_ict.py --workdir outputs/checkerboard_ict
+    python -m experiments.train --config experiments/configs/checkerboard_ict.py \
+        --workdir outputs/checkerboard_ict
     python -m experiments.sample --workdir outputs/checkerboard_ict --sampler consistency --steps 2
 """
 
