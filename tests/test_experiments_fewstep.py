@@ -1,0 +1,101 @@
+"""Few-step methods through the experiments package: MeanFlow and consistency-model configs train,
+checkpoint, load and sample with their own samplers; fine-tuning a one-time run into a two-time
+network; MeanFlow distillation and consistency distillation from a teacher run; the config checks
+that keep a loss, network, preconditioning and sampler together."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from test_experiments import run
+
+import diffjax as dj
+from experiments.builders import ConfigError, generate, validate_config
+from experiments.configs import checkerboard_fm, checkerboard_ict, checkerboard_meanflow
+from experiments.train import train_and_evaluate
+
+
+def tiny(module, num_steps=4, **edits):
+    cfg = module.get_config()
+    cfg.train.update(num_steps=num_steps, warmup_steps=1, checkpoint_every=num_steps, log_every=num_steps,
+                     batch_size=32)  # fmt: skip
+    cfg.model.kwargs.update(width=32, depth=1)
+    cfg.data.num_examples = 1000
+    cfg.sample.update(num_samples=16)
+    for path, value in edits.items():
+        node, *parents = cfg, *path.split(".")[:-1]
+        for part in parents:
+            node = node[part]
+        node[path.split(".")[-1]] = value
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("fm") / "run")
+    train_and_evaluate(tiny(checkerboard_fm), workdir)
+    return workdir
+
+
+def test_meanflow_fine_tuned_and_distilled_from_a_flow_run_samples_in_jumps(tmp_path, flow_run, capsys):
+    """init_from copies the one-time network and adds only the interval embedding; the MeanFlow
+    network then samples with 'flow_map' (1 evaluation per jump) and, on its diagonal, with ODE
+    solvers; the command line samples it too."""
+    workdir = str(tmp_path / "mf")
+    cfg = tiny(checkerboard_meanflow, **{"train.init_from": flow_run, "teacher.workdir": flow_run})
+    summary = train_and_evaluate(cfg, workdir)
+    assert "new, freshly initialised: ['interval_embed']" in capsys.readouterr().out
+    assert summary["nfe"] == 1
+    trained = dj.load_model(workdir)
+    assert trained.model.config.second_time
+    cfg.sample.update(sampler="heun", num_steps=3)  # an ODE solver on the diagonal u(x, t, t) = v(x, t)
+    res = generate(cfg, trained.model, trained.process, jax.random.key(0), 8, (2,))
+    assert res.nfe == 5 and np.all(np.isfinite(np.asarray(res.samples)))
+    out = run("sample", "--workdir", workdir, "--sampler", "flow_map", "--steps", "2", "--num", "8")
+    assert "(2 evaluations per sample)" in out
+    samples = np.load(os.path.join(workdir, "sample_flow_map_2.npz"))["samples"]
+    assert samples.shape == (8, 2) and np.all(np.isfinite(samples))
+
+
+def test_consistency_training_and_distillation_runs_load_as_consistency_models(tmp_path, flow_run):
+    """iCT from scratch and CD from the flow run: load_model returns the consistency model f(x, t)
+    (boundary f(x, t_data) = x), sampled with multistep consistency sampling."""
+    cd = {"loss.name": "consistency_distillation", "loss.options": {"num_steps": 8, "solver": "heun"},
+          "teacher.workdir": flow_run}
+    for name, edits in (("ict", {}), ("cd", cd)):
+        workdir = str(tmp_path / name)
+        summary = train_and_evaluate(tiny(checkerboard_ict, **edits), workdir)
+        assert summary["nfe"] == 1
+        model = dj.load_model(workdir).model
+        from diffjax.consistency import ConsistencyModel
+
+        assert isinstance(model, ConsistencyModel)
+        x = np.random.default_rng(0).standard_normal((4, 2)).astype(np.float32)
+        assert np.array_equal(np.asarray(model(x, model.t_min)), x)
+    out = run("sample", "--workdir", workdir, "--sampler", "consistency", "--steps", "3", "--num", "8")
+    assert "(3 evaluations per sample)" in out
+
+
+@pytest.mark.parametrize("edit, match", [
+    (dict(module=checkerboard_meanflow, **{"model.kwargs.second_time": False}), "second_time=True"),
+    (dict(module=checkerboard_fm, **{"model.kwargs.second_time": True}), "MeanFlow network"),
+    (dict(module=checkerboard_ict, **{"model.preconditioning": "none"}), "go together"),
+    (dict(module=checkerboard_ict, **{"sample.sampler": "heun"}), "sample.sampler='consistency'"),
+    (dict(module=checkerboard_ict, **{"loss.name": "consistency_distillation"}), "teacher.workdir"),
+    (dict(module=checkerboard_fm, **{"sample.sampler": "flow_map"}), "second_time=True"),
+    (dict(module=checkerboard_fm, **{"loss.options": {"ratio": 0.5}}), "options of a few-step loss"),
+])  # fmt: skip
+def test_few_step_configs_are_checked_before_any_work(edit, match):
+    module = edit.pop("module")
+    cfg = tiny(module, **edit)
+    with pytest.raises(ConfigError, match=match):
+        validate_config(cfg)
+
+
+def test_few_step_configs_validate():
+    for module in (checkerboard_meanflow, checkerboard_ict):
+        validate_config(module.get_config())
+    from experiments.configs import mnist_meanflow
+
+    validate_config(mnist_meanflow.get_config())
