@@ -96,6 +96,8 @@ def test_few_step_configs_are_checked_before_any_work(edit, match):
 def test_few_step_configs_validate():
     for module in (checkerboard_meanflow, checkerboard_ict):
         validate_config(module.get_config())
-    from experiments.configs import mnist_meanflow
+    from experiments.configs import mnist_consistency, mnist_meanflow
 
     validate_config(mnist_meanflow.get_config())
+    for variant in ("cd", "ict"):
+        validate_config(mnist_consistency.get_config(variant))
