@@ -18,6 +18,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
@@ -164,8 +165,9 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
 def initial_parameters(source: str, params):
     """The EMA parameters of the work directory `source`, to start (fine-tune) a new run whose network
     has the same parameter shapes; ConfigError naming the parameters whose shapes differ. Parameters
-    the source does not have keep their initialisation (e.g. the interval embedding of a two-time
-    network fine-tuned from a one-time one: MeanFlow from a flow-matching run) and are listed."""
+    the source does not have keep their initialisation and are listed: the interval embedding of a
+    two-time network fine-tuned from a one-time one (MeanFlow from a flow-matching run), whose output
+    layer starts at zero so that the new network starts as the source, u(x, t, s) = v(x, t)."""
     model = dj.load_model(source).model
     theirs = nnx.state(model.network if isinstance(model, dj.Preconditioned) else model, nnx.Param)
     mine = jax.tree_util.tree_flatten_with_path(params)
@@ -181,7 +183,15 @@ def initial_parameters(source: str, params):
     new = sorted({jax.tree_util.keystr(k[:1]) for k, _ in mine[0] if k not in other})
     print(f"starting from the EMA parameters of {source}"
           + (f" (new, freshly initialised: {', '.join(new)})" if new else ""))  # fmt: skip
-    return jax.tree_util.tree_unflatten(mine[1], [other.get(k, v) for k, v in mine[0]])
+
+    def start(path, fresh):
+        if path in other:
+            return other[path]
+        name = jax.tree_util.keystr(path)  # a new interval embedding starts with a zero output layer:
+        zero = "interval_embed" in name and "linear2" in name  # u(x, t, s) = the source's v(x, t)
+        return jnp.zeros_like(fresh) if zero else fresh
+
+    return jax.tree_util.tree_unflatten(mine[1], [start(k, v) for k, v in mine[0]])
 
 
 FLAGS = flags.FLAGS

@@ -42,8 +42,18 @@ def test_meanflow_fine_tuned_and_distilled_from_a_flow_run_samples_in_jumps(tmp_
     """init_from copies the one-time network and adds only the interval embedding; the MeanFlow
     network then samples with 'flow_map' (1 evaluation per jump) and, on its diagonal, with ODE
     solvers; the command line samples it too."""
+    from flax import nnx
+
+    from diffjax.models import build_model
+    from experiments.builders import model_spec
+    from experiments.train import initial_parameters
+
     workdir = str(tmp_path / "mf")
     cfg = tiny(checkerboard_meanflow, **{"train.init_from": flow_run, "teacher.workdir": flow_run})
+    graphdef, params = nnx.split(build_model(model_spec(cfg), 0))
+    start = nnx.merge(graphdef, initial_parameters(flow_run, params))  # u(x, t, s) = the source's v(x, t)
+    x, t, s = np.ones((3, 2), np.float32), np.array([0.1, 0.5, 0.9]), np.array([0.9, 0.6, 0.95])
+    np.testing.assert_allclose(start(x, t, s=s), dj.load_model(flow_run).model(x, t), rtol=1e-6, atol=1e-6)
     summary = train_and_evaluate(cfg, workdir)
     assert "new, freshly initialised: ['interval_embed']" in capsys.readouterr().out
     assert summary["nfe"] == 1
