@@ -22,6 +22,7 @@ try:
 except importlib.metadata.PackageNotFoundError:  # a source tree that was not installed
     __version__ = "0+unknown"
 
+from diffjax.distillation import progressive_distillation_loss
 from diffjax.flow import ProbabilityFlow
 from diffjax.flow_map import AverageVelocityMap, InstantaneousVelocity, flow_map_sample, solve_flow_map
 from diffjax.grid_optimization import OptimizedGrid, optimize_grid
@@ -81,6 +82,15 @@ from diffjax.processes import (
     flow_path_from_sde,
     sde_from_flow_path,
 )
+from diffjax.reflow import (
+    Couplings,
+    load_couplings,
+    make_couplings,
+    pair_distillation_loss,
+    reflow_loss,
+    save_couplings,
+    straightness,
+)
 from diffjax.sampling import SampleResult, make_solver, sample, steps_for_budget
 from diffjax.solvers import (
     DDIM,
@@ -137,4 +147,6 @@ __all__ = [
     "cfgpp_sample", "guidance_interval",
     "uniform_time", "variational_bound",
     "AverageVelocityMap", "InstantaneousVelocity", "flow_map_sample", "solve_flow_map",
+    "progressive_distillation_loss", "Couplings", "load_couplings", "make_couplings",
+    "pair_distillation_loss", "reflow_loss", "save_couplings", "straightness",
 ]  # fmt: skip

@@ -239,12 +239,14 @@ def denoising_loss(
     weighting: str | Callable = "none",
     time_sampler: TimeSampler | None = None,
     log_uncertainty: Callable[[Array], Array] | None = None,
+    eps: Array | None = None,
     reduce: bool = True,
 ) -> Array:
     """E[w(t)·mean‖target_θ − target‖²]; a scalar (or the per-example losses (batch,)).
 
     prediction defaults to `model.prediction`; time_sampler to `uniform_time(process)`;
-    log_uncertainty(λ) -> u (batch,) of the log-SNR makes each example's loss e^{−u}·L + u."""
+    log_uncertainty(λ) -> u (batch,) of the log-SNR makes each example's loss e^{−u}·L + u;
+    eps: the noise paired with each x0 (x0's shape) instead of a fresh draw (reflow's couplings)."""
     prediction = prediction or model_prediction(model)
     check_prediction(prediction)
     check_prediction(target)
@@ -254,7 +256,7 @@ def denoising_loss(
         raise ValueError(f"denoising_loss: x0 must be floating point, got {x0.dtype}; scale the data first.")
     time_sampler = time_sampler or uniform_time(process)
     k_t, k_eps = jax.random.split(check_key(key, "denoising_loss"))
-    noised = process.sample_marginal(k_eps, x0, time_sampler(k_t, x0.shape[0]))
+    noised = process.sample_marginal(k_eps, x0, time_sampler(k_t, x0.shape[0]), eps)
     out = model(noised.x_t, noised.t)
     check_model_output(out, x0, "denoising_loss")
     c = noised.coefficients

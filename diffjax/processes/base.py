@@ -196,12 +196,16 @@ class GaussianProcess:
         t = self.check_time(check_batch_time(x0, t, type(self).__name__))
         return expand(self.alpha(t), x0) * x0, expand(self.sigma(t), x0)
 
-    def sample_marginal(self, key: Array, x0: Array, t: ArrayLike) -> NoisedSample:
+    def sample_marginal(self, key: Array, x0: Array, t: ArrayLike, eps: Array | None = None) -> NoisedSample:
         """Draw x_t ~ N(α(t)·x0, σ(t)² I) at times t (scalar or (batch,)); returns the record
-        (x_t, x0, ε, t (batch,), coefficients), computing the coefficients once."""
+        (x_t, x0, ε, t (batch,), coefficients), computing the coefficients once. A given `eps` (x0's
+        shape) is used instead of a draw (coupled noise: reflow)."""
         t = jnp.broadcast_to(check_batch_time(x0, t, type(self).__name__), x0.shape[:1])
         c = self.coefficients(t)
-        eps = jax.random.normal(key, x0.shape, x0.dtype)
+        if eps is None:
+            eps = jax.random.normal(key, x0.shape, x0.dtype)
+        elif eps.shape != x0.shape:
+            raise ValueError(f"sample_marginal: eps must have x0's shape {x0.shape}, got {eps.shape}.")
         x_t = expand(c.alpha, x0) * x0 + expand(c.sigma, x0) * eps
         return NoisedSample(x_t, x0, eps, t, c)
 
