@@ -22,6 +22,13 @@ try:
 except importlib.metadata.PackageNotFoundError:  # a source tree that was not installed
     __version__ = "0+unknown"
 
+from diffjax.consistency import (
+    ConsistencyModel,
+    consistency_distillation_loss,
+    consistency_training_loss,
+    ict_noise_levels,
+    ict_num_levels,
+)
 from diffjax.distillation import progressive_distillation_loss
 from diffjax.flow import ProbabilityFlow
 from diffjax.flow_map import AverageVelocityMap, InstantaneousVelocity, flow_map_sample, solve_flow_map
@@ -147,6 +154,8 @@ __all__ = [
     "cfgpp_sample", "guidance_interval",
     "uniform_time", "variational_bound",
     "AverageVelocityMap", "InstantaneousVelocity", "flow_map_sample", "solve_flow_map",
-    "progressive_distillation_loss", "Couplings", "load_couplings", "make_couplings",
+    "progressive_distillation_loss", "ConsistencyModel", "consistency_distillation_loss",
+    "consistency_training_loss", "ict_noise_levels", "ict_num_levels", "Couplings", "load_couplings",
+    "make_couplings",
     "pair_distillation_loss", "reflow_loss", "save_couplings", "straightness",
 ]  # fmt: skip
