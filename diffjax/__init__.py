@@ -68,6 +68,7 @@ from diffjax.losses import (
     make_weighting,
     uniform_time,
 )
+from diffjax.meanflow import average_velocity_and_derivative, meanflow_loss, meanflow_times
 from diffjax.oracle import GaussianMixture, gaussian, ring_mixture
 from diffjax.parameterization import PREDICTIONS, as_prediction, clip_denoised, convert
 from diffjax.preconditioning import Preconditioned, edm_scalings, precondition
@@ -156,6 +157,6 @@ __all__ = [
     "AverageVelocityMap", "InstantaneousVelocity", "flow_map_sample", "solve_flow_map",
     "progressive_distillation_loss", "ConsistencyModel", "consistency_distillation_loss",
     "consistency_training_loss", "ict_noise_levels", "ict_num_levels", "Couplings", "load_couplings",
-    "make_couplings",
+    "make_couplings", "average_velocity_and_derivative", "meanflow_loss", "meanflow_times",
     "pair_distillation_loss", "reflow_loss", "save_couplings", "straightness",
 ]  # fmt: skip

@@ -12,6 +12,12 @@ The Fourier frequencies are drawn from a fixed seed inside the computation (a co
 constant), so they are not parameters and never trained. Class labels use a learned table with one
 extra row: the null class `num_classes`, which stands for "no label" in classifier-free guidance
 (Ho & Salimans 2022).
+
+A network built with `second_time=True` models a function of two times u(x, t, s) (t the current
+time, s the target time of a flow map: MeanFlow, Geng et al. 2025; shortcut models, Frans et al.
+2024). It conditions on (t, t − s), as MeanFlow embeds (t, t − r): a second `TimeEmbedding` of the
+interval t − s (same feature kind and time_scale, no labels) is added to the conditioning vector,
+c = c(t, y) + c'(t − s). `second_time_interval` validates the pair.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from diffjax._validate import is_concrete
+from diffjax._validate import check_batch_time, is_concrete
 
 TimeEmbeddingKind = Literal["sinusoidal", "fourier"]
 TIME_EMBEDDINGS: tuple[str, ...] = ("sinusoidal", "fourier")
@@ -135,6 +141,28 @@ class TimeEmbedding(nnx.Module):
         y = self.labels(t, y)
         emb = self.linear2(nnx.silu(self.linear1(self.features(t))))
         return emb if y is None else emb + self.label_embed(y)
+
+
+def second_time_interval(
+    x: Array, t: Float[Array, " B"], s: Float[Array, " B"] | None, second_time: bool, owner: str
+) -> Float[Array, " B"] | None:
+    """The interval t − s (batch,) that a `second_time` network embeds, or None for a one-time
+    network; raises if s is missing for a two-time network or given to a one-time one. t is the
+    already validated (batch,) time; s a scalar or (batch,)."""
+    if not second_time:
+        if s is not None:
+            raise ValueError(
+                f"{owner}: got a second time s but the network was built with second_time=False; "
+                "set second_time=True in its config to model u(x, t, s) (e.g. MeanFlow)."
+            )
+        return None
+    if s is None:
+        raise ValueError(
+            f"{owner}: the network was built with second_time=True and needs the target time s: "
+            "call net(x, t, y, s=s) (s = t gives the instantaneous velocity)."
+        )
+    s = jnp.broadcast_to(check_batch_time(x, s, owner), t.shape)
+    return t - s
 
 
 def output_dtype(x: Array):

@@ -3,9 +3,10 @@
     h = Linear(x);  h ← h + Linear(Dropout(SiLU(Linear(LN(h)) + W_k c)))  for k < depth;
     out = Linear(SiLU(LN(h)))
 
-with c = c(t, y) the conditioning vector of `embeddings.TimeEmbedding`. Shapes: x (B, D), t (B,)
-float, y (B,) int or None → (B, D). Dropout is functional exactly as in `unet`: pass `rngs=key` to
-turn it on; the model holds only parameters.
+with c = c(t, y) the conditioning vector of `embeddings.TimeEmbedding` (+ c'(t − s) for a network
+with `second_time=True`, called as net(x, t, y, s=s): see `embeddings`). Shapes: x (B, D), t (B,)
+float, s (B,) float, y (B,) int or None → (B, D). Dropout is functional exactly as in `unet`: pass
+`rngs=key` to turn it on; the model holds only parameters.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from diffjax.models.embeddings import (
     as_dropout_key,
     block_key,
     output_dtype,
+    second_time_interval,
 )
 from diffjax.parameterization import PREDICTIONS, Prediction
 
@@ -32,7 +34,8 @@ from diffjax.parameterization import PREDICTIONS, Prediction
 @dataclasses.dataclass(frozen=True)
 class ResidualMLPConfig:
     """Architecture of a `ResidualMLP`: data dimension `dim`, hidden `width`, `depth` residual
-    blocks; the other fields mean what they mean in `UNetConfig`."""
+    blocks; second_time: also condition on a target time s (net(x, t, y, s=s)), through the interval
+    t − s; the other fields mean what they mean in `UNetConfig`."""
 
     dim: int = 2
     width: int = 256
@@ -45,6 +48,7 @@ class ResidualMLPConfig:
     prediction: Prediction = "eps"
     dtype: Any = "float32"
     param_dtype: Any = "float32"
+    second_time: bool = False
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
@@ -90,6 +94,11 @@ class ResidualMLP(nnx.Module):
             cfg.width, cfg.width, kind=cfg.time_embedding, time_scale=cfg.time_scale,
             fourier_scale=cfg.fourier_scale, num_classes=cfg.num_classes, **kw,
         )
+        if cfg.second_time:  # only then: one-time networks keep their parameters (and checkpoints)
+            self.interval_embed = TimeEmbedding(
+                cfg.width, cfg.width, kind=cfg.time_embedding, time_scale=cfg.time_scale,
+                fourier_scale=cfg.fourier_scale, **kw,
+            )
         self.linear_in = nnx.Linear(cfg.dim, cfg.width, **kw)
         self.blocks = nnx.List([MLPBlock(cfg, rngs=rngs) for _ in range(cfg.depth)])
         self.norm_out = nnx.LayerNorm(cfg.width, **kw)
@@ -106,9 +115,11 @@ class ResidualMLP(nnx.Module):
         t: Float[Array, " B"],
         y: Int[Array, " B"] | None = None,
         *,
+        s: Float[Array, " B"] | None = None,
         rngs=None,
     ) -> Float[Array, "B D"]:
-        """Prediction at (x, t[, y]); `rngs` (a PRNG key or nnx.Rngs) turns dropout on."""
+        """Prediction at (x, t[, y]) (and target time s for `second_time`); `rngs` (a PRNG key or
+        nnx.Rngs) turns dropout on."""
         cfg = self.config
         if x.ndim != 2 or x.shape[1] != cfg.dim:
             raise ValueError(
@@ -117,7 +128,10 @@ class ResidualMLP(nnx.Module):
             )
         t = jnp.broadcast_to(check_batch_time(x, t, "ResidualMLP"), x.shape[:1])
         key = as_dropout_key(rngs)
+        interval = second_time_interval(x, t, s, cfg.second_time, "ResidualMLP")
         emb = self.time_embed(t, y)
+        if interval is not None:
+            emb = emb + self.interval_embed(interval)
         h = self.linear_in(x.astype(cfg.dtype))
         for i, block in enumerate(self.blocks):
             h = block(h, emb, block_key(key, i))

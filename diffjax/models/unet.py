@@ -5,7 +5,8 @@
             → [ResBlock on concat(h, skip) (+ Attention)] × (num_res_blocks + 1) per level, Upsample
             → GroupNorm, SiLU, conv_out
 
-Every ResBlock receives the conditioning vector c(t, y) (`TimeEmbedding`), added to its features
+Every ResBlock receives the conditioning vector c(t, y) (`TimeEmbedding`; + c'(t − s) for a network
+with `second_time=True`, called as net(x, t, y, s=s): see `embeddings`), added to its features
 (`scale_shift=False`, DDPM) or as a FiLM scale and shift of the second GroupNorm
 (`scale_shift=True`, ADM). Attention sits at the levels whose spatial size is listed in
 `attention_resolutions` (the level sizes are image_size, ⌈image_size/2⌉, ...; e.g. 28, 14, 7 for
@@ -38,6 +39,7 @@ from diffjax.models.embeddings import (
     as_dropout_key,
     block_key,
     output_dtype,
+    second_time_interval,
 )
 from diffjax.parameterization import PREDICTIONS, Prediction
 
@@ -55,7 +57,8 @@ class UNetConfig:
     index num_classes; time_embedding / time_scale / fourier_scale: see `embeddings`
     (time_scale=None → 1000 for sinusoidal, 1 for Fourier, i.e. t in [0, 1]; use 1 for integer
     DDPM steps); prediction: what the network's output is ('eps', 'x0', 'v', ...); dtype: computation
-    dtype (e.g. 'bfloat16' on GPU), param_dtype: parameter dtype.
+    dtype (e.g. 'bfloat16' on GPU), param_dtype: parameter dtype; second_time: also condition on a
+    target time s (net(x, t, y, s=s)) through the interval t − s (flow-map models such as MeanFlow).
     """
 
     in_channels: int = 1
@@ -76,6 +79,7 @@ class UNetConfig:
     prediction: Prediction = "eps"
     dtype: Any = "float32"
     param_dtype: Any = "float32"
+    second_time: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
@@ -212,6 +216,12 @@ class UNet(nnx.Module):
             fourier_scale=cfg.fourier_scale, num_classes=cfg.num_classes, dtype=cfg.dtype,
             param_dtype=cfg.param_dtype, rngs=rngs,
         )
+        if cfg.second_time:  # only then: one-time networks keep their parameters (and checkpoints)
+            self.interval_embed = TimeEmbedding(
+                cfg.channels, cfg.emb_dim, kind=cfg.time_embedding, time_scale=cfg.time_scale,
+                fourier_scale=cfg.fourier_scale, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                rngs=rngs,
+            )
         self.conv_in = _conv(cfg.in_channels, cfg.channels, 3, cfg, rngs)
         widths = [cfg.channels * m for m in cfg.channel_mults]
         skips = [cfg.channels]
@@ -255,9 +265,11 @@ class UNet(nnx.Module):
         t: Float[Array, " B"],
         y: Int[Array, " B"] | None = None,
         *,
+        s: Float[Array, " B"] | None = None,
         rngs=None,
     ) -> Float[Array, "B H W C_out"]:
-        """Prediction at (x, t[, y]); `rngs` (a PRNG key or nnx.Rngs) turns dropout on."""
+        """Prediction at (x, t[, y]) (and target time s for `second_time`); `rngs` (a PRNG key or
+        nnx.Rngs) turns dropout on."""
         cfg = self.config
         size = cfg.image_size
         if x.ndim != 4 or x.shape[1:] != (size, size, cfg.in_channels):
@@ -267,7 +279,10 @@ class UNet(nnx.Module):
             )
         t = jnp.broadcast_to(check_batch_time(x, t, "UNet"), x.shape[:1])
         key = as_dropout_key(rngs)
+        interval = second_time_interval(x, t, s, cfg.second_time, "UNet")
         emb = self.time_embed(t, y)
+        if interval is not None:
+            emb = emb + self.interval_embed(interval)
         h = self.conv_in(x.astype(cfg.dtype))
         hs = [h]
         n = 0  # block counter for independent dropout keys
