@@ -31,7 +31,8 @@ from diffjax.training.workdir import RunMismatchError
 from experiments.configs import base
 
 LOSSES = {"dsm": "eps", "cfm": "velocity", "ddpm": "eps"}  # name → regression target
-FEW_STEP_LOSSES = ("meanflow", "consistency_training", "consistency_distillation")
+FEW_STEP_LOSSES = ("meanflow", "consistency_training", "consistency_distillation", "progressive_distillation")
+NEEDS_TEACHER = ("consistency_distillation", "progressive_distillation")
 FREE_FORM = {"model.kwargs", "process.kwargs", "loss.time_kwargs", "loss.weighting_kwargs", "sample.options",
              "loss.options"}
 
@@ -194,9 +195,12 @@ def few_step_checks(cfg, need) -> None:
     need(consistency == (sampler == "consistency"),
          f"a consistency model samples with sample.sampler='consistency' (got {sampler!r} for "
          f"loss.name={name!r})")
-    need(bool(cfg.teacher.workdir) == (name == "consistency_distillation") or name == "meanflow",
-         f"teacher.workdir is what loss.name='consistency_distillation' distils (and MeanFlow may); got "
+    need(bool(cfg.teacher.workdir) == (name in NEEDS_TEACHER) or name == "meanflow",
+         f"teacher.workdir is what loss.name in {NEEDS_TEACHER} distils (and MeanFlow may); got "
          f"teacher.workdir={cfg.teacher.workdir!r} with loss.name={name!r}")
+    need(name != "progressive_distillation" or "num_student_steps" in cfg.loss.options,
+         "loss.name='progressive_distillation' needs loss.options.num_student_steps (the student's steps; "
+         "it matches two teacher DDIM steps in one)")
     need(not dict(cfg.loss.options) or name in FEW_STEP_LOSSES,
          f"loss.options are options of a few-step loss {FEW_STEP_LOSSES}, not of {name!r}")
 
@@ -226,6 +230,9 @@ def build_few_step_loss(cfg, process):
         options.setdefault("num_levels", 41)
         return functools.partial(consistency_training_loss, process=process, **options)
     teacher, _ = teacher_flow_velocity(cfg, process)
+    if cfg.loss.name == "progressive_distillation":
+        return functools.partial(dj.progressive_distillation_loss, teacher=teacher, process=process,
+                                 t_eps=cfg.loss.t_eps, **options)  # fmt: skip
     solver = dj.make_solver(options.pop("solver", "heun"))
     num_steps = int(options.pop("num_steps", 18))
     ts = dj.make_grid(process, num_steps, options.pop("grid", "edm"), None)[::-1]  # t_min → t_noise

@@ -87,6 +87,16 @@ def test_consistency_training_and_distillation_runs_load_as_consistency_models(t
     assert "(3 evaluations per sample)" in out
 
 
+def test_progressive_distillation_round_from_a_flow_run(tmp_path, flow_run):
+    """One round of progressive distillation through the config: the student starts as the teacher
+    (init_from), learns two teacher DDIM steps in one, and samples with its halved DDIM grid."""
+    edits = {"loss.name": "progressive_distillation", "loss.options": {"num_student_steps": 2},
+             "teacher.workdir": flow_run, "train.init_from": flow_run, "sample.sampler": "ddim",
+             "sample.num_steps": 2}  # fmt: skip
+    summary = train_and_evaluate(tiny(checkerboard_fm, **edits), str(tmp_path / "pd"))
+    assert summary["nfe"] == 2 and np.isfinite(summary["loss"])
+
+
 @pytest.mark.parametrize("edit, match", [
     (dict(module=checkerboard_meanflow, **{"model.kwargs.second_time": False}), "second_time=True"),
     (dict(module=checkerboard_fm, **{"model.kwargs.second_time": True}), "MeanFlow network"),
@@ -95,6 +105,8 @@ def test_consistency_training_and_distillation_runs_load_as_consistency_models(t
     (dict(module=checkerboard_ict, **{"loss.name": "consistency_distillation"}), "teacher.workdir"),
     (dict(module=checkerboard_fm, **{"sample.sampler": "flow_map"}), "second_time=True"),
     (dict(module=checkerboard_fm, **{"loss.options": {"ratio": 0.5}}), "options of a few-step loss"),
+    (dict(module=checkerboard_fm, **{"loss.name": "progressive_distillation", "teacher.workdir": "x"}),
+     "num_student_steps"),
 ])  # fmt: skip
 def test_few_step_configs_are_checked_before_any_work(edit, match):
     module = edit.pop("module")
@@ -106,8 +118,9 @@ def test_few_step_configs_are_checked_before_any_work(edit, match):
 def test_few_step_configs_validate():
     for module in (checkerboard_meanflow, checkerboard_ict):
         validate_config(module.get_config())
-    from experiments.configs import mnist_consistency, mnist_meanflow
+    from experiments.configs import mnist_consistency, mnist_meanflow, mnist_progressive
 
     validate_config(mnist_meanflow.get_config())
+    validate_config(mnist_progressive.get_config())
     for variant in ("cd", "ict"):
         validate_config(mnist_consistency.get_config(variant))

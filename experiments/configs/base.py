@@ -27,9 +27,11 @@ def get_config():
     # learned_weighting: EDM2's learned uncertainty u(λ) on top (e^{−u}·L + u; diffjax.models.uncertainty)
     # few-step losses (diffjax.meanflow, diffjax.consistency): name meanflow (a two-time network,
     # model.kwargs.second_time=True) | consistency_training (iCT) | consistency_distillation (needs
-    # teacher.workdir; both need model.preconditioning='consistency'); options: the loss's keyword
+    # teacher.workdir; both need model.preconditioning='consistency') | progressive_distillation (needs
+    # teacher.workdir and options.num_student_steps; sample with 'ddim'); options: the loss's keyword
     # options (meanflow: mean, std, ratio, adaptive_p, adaptive_c; consistency_training: num_levels,
-    # distance, sigma_max, ...; consistency_distillation: num_steps (the grid), solver, distance)
+    # distance, sigma_max, ...; consistency_distillation: num_steps (the grid), solver, distance;
+    # progressive_distillation: num_student_steps, weighting)
     c.loss = dict(name="cfm", weighting="none", weighting_kwargs={}, time="uniform", time_kwargs={},
                   t_eps=0.0, learned_weighting=False, options={})
     # teacher.workdir: a finished run whose EMA model a distillation loss follows (its process must be
