@@ -34,7 +34,7 @@ this loss with c_paper = D·c times the constant D^{1−p}. The weight depends o
 for p > 0 the fixed point solves E[w·(u − u_tgt) | x_t] = 0, a weighted mean of the targets that
 equals their mean only where ‖Δ‖² is nearly independent of v_c given x_t (a symmetric conditional
 law, or high dimension, where ‖Δ‖²/D concentrates): on 2D data p = 0 is the unbiased choice
-(`experiments/fewstep_meanflow.py` measures both).
+(`experiments/fewstep/meanflow.py` measures both).
 
 Times: `meanflow_times` is the paper's sampler (two logit-normal draws, t the one nearer the noise,
 s = t for a fraction 1 − ratio). Any process with time derivatives works, on its own axis (data end
