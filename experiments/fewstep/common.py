@@ -227,6 +227,18 @@ def print_rows(rows: list[dict]) -> None:
               flush=True)  # fmt: skip
 
 
+def run_processes(run, args, processes=tuple(PROCESSES), **run_kwargs) -> list[dict]:
+    """`run(problem, num_steps, seed, **run_kwargs) -> rows` on args.process (or every process it
+    supports): rows recorded in args.out and printed; all rows returned."""
+    out = []
+    for name in [args.process] if args.process else list(processes):
+        problem = make_problem(name)
+        rows = record(run(problem, args.num_steps, args.seed, **run_kwargs), problem, args.out)
+        print_rows(rows)
+        out += rows
+    return out
+
+
 def parser(doc: str, *, default_steps: int, processes=tuple(PROCESSES)):
     """The command line of a method module: --num_steps, --process (default: all it supports), --seed,
     --out (the JSON-lines file)."""

@@ -156,14 +156,7 @@ def main(argv=None) -> list[dict]:
     p = common.parser(__doc__, default_steps=4000)
     p.add_argument("--ict_steps", type=int, default=None, help="iCT training steps (default 2 × num_steps)")
     args = p.parse_args(argv)
-    out = []
-    for name in [args.process] if args.process else list(common.PROCESSES):
-        problem = common.make_problem(name)
-        rows = run(problem, args.num_steps, args.seed, ict_steps=args.ict_steps)
-        rows = common.record(rows, problem, args.out)
-        common.print_rows(rows)
-        out += rows
-    return out
+    return common.run_processes(run, args, ict_steps=args.ict_steps)
 
 
 if __name__ == "__main__":

@@ -110,13 +110,7 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, batch_siz
 
 def main(argv=None) -> list[dict]:
     args = common.parser(__doc__, default_steps=4000).parse_args(argv)
-    out = []
-    for name in [args.process] if args.process else list(common.PROCESSES):
-        problem = common.make_problem(name)
-        rows = common.record(run(problem, args.num_steps, args.seed), problem, args.out)
-        common.print_rows(rows)
-        out += rows
-    return out
+    return common.run_processes(run, args)
 
 
 if __name__ == "__main__":

@@ -76,13 +76,7 @@ def run(problem: common.Problem, num_steps: int = 2000, seed: int = 0, teacher_s
 
 def main(argv=None) -> list[dict]:
     args = common.parser(__doc__, default_steps=2000, processes=("vp", "condot")).parse_args(argv)
-    out = []
-    for name in [args.process] if args.process else ["vp", "condot"]:
-        problem = common.make_problem(name)
-        rows = common.record(run(problem, args.num_steps, args.seed), problem, args.out)
-        common.print_rows(rows)
-        out += rows
-    return out
+    return common.run_processes(run, args, ("vp", "condot"))
 
 
 if __name__ == "__main__":

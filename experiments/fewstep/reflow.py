@@ -138,10 +138,7 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, num_pairs
 
 def main(argv=None) -> list[dict]:
     args = common.parser(__doc__, default_steps=4000, processes=("condot",)).parse_args(argv)
-    problem = common.make_problem("condot")
-    rows = common.record(run(problem, args.num_steps, args.seed), problem, args.out)
-    common.print_rows(rows)
-    return rows
+    return common.run_processes(run, args, ("condot",))
 
 
 if __name__ == "__main__":
