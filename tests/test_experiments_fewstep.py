@@ -49,7 +49,8 @@ def test_meanflow_fine_tuned_and_distilled_from_a_flow_run_samples_in_jumps(tmp_
     from experiments.train import initial_parameters
 
     workdir = str(tmp_path / "mf")
-    cfg = tiny(checkerboard_meanflow, **{"train.init_from": flow_run, "teacher.workdir": flow_run})
+    cfg = tiny(checkerboard_meanflow, **{"train.init_from": flow_run, "teacher.workdir": flow_run,
+                                         "model.kwargs.time_scale": None})  # the source's time features
     graphdef, params = nnx.split(build_model(model_spec(cfg), 0))
     start = nnx.merge(graphdef, initial_parameters(flow_run, params))  # u(x, t, s) = the source's v(x, t)
     x, t, s = np.ones((3, 2), np.float32), np.array([0.1, 0.5, 0.9]), np.array([0.9, 0.6, 0.95])
