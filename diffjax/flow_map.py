@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from diffjax._array import expand
+from diffjax._jit import filter_jit
 from diffjax._pytree import pytree_dataclass, static_field
 from diffjax._validate import check_batch_time
 from diffjax.processes.base import GaussianProcess
@@ -224,10 +225,28 @@ def flow_map_sample(
         raise ValueError(f"flow_map_sample: ts must be a 1-D grid of >= 2 times, got shape {ts.shape}.")
     if renoise and key is None:
         raise ValueError("flow_map_sample: renoise=True draws fresh noise; pass key.")
+    return _flow_map_sample(flow_map, process, x_noise, ts, key, renoise)
+
+
+@filter_jit
+def _flow_map_sample(flow_map, process, x_noise, ts, key, renoise):
+    """Compiled once per model structure, process, shapes and renoise (pytree models such as NNX
+    networks or `AverageVelocityMap` are traced: new parameters reuse the program)."""
     return integrate(FlowMapStep(renoise), FlowMapTerm(flow_map, process), x_noise, ts, key).y
+
+
+@pytree_dataclass
+class ToDataMap:
+    """A consistency model f(x, t) read as a flow map to the data end: Φ(x, t, s) = f(x, t) for the
+    multistep consistency sampling of `flow_map_sample(..., renoise=True)` (s is not used)."""
+
+    model: Callable
+
+    def __call__(self, x, t, s):
+        return self.model(x, t)
 
 
 __all__ = [
     "AverageVelocityMap", "ExactAverageVelocity", "ExactConsistencyFunction", "ExactFlowMap",
-    "FlowMapStep", "FlowMapTerm", "InstantaneousVelocity", "flow_map_sample", "solve_flow_map",
+    "FlowMapStep", "FlowMapTerm", "InstantaneousVelocity", "ToDataMap", "flow_map_sample", "solve_flow_map",
 ]  # fmt: skip

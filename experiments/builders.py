@@ -289,23 +289,25 @@ def generate_few_step(cfg, model, process, key, n, data_shape, *, labels=None):
     """`generate` for the few-step samplers: cfg.sample.num_steps jumps (one evaluation each) on the
     configured grid from t_noise to exactly t_data (no guidance: a class-conditional model gets its
     labels, cycling 0..C−1 unless given)."""
-    from diffjax.flow_map import AverageVelocityMap, flow_map_sample
+    from diffjax.flow_map import AverageVelocityMap, ToDataMap, flow_map_sample
     from diffjax.losses import BoundLabels
 
     n_cls = num_classes(cfg)
-    if n_cls is not None:
+    if n_cls is not None:  # labels bound by a plain wrapper: compiled anew per call
         labels = np.arange(n) % n_cls if labels is None else np.asarray(labels)
+        model, keyword_s = BoundLabels(model, jnp.asarray(labels)), False
     elif labels is not None:
         raise ConfigError("labels were given for a model that is not class-conditional.")
-    bound = BoundLabels(model, None if labels is None else jnp.asarray(labels))
+    else:  # the NNX network itself: a pytree, so new parameters reuse the compiled sampler
+        keyword_s = True
     renoise = FEW_STEP_SAMPLERS[cfg.sample.sampler]
-    flow_map = (lambda x, t, s: bound(x, t)) if renoise else AverageVelocityMap(bound, process)
+    flow_map = ToDataMap(model) if renoise else AverageVelocityMap(model, process, keyword_s=keyword_s)
     steps = cfg.sample.num_steps
     ts = dj.make_grid(process, steps, cfg.sample.get("grid", "uniform"), 0.0)
     k_prior, k_steps = jax.random.split(key)
     x = process.prior_sample(k_prior, (n, *data_shape))
-    run = jax.jit(lambda x, k: flow_map_sample(flow_map, process, x, ts, key=k, renoise=renoise))
-    return dj.SampleResult(run(x, k_steps), None, steps)
+    samples = flow_map_sample(flow_map, process, x, ts, key=k_steps, renoise=renoise)
+    return dj.SampleResult(samples, None, steps)
 
 
 def saved_config(workdir: str, missing_ok: bool = False) -> ml_collections.ConfigDict | None:
