@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 import diffjax as dj
+from diffjax.data import load_dataset
 from diffjax.grids import GRIDS
 from diffjax.losses import TIME_SAMPLERS, WEIGHTINGS
 from diffjax.models import MODELS
@@ -31,7 +32,9 @@ from diffjax.training.workdir import RunMismatchError
 from experiments.configs import base
 
 LOSSES = {"dsm": "eps", "cfm": "velocity", "ddpm": "eps"}  # name → regression target
-FEW_STEP_LOSSES = ("meanflow", "consistency_training", "consistency_distillation", "progressive_distillation")
+PAIR_LOSSES = ("reflow", "pair_distillation")  # trained on data.couplings (noise, sample) pairs
+FEW_STEP_LOSSES = ("meanflow", "consistency_training", "consistency_distillation", "progressive_distillation",
+                   *PAIR_LOSSES)
 NEEDS_TEACHER = ("consistency_distillation", "progressive_distillation")
 FREE_FORM = {"model.kwargs", "process.kwargs", "loss.time_kwargs", "loss.weighting_kwargs", "sample.options",
              "loss.options"}
@@ -186,8 +189,15 @@ def few_step_checks(cfg, need) -> None:
     two_time = bool(cfg.model.kwargs.get("second_time", False))
     need(name != "meanflow" or two_time,
          "loss.name='meanflow' trains an average velocity u(x, t, s): set model.kwargs.second_time=True")
-    need(name == "meanflow" or not two_time,
-         f"model.kwargs.second_time=True is a MeanFlow network; loss.name={name!r} trains a one-time one")
+    need(name != "pair_distillation" or two_time,
+         "loss.name='pair_distillation' trains a flow map x + (s − t)·u(x, t, s): set "
+         "model.kwargs.second_time=True")
+    need(name in ("meanflow", "pair_distillation") or not two_time,
+         f"model.kwargs.second_time=True is a two-time network (MeanFlow network); loss.name={name!r} trains a "
+         "one-time one")
+    need((name in PAIR_LOSSES) == bool(cfg.data.couplings),
+         f"loss.name in {PAIR_LOSSES} trains on data.couplings (a .npz of experiments.sample --couplings) "
+         f"and only they do; got loss.name={name!r}, data.couplings={cfg.data.couplings!r}")
     consistency = name.startswith("consistency_")
     need(consistency == (precond == "consistency"),
          "consistency losses and model.preconditioning='consistency' go together (got loss.name="
@@ -217,7 +227,9 @@ def teacher_flow_velocity(cfg, process):
 def build_few_step_loss(cfg, process):
     """loss(model, x0, key) of a few-step method (`FEW_STEP_LOSSES`) with cfg.loss.options."""
     from diffjax.consistency import consistency_distillation_loss, consistency_training_loss
+    from diffjax.flow_map import AverageVelocityMap
     from diffjax.meanflow import meanflow_loss, meanflow_times
+    from diffjax.reflow import pair_distillation_loss, reflow_loss
 
     options = dict(cfg.loss.options)
     if cfg.loss.name == "meanflow":
@@ -226,6 +238,14 @@ def build_few_step_loss(cfg, process):
         velocity = teacher_flow_velocity(cfg, process)[1] if cfg.teacher.workdir else None
         return functools.partial(meanflow_loss, process=process, time_sampler=time_sampler,
                                  velocity=velocity, **options)  # fmt: skip
+    if cfg.loss.name == "reflow":
+        return _on_stacked_pairs(functools.partial(
+            reflow_loss, process=process, prediction=cfg.model.prediction,
+            weighting=dj.make_weighting(cfg.loss.weighting, **dict(cfg.loss.weighting_kwargs)),
+            time_sampler=build_time_sampler(cfg, process), **options))  # fmt: skip
+    if cfg.loss.name == "pair_distillation":
+        return _on_stacked_pairs(lambda model, pair, key: pair_distillation_loss(
+            AverageVelocityMap(model, process), pair, key, process=process, **options))  # fmt: skip
     if cfg.loss.name == "consistency_training":
         options.setdefault("num_levels", 41)
         return functools.partial(consistency_training_loss, process=process, **options)
@@ -238,6 +258,36 @@ def build_few_step_loss(cfg, process):
     ts = dj.make_grid(process, num_steps, options.pop("grid", "edm"), None)[::-1]  # t_min → t_noise
     return functools.partial(consistency_distillation_loss, teacher=teacher, solver=solver, process=process,
                              ts=ts, **options)  # fmt: skip
+
+
+def _on_stacked_pairs(loss):
+    """loss(model, x, key) of the stacked pairs x (N, 2, *event) (`training_data`) from a pair loss
+    loss(model, (noise, data), key)."""
+    return lambda model, x, key: loss(model, (x[:, 0], x[:, 1]), key)
+
+
+def training_data(cfg) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
+    """(examples, labels, event shape) a run trains on: the dataset `cfg.data`, or with data.couplings
+    the pairs of that file stacked as x (N, 2, *event) = (noise, sample), without labels (checked to
+    come from a model of this run's process)."""
+    from diffjax.reflow import load_couplings
+
+    if not cfg.data.couplings:
+        data, labels = load_dataset(cfg.data.name, "train", cfg.data.data_dir or None, cfg.data.source,
+                                    cfg.data.num_examples or None)  # fmt: skip
+        return data, labels, tuple(data.shape[1:])
+    if not os.path.isfile(cfg.data.couplings):
+        raise ConfigError(f"data.couplings={cfg.data.couplings!r} is not a file: write it with "
+                          "`python -m experiments.sample --workdir TEACHER --couplings FILE.npz`.")  # fmt: skip
+    pairs = load_couplings(cfg.data.couplings)
+    made_by = pairs.header.get("process")
+    if made_by is not None and made_by != json.loads(json.dumps(process_spec(cfg))):
+        raise ConfigError(f"data.couplings={cfg.data.couplings!r} were made on the process {made_by}, "
+                          f"this run trains on {process_spec(cfg)}.")  # fmt: skip
+    x = np.stack([np.asarray(pairs.noise), np.asarray(pairs.data)], axis=1)
+    if cfg.data.num_examples:
+        x = x[: cfg.data.num_examples]
+    return x, None, tuple(x.shape[2:])
 
 
 def build_time_sampler(cfg, process):
@@ -260,15 +310,16 @@ def build_loss(cfg, process):
 FEW_STEP_SAMPLERS = {"flow_map": False, "consistency": True}  # name → renoise (diffjax.flow_map)
 
 
-def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_trajectory=False):
+def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_trajectory=False, x_init=None):
     """n samples from `model` (an NNX network with the parameters to use) with the configured sampler,
     classifier-free guidance for class-conditional models (labels cycle 0..C−1 unless given) and x̂0
     clipped to [−1, 1] when cfg.sample.clip_denoised. Few-step samplers: 'flow_map' jumps with a
     two-time network's average velocity (MeanFlow), 'consistency' is multistep consistency sampling;
-    an ODE sampler runs a two-time network on its diagonal u(x, t, t) = v(x, t)."""
+    an ODE sampler runs a two-time network on its diagonal u(x, t, t) = v(x, t). x_init: the initial
+    noise (n, *data_shape) at t_noise instead of a prior draw from `key` (e.g. reflow's couplings)."""
     n_cls = num_classes(cfg)
     if cfg.sample.sampler in FEW_STEP_SAMPLERS:
-        return generate_few_step(cfg, model, process, key, n, data_shape, labels=labels)
+        return generate_few_step(cfg, model, process, key, n, data_shape, labels=labels, x_init=x_init)
     if cfg.model.kwargs.get("second_time", False):
         model = dj.flow_map.InstantaneousVelocity(model)
     if n_cls is not None:
@@ -278,14 +329,14 @@ def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_traje
         raise ConfigError("labels were given for a model that is not class-conditional.")
     if cfg.sample.clip_denoised:
         model = dj.clip_denoised(model, process, cfg.model.prediction)
-    shape = (n, *data_shape)
+    shape = None if x_init is not None else (n, *data_shape)
     return dj.sample(cfg.sample.sampler, model, process, key, shape, cfg.sample.num_steps,
-                     prediction=cfg.model.prediction, save_trajectory=save_trajectory,
+                     prediction=cfg.model.prediction, save_trajectory=save_trajectory, x_init=x_init,
                      grid=cfg.sample.get("grid", "uniform"),
                      **dict(cfg.sample.options))  # fmt: skip
 
 
-def generate_few_step(cfg, model, process, key, n, data_shape, *, labels=None):
+def generate_few_step(cfg, model, process, key, n, data_shape, *, labels=None, x_init=None):
     """`generate` for the few-step samplers: cfg.sample.num_steps jumps (one evaluation each) on the
     configured grid from t_noise to exactly t_data (no guidance: a class-conditional model gets its
     labels, cycling 0..C−1 unless given)."""
@@ -305,7 +356,7 @@ def generate_few_step(cfg, model, process, key, n, data_shape, *, labels=None):
     steps = cfg.sample.num_steps
     ts = dj.make_grid(process, steps, cfg.sample.get("grid", "uniform"), 0.0)
     k_prior, k_steps = jax.random.split(key)
-    x = process.prior_sample(k_prior, (n, *data_shape))
+    x = process.prior_sample(k_prior, (n, *data_shape)) if x_init is None else x_init
     samples = flow_map_sample(flow_map, process, x, ts, key=k_steps, renoise=renoise)
     return dj.SampleResult(samples, None, steps)
 

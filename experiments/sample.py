@@ -4,18 +4,27 @@
         --guidance 3.0 --labels 0,1,2,3,4,5,6,7,8,9 --num 100
 
 Reads the run record and config saved with the newest good checkpoint (not the possibly edited config
-file) and samples with the EMA parameters (`diffjax.load_model`).
+file) and samples with the EMA parameters (`diffjax.load_model`). The noise is drawn once for all
+samples and solved in compiled batches of --batch (a deterministic sampler's samples do not depend
+on it). --couplings also writes the pairs (noise, sample) (`diffjax.reflow.save_couplings`), the
+training data of a reflow run (`experiments/configs/mnist_reflow.py`):
+
+    python -m experiments.sample --workdir outputs/mnist_fm --sampler midpoint --steps 10 \
+        --num 16000 --couplings outputs/couplings/mnist_fm_midpoint10.npz
 """
 
 from __future__ import annotations
 
 import os
 
+import json
+
 import jax
 import numpy as np
 from absl import app, flags, logging
 
 import diffjax as dj
+from diffjax.reflow import Couplings, save_couplings
 from diffjax.viz import save_image_grid, save_samples_2d
 from experiments.builders import FEW_STEP_SAMPLERS, ConfigError, generate, load_run, parse_flags, user_errors
 from experiments.optimize_grid import use_grid_file
@@ -31,6 +40,9 @@ flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("out", None, "Output prefix (default WORKDIR/sample_<sampler>_<steps>).")
 flags.DEFINE_string("grid_file", None, "A grid JSON of experiments.optimize_grid (solver, steps, times).")
+flags.DEFINE_integer("batch", 1000, "Samples per compiled batch (memory).")
+flags.DEFINE_string("couplings", None, "Also write the pairs (noise, sample) to this .npz file (reflow's "
+                    "training data: use a deterministic sampler of an unconditional model).")
 FLAGS = flags.FLAGS
 
 
@@ -55,7 +67,7 @@ def main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("give --workdir (a work directory written by experiments.train).")
     with user_errors():
-        for name in ("steps", "num"):
+        for name in ("steps", "num", "batch"):
             if FLAGS[name].value is not None and FLAGS[name].value < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {FLAGS[name].value}.")
         if FLAGS.sampler is not None and FLAGS.sampler not in (*dj.SOLVERS, *FEW_STEP_SAMPLERS):
@@ -70,14 +82,33 @@ def main(argv):
             cfg.sample.clip_denoised = FLAGS.clip_denoised
         if FLAGS.grid_file:
             use_grid_file(cfg, FLAGS.grid_file)
+        if FLAGS.couplings and (not FLAGS.couplings.endswith(".npz") or trained.num_classes is not None):
+            raise ConfigError(f"--couplings {FLAGS.couplings!r}: the pairs of an unconditional model, "
+                              f"written to a .npz file (the model has {trained.num_classes} classes).")
+        out = FLAGS.out or os.path.join(FLAGS.workdir, f"sample_{cfg.sample.sampler}_{cfg.sample.num_steps}")
+        if FLAGS.couplings and os.path.abspath(FLAGS.couplings) == os.path.abspath(out + ".npz"):
+            raise ConfigError(f"--couplings {FLAGS.couplings!r} is the samples' file {out}.npz: name another.")
         labels = parse_labels(FLAGS.labels, FLAGS.num, trained.num_classes)
-        res = generate(cfg, trained.model, trained.process, jax.random.key(FLAGS.seed), FLAGS.num,
-                       trained.record["data_shape"], labels=labels)  # fmt: skip
-    samples = np.asarray(res.samples)
-    out = FLAGS.out or os.path.join(FLAGS.workdir, f"sample_{cfg.sample.sampler}_{cfg.sample.num_steps}")
+        data_shape = tuple(trained.record["data_shape"])
+        k_prior, k_steps = jax.random.split(jax.random.key(FLAGS.seed))
+        noise = trained.process.prior_sample(k_prior, (FLAGS.num, *data_shape))
+        chunks = []
+        for i, lo in enumerate(range(0, FLAGS.num, FLAGS.batch)):
+            hi = min(lo + FLAGS.batch, FLAGS.num)
+            res = generate(cfg, trained.model, trained.process, jax.random.fold_in(k_steps, i), hi - lo,
+                           data_shape, labels=None if labels is None else labels[lo:hi],
+                           x_init=noise[lo:hi])  # fmt: skip
+            chunks.append(np.asarray(res.samples))
+    samples = np.concatenate(chunks)
+    if FLAGS.couplings:
+        header = dict(workdir=os.path.abspath(FLAGS.workdir), step=trained.step, sampler=cfg.sample.sampler,
+                      num_steps=cfg.sample.num_steps, nfe=int(res.nfe), seed=FLAGS.seed,
+                      clip_denoised=bool(cfg.sample.clip_denoised), process=trained.record["process"])
+        save_couplings(FLAGS.couplings, Couplings(np.asarray(noise), samples, json.dumps(header, sort_keys=True)))
+        print(f"wrote {FLAGS.num} couplings to {FLAGS.couplings}")
     np.savez(out + ".npz", samples=samples, labels=labels if labels is not None else np.zeros(0))
-    if samples.ndim == 4:
-        save_image_grid(out + ".png", samples, ncol=10 if labels is not None else None)
+    if samples.ndim == 4:  # the grid shows the first 400
+        save_image_grid(out + ".png", samples[:400], ncol=10 if labels is not None else None)
     else:
         save_samples_2d(out + ".png", samples, title=f"{cfg.sample.sampler}, {cfg.sample.num_steps} steps")
     print(f"step {trained.step}: wrote {out}.png and {out}.npz ({int(res.nfe)} evaluations per sample)")

@@ -25,7 +25,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 import diffjax as dj
-from diffjax.data import batches, in_checkerboard, load_dataset
+from diffjax.data import batches, in_checkerboard
 from diffjax.models import build_model, count_params
 from diffjax.training import (
     TrainConfig,
@@ -50,6 +50,7 @@ from experiments.builders import (
     parse_flags,
     process_spec,
     saved_config,
+    training_data,
     user_errors,
     validate_config,
     wrap_network,
@@ -73,8 +74,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         raise NotADirectoryError(f"--workdir {workdir!r} is a file; give a directory for the checkpoints.")
     os.makedirs(workdir, exist_ok=True)
 
-    data, labels = load_dataset(cfg.data.name, "train", cfg.data.data_dir or None,
-                                cfg.data.source, cfg.data.num_examples or None)  # fmt: skip
+    data, labels, data_shape = training_data(cfg)
     process = dj.build_process(process_spec(cfg))
     model = build_model(model_spec(cfg), cfg.seed)
     graphdef, params = nnx.split(model)
@@ -94,7 +94,6 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     if t.get("init_from"):
         params = initial_parameters(t.init_from, params)
     state = create_train_state(params, optimizer, jax.random.key(cfg.seed), num_posthoc=len(posthoc))
-    data_shape = data.shape[1:]
     record = run_record(model_spec(cfg), process_spec(cfg), optimizer_spec(cfg), data_shape, num_classes(cfg),
                         posthoc)  # fmt: skip
     config_json = json.loads(cfg.to_json_best_effort())
@@ -154,7 +153,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
             title += (f": {100 * summary['on_squares']:.1f}% of samples on the checkerboard's squares "
                       "(data: 100%)")
             print(title.split(": ", 1)[1])
-        path = save_samples_2d(os.path.join(workdir, "samples.png"), samples, data[:n], res.trajectory,
+        reference = data[:n, 1] if cfg.data.couplings else data[:n]  # couplings: (noise, sample) pairs
+        path = save_samples_2d(os.path.join(workdir, "samples.png"), samples, reference, res.trajectory,
                                title=title, lim=3.0)  # fmt: skip
     else:
         path = save_image_grid(os.path.join(workdir, "samples.png"), samples[:64], 8)

@@ -98,6 +98,42 @@ def test_progressive_distillation_round_from_a_flow_run(tmp_path, flow_run):
     assert summary["nfe"] == 2 and np.isfinite(summary["loss"])
 
 
+def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_path, flow_run):
+    """`sample --couplings` writes (noise, sample) pairs: the noise is the prior draw of the seed, the
+    samples those of the .npz, and they do not depend on --batch; a reflow run (started from the
+    teacher) and a one-step pair distillation of it (a two-time network, fine-tuned from the reflow run)
+    train on them; couplings of another process are refused before training."""
+    from diffjax.reflow import load_couplings
+
+    pairs_file = str(tmp_path / "pairs.npz")
+    run("sample", "--workdir", flow_run, "--sampler", "heun", "--steps", "4", "--num", "40", "--batch", "16",
+        "--couplings", pairs_file, "--out", str(tmp_path / "s16"))  # fmt: skip
+    run("sample", "--workdir", flow_run, "--sampler", "heun", "--steps", "4", "--num", "40", "--batch", "40",
+        "--out", str(tmp_path / "s40"))  # fmt: skip
+    pairs, trained = load_couplings(pairs_file), dj.load_model(flow_run)
+    k_prior, _ = jax.random.split(jax.random.key(0))
+    np.testing.assert_array_equal(pairs.noise, trained.process.prior_sample(k_prior, (40, 2)))
+    np.testing.assert_array_equal(pairs.data, np.load(tmp_path / "s16.npz")["samples"])
+    np.testing.assert_allclose(pairs.data, np.load(tmp_path / "s40.npz")["samples"], rtol=1e-5, atol=1e-5)
+    assert pairs.header["sampler"] == "heun" and pairs.header["nfe"] == 7
+    assert pairs.header["process"] == trained.record["process"]
+
+    reflow = {"loss.name": "reflow", "data.couplings": pairs_file, "train.init_from": flow_run,
+              "sample.sampler": "euler", "sample.num_steps": 1}  # fmt: skip
+    summary = train_and_evaluate(tiny(checkerboard_fm, **reflow), str(tmp_path / "rf"))
+    assert summary["nfe"] == 1 and np.isfinite(summary["loss"])
+    distil = {"loss.name": "pair_distillation", "data.couplings": pairs_file, "loss.options": {"num_steps": 2},
+              "model.kwargs.second_time": True, "train.init_from": str(tmp_path / "rf"),
+              "sample.sampler": "flow_map", "sample.num_steps": 2}  # fmt: skip
+    summary = train_and_evaluate(tiny(checkerboard_meanflow, **distil), str(tmp_path / "pd"))
+    assert summary["nfe"] == 2 and np.isfinite(summary["loss"])
+    with pytest.raises(ConfigError, match="made on the process"):
+        train_and_evaluate(tiny(checkerboard_fm, **reflow, **{"process.name": "vp"}), str(tmp_path / "vp"))
+    with pytest.raises(ConfigError, match="is not a file"):
+        train_and_evaluate(tiny(checkerboard_fm, **dict(reflow, **{"data.couplings": "none.npz"})),
+                           str(tmp_path / "missing"))  # fmt: skip
+
+
 @pytest.mark.parametrize("edit, match", [
     (dict(module=checkerboard_meanflow, **{"model.kwargs.second_time": False}), "second_time=True"),
     (dict(module=checkerboard_fm, **{"model.kwargs.second_time": True}), "MeanFlow network"),
@@ -108,6 +144,10 @@ def test_progressive_distillation_round_from_a_flow_run(tmp_path, flow_run):
     (dict(module=checkerboard_fm, **{"loss.options": {"ratio": 0.5}}), "options of a few-step loss"),
     (dict(module=checkerboard_fm, **{"loss.name": "progressive_distillation", "teacher.workdir": "x"}),
      "num_student_steps"),
+    (dict(module=checkerboard_fm, **{"loss.name": "reflow"}), "trains on data.couplings"),
+    (dict(module=checkerboard_fm, **{"data.couplings": "pairs.npz"}), "trains on data.couplings"),
+    (dict(module=checkerboard_fm, **{"loss.name": "pair_distillation", "data.couplings": "pairs.npz"}),
+     "second_time=True"),
 ])  # fmt: skip
 def test_few_step_configs_are_checked_before_any_work(edit, match):
     module = edit.pop("module")
@@ -119,9 +159,17 @@ def test_few_step_configs_are_checked_before_any_work(edit, match):
 def test_few_step_configs_validate():
     for module in (checkerboard_meanflow, checkerboard_ict):
         validate_config(module.get_config())
-    from experiments.configs import mnist_consistency, mnist_meanflow, mnist_progressive
+    from experiments.configs import (
+        mnist_consistency,
+        mnist_meanflow,
+        mnist_pair_distillation,
+        mnist_progressive,
+        mnist_reflow,
+    )
 
     validate_config(mnist_meanflow.get_config())
     validate_config(mnist_progressive.get_config())
+    validate_config(mnist_reflow.get_config())
+    validate_config(mnist_pair_distillation.get_config())
     for variant in ("cd", "ict"):
         validate_config(mnist_consistency.get_config(variant))

@@ -12,8 +12,9 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     # data.name: checkerboard | moons | eight_gaussians | spirals | mnist | cifar10 ...;
-    # num_examples 0 = all (toys: how many to draw)
-    c.data = dict(name="checkerboard", data_dir="", source="auto", num_examples=0)
+    # num_examples 0 = all (toys: how many to draw); couplings: a .npz of (noise, sample) pairs written by
+    # `experiments.sample --couplings`, the training data of loss.name reflow | pair_distillation
+    c.data = dict(name="checkerboard", data_dir="", source="auto", num_examples=0, couplings="")
     # model.kind: mlp | unet; model.prediction: eps | x0 | score | v | velocity;
     # model.preconditioning: none | edm (EDM's c_skip/c_out/c_in/c_noise with sigma_data; needs prediction x0)
     #   | consistency (Song et al.'s boundary-respecting c_skip/c_out: a consistency model f(x, t))
@@ -31,7 +32,9 @@ def get_config():
     # teacher.workdir and options.num_student_steps; sample with 'ddim'); options: the loss's keyword
     # options (meanflow: mean, std, ratio, adaptive_p, adaptive_c; consistency_training: num_levels,
     # distance, sigma_max, ...; consistency_distillation: num_steps (the grid), solver, distance;
-    # progressive_distillation: num_student_steps, weighting)
+    # progressive_distillation: num_student_steps, weighting) | reflow (flow matching on data.couplings,
+    # Liu et al.; weighting and time as for cfm) | pair_distillation (k-step distillation of the couplings
+    # into a two-time network, second_time=True; options num_steps, grid; sample with 'flow_map')
     c.loss = dict(name="cfm", weighting="none", weighting_kwargs={}, time="uniform", time_kwargs={},
                   t_eps=0.0, learned_weighting=False, options={})
     # teacher.workdir: a finished run whose EMA model a distillation loss follows (its process must be
