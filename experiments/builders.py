@@ -193,8 +193,8 @@ def few_step_checks(cfg, need) -> None:
          "loss.name='pair_distillation' trains a flow map x + (s − t)·u(x, t, s): set "
          "model.kwargs.second_time=True")
     need(name in ("meanflow", "pair_distillation") or not two_time,
-         f"model.kwargs.second_time=True is a two-time network (MeanFlow network); loss.name={name!r} trains a "
-         "one-time one")
+         "model.kwargs.second_time=True is a two-time network (MeanFlow network); "
+         f"loss.name={name!r} trains a one-time one")
     need((name in PAIR_LOSSES) == bool(cfg.data.couplings),
          f"loss.name in {PAIR_LOSSES} trains on data.couplings (a .npz of experiments.sample --couplings) "
          f"and only they do; got loss.name={name!r}, data.couplings={cfg.data.couplings!r}")
@@ -277,8 +277,8 @@ def training_data(cfg) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
                                     cfg.data.num_examples or None)  # fmt: skip
         return data, labels, tuple(data.shape[1:])
     if not os.path.isfile(cfg.data.couplings):
-        raise ConfigError(f"data.couplings={cfg.data.couplings!r} is not a file: write it with "
-                          "`python -m experiments.sample --workdir TEACHER --couplings FILE.npz`.")  # fmt: skip
+        raise ConfigError(f"data.couplings={cfg.data.couplings!r} is not a file: write it with `python -m "
+                          "experiments.sample --workdir TEACHER --couplings FILE.npz`.")  # fmt: skip
     pairs = load_couplings(cfg.data.couplings)
     made_by = pairs.header.get("process")
     if made_by is not None and made_by != json.loads(json.dumps(process_spec(cfg))):

@@ -15,9 +15,8 @@ training data of a reflow run (`experiments/configs/mnist_reflow.py`):
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 
 import jax
 import numpy as np
@@ -87,7 +86,8 @@ def main(argv):
                               f"written to a .npz file (the model has {trained.num_classes} classes).")
         out = FLAGS.out or os.path.join(FLAGS.workdir, f"sample_{cfg.sample.sampler}_{cfg.sample.num_steps}")
         if FLAGS.couplings and os.path.abspath(FLAGS.couplings) == os.path.abspath(out + ".npz"):
-            raise ConfigError(f"--couplings {FLAGS.couplings!r} is the samples' file {out}.npz: name another.")
+            raise ConfigError(f"--couplings {FLAGS.couplings!r} is the samples' file {out}.npz: "
+                              "name another.")
         labels = parse_labels(FLAGS.labels, FLAGS.num, trained.num_classes)
         data_shape = tuple(trained.record["data_shape"])
         k_prior, k_steps = jax.random.split(jax.random.key(FLAGS.seed))
@@ -104,7 +104,8 @@ def main(argv):
         header = dict(workdir=os.path.abspath(FLAGS.workdir), step=trained.step, sampler=cfg.sample.sampler,
                       num_steps=cfg.sample.num_steps, nfe=int(res.nfe), seed=FLAGS.seed,
                       clip_denoised=bool(cfg.sample.clip_denoised), process=trained.record["process"])
-        save_couplings(FLAGS.couplings, Couplings(np.asarray(noise), samples, json.dumps(header, sort_keys=True)))
+        pairs = Couplings(np.asarray(noise), samples, json.dumps(header, sort_keys=True))
+        save_couplings(FLAGS.couplings, pairs)
         print(f"wrote {FLAGS.num} couplings to {FLAGS.couplings}")
     np.savez(out + ".npz", samples=samples, labels=labels if labels is not None else np.zeros(0))
     if samples.ndim == 4:  # the grid shows the first 400

@@ -122,9 +122,10 @@ def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_p
               "sample.sampler": "euler", "sample.num_steps": 1}  # fmt: skip
     summary = train_and_evaluate(tiny(checkerboard_fm, **reflow), str(tmp_path / "rf"))
     assert summary["nfe"] == 1 and np.isfinite(summary["loss"])
-    distil = {"loss.name": "pair_distillation", "data.couplings": pairs_file, "loss.options": {"num_steps": 2},
-              "model.kwargs.second_time": True, "train.init_from": str(tmp_path / "rf"),
-              "sample.sampler": "flow_map", "sample.num_steps": 2}  # fmt: skip
+    distil = {"loss.name": "pair_distillation", "data.couplings": pairs_file,
+              "loss.options": {"num_steps": 2}, "model.kwargs.second_time": True,
+              "train.init_from": str(tmp_path / "rf"), "sample.sampler": "flow_map",
+              "sample.num_steps": 2}  # fmt: skip
     summary = train_and_evaluate(tiny(checkerboard_meanflow, **distil), str(tmp_path / "pd"))
     assert summary["nfe"] == 2 and np.isfinite(summary["loss"])
     with pytest.raises(ConfigError, match="made on the process"):
