@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test lint figures bench clean
+.PHONY: setup demo test lint sample figures bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 -q tests
+
+# 64 MNIST digits from the pretrained flow model shipped with the package (no training, no data)
+sample: $(STAMP)
+	$(PY) -m experiments.sample --workdir pretrained:mnist_fm --sampler midpoint --steps 10 --num 64 \
+		--out outputs/pretrained/mnist_fm_midpoint10
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -127,13 +127,18 @@ _LAZY = {  # heavier subpackages and helpers, imported on first use
     "metrics": "diffjax.metrics",
     "viz": "diffjax.viz",
     "load_model": "diffjax.training.workdir",
+    "pretrained": "diffjax.pretrained",
+    "load_pretrained": "diffjax.pretrained",
+    "available_pretrained": "diffjax.pretrained",
+    "pretrained_card": "diffjax.pretrained",
+    "save_pretrained": "diffjax.pretrained",
 }
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        return getattr(module, name) if name == "load_model" else module
+        return module if module.__name__.endswith("." + name) else getattr(module, name)
     raise AttributeError(f"module 'diffjax' has no attribute {name!r}")
 
 
@@ -159,4 +164,5 @@ __all__ = [
     "consistency_training_loss", "ict_noise_levels", "ict_num_levels", "Couplings", "load_couplings",
     "make_couplings", "average_velocity_and_derivative", "meanflow_loss", "meanflow_times",
     "pair_distillation_loss", "reflow_loss", "save_couplings", "straightness",
+    "available_pretrained", "load_pretrained", "pretrained_card", "save_pretrained",
 ]  # fmt: skip

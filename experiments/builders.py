@@ -391,15 +391,41 @@ def config_changes(saved: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def load_run(workdir: str, sigma_rel: float | None = None) -> tuple[ml_collections.ConfigDict, TrainedModel]:
+PRETRAINED = "pretrained:"  # a source 'pretrained:NAME' is a network shipped with diffjax (diffjax/weights)
+
+
+def load_run(source: str, sigma_rel: float | None = None) -> tuple[ml_collections.ConfigDict, TrainedModel]:
     """(config, trained model with EMA parameters — or the post-hoc EMA of width sigma_rel) of a work
-    directory written by experiments.train."""
-    trained = dj.load_model(workdir, sigma_rel=sigma_rel)
-    return saved_config(workdir), trained
+    directory written by experiments.train, or of 'pretrained:NAME' (`dj.load_pretrained`: the config
+    and record in its card)."""
+    if source.startswith(PRETRAINED):
+        if sigma_rel is not None:
+            raise ConfigError(f"{source} stores one EMA; post-hoc EMA widths need a work directory.")
+        name = source[len(PRETRAINED):]
+        return ml_collections.ConfigDict(dj.pretrained_card(name)["config"]), dj.load_pretrained(name)
+    trained = dj.load_model(workdir=source, sigma_rel=sigma_rel)
+    return saved_config(source), trained
+
+
+def source_record(source: str) -> dict:
+    """The run record (network, process, data shape, classes) of a work directory or 'pretrained:NAME',
+    read without restoring any parameters: a clear error for a source that does not exist."""
+    from diffjax.training.workdir import read_record
+
+    if source.startswith(PRETRAINED):
+        return dj.pretrained_card(source[len(PRETRAINED):])["record"]
+    if not os.path.isdir(os.path.join(source, "checkpoints")):
+        known = tuple(dj.available_pretrained())
+        raise ConfigError(f"{source!r} is not a work directory with checkpoints (train it first, or name a "
+                          f"pretrained network: {PRETRAINED}NAME, NAME one of {known}).")  # fmt: skip
+    return read_record(source)
 
 
 def train_wall_time(workdir) -> float | None:
-    """Wall time in seconds of the training run (its summary.json), or None if it has none."""
+    """Wall time in seconds of the training run (its summary.json, or a pretrained network's card), or
+    None if it has none."""
+    if workdir.startswith(PRETRAINED):
+        return dj.pretrained_card(workdir[len(PRETRAINED):]).get("training", {}).get("wall_time_s")
     path = os.path.join(workdir, "summary.json")
     if not os.path.exists(path):
         return None

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+import diffjax as dj
 from diffjax.data import load_dataset
 from diffjax.evaluation import (
     class_histogram,
@@ -42,10 +43,22 @@ from diffjax.evaluation import (
 )
 from diffjax.evaluation.classifier import RECIPE
 from diffjax.likelihood import bits_per_dim, continuous_elbo, variational_bound
-from experiments.builders import generate, load_run, num_classes, parse_flags, train_wall_time, user_errors
+from experiments.builders import (
+    FEW_STEP_SAMPLERS,
+    ConfigError,
+    generate,
+    load_run,
+    num_classes,
+    parse_flags,
+    source_record,
+    train_wall_time,
+    user_errors,
+)
 from experiments.optimize_grid import use_grid_file
+from experiments.tables import markdown_table, print_tables
 
-flags.DEFINE_string("workdirs", None, "Comma-separated work directories written by experiments.train.")
+flags.DEFINE_string("workdirs", None, "Comma-separated work directories written by experiments.train, or "
+                    "pretrained:NAME for a network shipped with diffjax (e.g. pretrained:mnist_fm).")
 flags.DEFINE_string("table", None, "Only print the markdown table of the rows in this JSON lines file.")
 flags.DEFINE_string("samplers", "euler:20,heun:10,dpm_solver_pp:10", "name:steps[:w], comma-separated.")
 flags.DEFINE_integer("num", 1000, "Samples per model × sampler.")
@@ -58,13 +71,40 @@ flags.DEFINE_integer("bpd_steps", 200, "Steps of a fixed-step bits/dim solver.")
 flags.DEFINE_integer("classifier_steps", RECIPE["steps"], "Training steps of the feature classifier.")
 flags.DEFINE_string("data_dir", None, "MNIST IDX directory (else DIFFJAX_DATA_DIR).")
 flags.DEFINE_string("cache_dir", "outputs/cache", "Where the evaluation classifier is cached.")
-flags.DEFINE_string("out", "outputs/results.json", "JSON lines file the rows are appended to.")
+flags.DEFINE_string("out", "outputs/results.jsonl", "JSON lines file each row is appended to as soon as it "
+                    "is computed.")
 flags.DEFINE_string("grid_file", None, "Also evaluate the grid of experiments.optimize_grid (JSON): "
                     "its solver and steps on its optimised times (row grid='optimized').")
 FLAGS = flags.FLAGS
 
 
-def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None):
+def check_inputs(sources: list[str]) -> None:
+    """Everything the evaluation will need, checked before the classifier is trained or any model is
+    sampled: every source exists and is an MNIST model, every sampler spec parses and names a sampler,
+    post-hoc EMA widths only for runs that tracked them."""
+    for spec in FLAGS.samplers.split(",") if FLAGS.samplers else []:
+        parts = spec.split(":")
+        ok = 2 <= len(parts) <= 3 and parts[1].isdigit() and int(parts[1]) >= 1
+        if ok and len(parts) == 3:
+            try:
+                float(parts[2])
+            except ValueError:
+                ok = False
+        if not ok:
+            raise ConfigError(f"--samplers: {spec!r} is not name:steps[:w] (e.g. heun:10, ddim:20:4).")
+        if parts[0] not in (*dj.SOLVERS, *FEW_STEP_SAMPLERS):
+            raise ConfigError(f"--samplers: {parts[0]!r} is not one of {(*dj.SOLVERS, *FEW_STEP_SAMPLERS)}.")
+    for source in sources:
+        record = source_record(source)
+        if tuple(record["data_shape"]) != (28, 28, 1):
+            raise ConfigError(f"{source}: FD-MNIST and the class metrics need an MNIST model (28×28×1); this "
+                              f"one generates {tuple(record['data_shape'])} (2-D: experiments.evaluate_2d).")
+        if FLAGS.sigma_rels and not record.get("posthoc_ema"):
+            raise ConfigError(f"{source}: --sigma_rels needs a run trained with train.posthoc_ema.")
+
+
+def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None, out=None):
+    """Rows of one model (× EMA), each appended to the JSON lines file `out` as soon as it is computed."""
     cfg, trained = load_run(workdir, sigma_rel)
     process, step, model = trained.process, trained.step, trained.model
     if FLAGS.clip_denoised is not None:
@@ -119,42 +159,22 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
             row["guidance_scale"] = cfg.sample.guidance_scale
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if out:
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
     return rows
-
-
-def markdown_table(rows) -> str:
-    """One line per row; a later row for the same model × sampler × NFE × w replaces an earlier one."""
-    latest = {(r["model"], r.get("ema"), r["sampler"], r["nfe"], r.get("guidance_scale"),
-               r.get("clip_denoised", False), r.get("grid")): r for r in rows}  # fmt: skip
-    header = ["model", "EMA", "sampler", "NFE", "w", "clip x̂0", "FD-MNIST", "class TV", "cond. acc.",
-              "bits/dim (PF-ODE)", "ELBO bits/dim", "train steps", "train time"]  # fmt: skip
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in latest.values():
-        acc = f"{100 * r['conditional_accuracy']:.1f}%" if "conditional_accuracy" in r else "–"
-        bpd = f"{r['bits_per_dim']:.3f}" if r.get("bits_per_dim") is not None else "–"
-        if r.get("bits_per_dim_se") is not None:
-            bpd += f" ± {r['bits_per_dim_se']:.3f}"
-        tv = f"{r['class_tv']:.3f}" if "class_tv" in r else "–"
-        elbo = "–"
-        if r.get("elbo_bits_per_dim") is not None:
-            elbo = f"{r['elbo_bits_per_dim']:.3f} ± {r['elbo_bits_per_dim_se']:.3f}"
-        t = f"{r['train_time_s'] / 60:.1f} min" if r.get("train_time_s") else "–"
-        w = r.get("guidance_scale", "–")
-        clip = "yes" if r.get("clip_denoised") else "no"
-        sampler = r["sampler"] + (" (optimized grid)" if r.get("grid") == "optimized" else "")
-        cells = [r["model"], r.get("ema", "–"), sampler, r["nfe"], w, clip, f"{r['fd_mnist']:.2f}", tv,
-                 acc, bpd, elbo, r["train_steps"], t]  # fmt: skip
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(lines)
 
 
 def main(argv):
     del argv
     if FLAGS.table:
-        print(markdown_table([json.loads(line) for line in open(FLAGS.table) if line.strip()]))
-        return
+        return print_tables(FLAGS.table)
     if not FLAGS.workdirs:
         raise app.UsageError("give --workdirs (work directories to evaluate) or --table (a results file)")
+    sources = FLAGS.workdirs.split(",")
+    with user_errors():
+        check_inputs(sources)
+    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
     logging.set_verbosity(logging.WARNING)
     clf = load_or_train_classifier(FLAGS.cache_dir, FLAGS.data_dir, steps=FLAGS.classifier_steps)
     print(f"evaluation classifier: MNIST test accuracy {100 * clf.test_accuracy:.2f}%")
@@ -168,14 +188,11 @@ def main(argv):
           f"class TV {tv_ref:.3f}")  # fmt: skip
     rows = []
     with user_errors():
-        for workdir in FLAGS.workdirs.split(","):
+        for workdir in sources:
             for sigma_rel in [None] + [float(s) for s in FLAGS.sigma_rels]:
-                rows += evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel)
-    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    with open(FLAGS.out, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    print("\n" + markdown_table(rows))
+                rows += evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel,
+                                         out=FLAGS.out)
+    print(f"\nappended {len(rows)} rows to {FLAGS.out}\n\n" + markdown_table(rows))
 
 
 if __name__ == "__main__":

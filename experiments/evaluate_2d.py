@@ -25,7 +25,16 @@ from absl import app, flags, logging
 from diffjax.data import TOY_DATASETS, TOY_LOG_PROBS, in_checkerboard, load_dataset
 from diffjax.likelihood import log_likelihood
 from diffjax.metrics import mmd_rbf, sliced_wasserstein
-from experiments.builders import generate, load_run, parse_flags, train_wall_time, user_errors
+from experiments.builders import (
+    ConfigError,
+    generate,
+    load_run,
+    parse_flags,
+    source_record,
+    train_wall_time,
+    user_errors,
+)
+from experiments.tables import markdown_table_2d, print_tables
 
 flags.DEFINE_string("workdirs", None, "Comma-separated work directories of 2D models (experiments.train).")
 flags.DEFINE_string("samplers", "heun:32,euler:10,dpm_solver_pp:10", "name:steps, comma-separated.")
@@ -33,8 +42,10 @@ flags.DEFINE_integer("num", 4000, "Samples per model × sampler (and test points
 flags.DEFINE_integer("nll_examples", 1000, "Test points for the likelihood (0 to skip).")
 flags.DEFINE_float("nll_tol", 1e-5, "rtol = atol of the adaptive likelihood solver.")
 flags.DEFINE_float("mmd_bandwidth", 0.25, "RBF kernel bandwidth of the MMD (data have unit std).")
-flags.DEFINE_string("out", "outputs/results_2d.json", "JSON lines file the rows are appended to.")
-flags.mark_flags_as_required(["workdirs"])
+flags.DEFINE_string("out", "outputs/results_2d.jsonl", "JSON lines file each row is appended to as soon as "
+                    "it is computed.")
+flags.DEFINE_string("table", None, "Only print the markdown table of the rows in this JSON lines file (of "
+                    "either evaluator).")
 FLAGS = flags.FLAGS
 
 
@@ -57,11 +68,25 @@ def likelihood(cfg, model, process, x):
     return float(nll.mean()), float(data_nll.mean()), float(gap.mean()), float(gap.std() / np.sqrt(len(x)))
 
 
-def evaluate_workdir(workdir):
+def check_inputs(sources: list[str]) -> None:
+    """Every source exists and is a 2-D model, every sampler spec is name:steps — before any work."""
+    for spec in FLAGS.samplers.split(","):
+        parts = spec.split(":")
+        if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) < 1:
+            raise ConfigError(f"--samplers: {spec!r} is not name:steps (e.g. heun:32).")
+    for source in sources:
+        shape = tuple(source_record(source)["data_shape"])
+        if shape != (2,):
+            raise ConfigError(f"{source}: a model of {shape} data; the 2-D metrics need a 2-D toy model "
+                              "(images: experiments.evaluate).")  # fmt: skip
+
+
+def evaluate_workdir(workdir, out=None):
+    """Rows of one model, each appended to the JSON lines file `out` as soon as it is computed."""
     cfg, trained = load_run(workdir)
     name, process, step = cfg.data.name, trained.process, trained.step
     if name not in TOY_DATASETS:
-        raise ValueError(f"{workdir}: data {name!r} is not a 2D toy; use experiments.evaluate for images")
+        raise ConfigError(f"{workdir}: data {name!r} is not a 2D toy; use experiments.evaluate for images")
     test_x, _ = load_dataset(name, "test", num_examples=FLAGS.num)
     fresh, _ = TOY_DATASETS[name](jax.random.key(7), FLAGS.num)
     k_dist = jax.random.key(3)
@@ -87,31 +112,25 @@ def evaluate_workdir(workdir):
                        nll_examples=FLAGS.nll_examples)  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if out:
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
     return rows
-
-
-def fmt(v, spec):
-    return "–" if v is None else format(v, spec)
 
 
 def main(argv):
     del argv
+    if FLAGS.table:
+        return print_tables(FLAGS.table)
+    if not FLAGS.workdirs:
+        raise app.UsageError("give --workdirs (2-D work directories to evaluate) or --table (a results file)")
+    sources = FLAGS.workdirs.split(",")
     logging.set_verbosity(logging.WARNING)
     with user_errors():
-        rows = [row for workdir in FLAGS.workdirs.split(",") for row in evaluate_workdir(workdir)]
-    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    with open(FLAGS.out, "a") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    print("\n| model | sampler | NFE | sliced W2 (floor) | MMD² (floor) | on support | NLL nats "
-          "| −log p_data | KL ± se |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        kl = f"{r['kl_nats']:.3f} ± {r['kl_se']:.3f}" if r.get("kl_nats") is not None else "–"
-        print(f"| {r['model']} | {r['sampler']} | {r['nfe']} "
-              f"| {r['sliced_w2']:.4f} ({r['sliced_w2_floor']:.4f}) "
-              f"| {r['mmd2']:.5f} ({r['mmd2_floor']:.5f}) | {fmt(r.get('on_support'), '.1%')} "
-              f"| {fmt(r.get('nll_nats'), '.3f')} | {fmt(r.get('data_nll_nats'), '.3f')} "
-              f"| {kl} |")  # fmt: skip
+        check_inputs(sources)
+        os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+        rows = [row for workdir in sources for row in evaluate_workdir(workdir, out=FLAGS.out)]
+    print(f"\nappended {len(rows)} rows to {FLAGS.out}\n\n" + markdown_table_2d(rows))
 
 
 if __name__ == "__main__":
