@@ -73,6 +73,22 @@ def user_errors():
         sys.exit(2)
 
 
+def config_fields_help() -> str:
+    """Every config field with its default (`configs/base.py`) and the sampler names: the tail of
+    `experiments.train --help`."""
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, ml_collections.ConfigDict) and f"{prefix}{key}" not in FREE_FORM:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"  {prefix}{key} = {value.to_dict() if hasattr(value, 'to_dict') else value!r}"
+
+    samplers = ", ".join((*dj.SOLVERS, *FEW_STEP_SAMPLERS))
+    return ("\n\nConfig fields and their defaults (override any with --config.FIELD=VALUE; the comments in "
+            "experiments/configs/base.py explain them):\n" + "\n".join(leaves(base.get_config()))
+            + f"\n\nsample.sampler is one of: {samplers}\n")
+
+
 def _unknown_keys(cfg, schema, prefix="") -> list[str]:
     out = []
     for key in cfg:

@@ -43,6 +43,7 @@ from experiments.builders import (
     ConfigError,
     build_loss,
     config_changes,
+    config_fields_help,
     generate,
     model_spec,
     num_classes,
@@ -215,4 +216,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    __doc__ = (__doc__ or "") + config_fields_help()  # --help lists every field and sampler
     app.run(main, flags_parser=parse_flags)

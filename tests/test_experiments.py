@@ -246,3 +246,13 @@ def test_edm_recipe_with_post_hoc_ema_trains_loads_and_reconstructs(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     out = dj.sample("heun", trained.model, trained.process, jax.random.key(0), (8, 2), 4, grid="edm")
     assert out.samples.shape == (8, 2) and bool(jnp.all(jnp.isfinite(out.samples)))
+
+
+def test_train_help_lists_every_config_field_and_sampler():
+    from experiments.configs import base
+
+    out = run("train", "--help", expect=1)  # absl exits with status 1 after --help
+    for section, fields in base.get_config().items():
+        for key in getattr(fields, "keys", lambda: [])():
+            assert f"  {section}.{key} = " in out, f"{section}.{key}"
+    assert "  train.batch_size = 512" in out and "dpm_solver_pp, unipc" in out and "flow_map" in out

@@ -16,7 +16,7 @@ def get_config():
     c = mnist_fm.get_config()
     c.data.couplings = "outputs/couplings/mnist_fm_midpoint10.npz"
     c.loss.name = "reflow"
-    c.train.update(init_from="outputs/mnist_fm", num_steps=800, learning_rate=5e-4, warmup_steps=20,
-                   ema_decay=0.99, checkpoint_every=100, sample_every=0)  # fmt: skip
+    c.train.update(init_from="outputs/mnist_fm", num_steps=1500, learning_rate=5e-4, warmup_steps=20,
+                   ema_decay=0.995, checkpoint_every=250, sample_every=0)  # fmt: skip
     c.sample.update(sampler="euler", num_steps=2, clip_denoised=True)
     return c
