@@ -107,7 +107,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     def preview(step, state):
         model = wrap(nnx.merge(graphdef, state.ema_params))
         res = generate(cfg, model, process, jax.random.key(step), 64, data_shape)
-        if is_main and cfg.model.kind == "unet":
+        if is_main and len(data_shape) == 3:  # an image model (U-Net, DiT): preview grids
             save_image_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), res.samples, 8)
 
     hooks = [(t.sample_every, preview)] if t.sample_every else []

@@ -16,7 +16,7 @@ import argparse
 
 from experiments.fewstep import common
 
-METHOD_ORDER = ("teacher", "consistency", "meanflow", "reflow", "progressive", "oracle")
+METHOD_ORDER = ("teacher", "consistency", "meanflow", "shortcut", "reflow", "progressive", "oracle")
 
 
 def _cell(r: dict | None) -> str:
