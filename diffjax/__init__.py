@@ -100,6 +100,7 @@ from diffjax.reflow import (
     straightness,
 )
 from diffjax.sampling import SampleResult, make_solver, sample, steps_for_budget
+from diffjax.shortcut import shortcut_loss, shortcut_times
 from diffjax.solvers import (
     DDIM,
     DEIS,
@@ -164,5 +165,6 @@ __all__ = [
     "consistency_training_loss", "ict_noise_levels", "ict_num_levels", "Couplings", "load_couplings",
     "make_couplings", "average_velocity_and_derivative", "meanflow_loss", "meanflow_times",
     "pair_distillation_loss", "reflow_loss", "save_couplings", "straightness",
-    "available_pretrained", "load_pretrained", "pretrained_card", "save_pretrained",
+    "available_pretrained", "load_pretrained", "pretrained_card", "save_pretrained", "shortcut_loss",
+    "shortcut_times",
 ]  # fmt: skip

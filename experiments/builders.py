@@ -33,8 +33,9 @@ from experiments.configs import base
 
 LOSSES = {"dsm": "eps", "cfm": "velocity", "ddpm": "eps"}  # name → regression target
 PAIR_LOSSES = ("reflow", "pair_distillation")  # trained on data.couplings (noise, sample) pairs
-FEW_STEP_LOSSES = ("meanflow", "consistency_training", "consistency_distillation", "progressive_distillation",
-                   *PAIR_LOSSES)
+TWO_TIME_LOSSES = ("meanflow", "shortcut", "pair_distillation")  # train u(x, t, s): second_time=True
+FEW_STEP_LOSSES = ("meanflow", "shortcut", "consistency_training", "consistency_distillation",
+                   "progressive_distillation", *PAIR_LOSSES)
 NEEDS_TEACHER = ("consistency_distillation", "progressive_distillation")
 FREE_FORM = {"model.kwargs", "process.kwargs", "loss.time_kwargs", "loss.weighting_kwargs", "sample.options",
              "loss.options"}
@@ -203,12 +204,10 @@ def few_step_checks(cfg, need) -> None:
     """What the few-step losses and samplers need of the rest of the config."""
     name, precond, sampler = cfg.loss.name, cfg.model.preconditioning, cfg.sample.sampler
     two_time = bool(cfg.model.kwargs.get("second_time", False))
-    need(name != "meanflow" or two_time,
-         "loss.name='meanflow' trains an average velocity u(x, t, s): set model.kwargs.second_time=True")
-    need(name != "pair_distillation" or two_time,
-         "loss.name='pair_distillation' trains a flow map x + (s − t)·u(x, t, s): set "
+    need(name not in TWO_TIME_LOSSES or two_time,
+         f"loss.name={name!r} trains an average velocity u(x, t, s) (a flow map x + (s − t)·u): set "
          "model.kwargs.second_time=True")
-    need(name in ("meanflow", "pair_distillation") or not two_time,
+    need(name in TWO_TIME_LOSSES or not two_time,
          "model.kwargs.second_time=True is a two-time network (MeanFlow network); "
          f"loss.name={name!r} trains a one-time one")
     need((name in PAIR_LOSSES) == bool(cfg.data.couplings),
@@ -221,8 +220,8 @@ def few_step_checks(cfg, need) -> None:
     need(consistency == (sampler == "consistency"),
          f"a consistency model samples with sample.sampler='consistency' (got {sampler!r} for "
          f"loss.name={name!r})")
-    need(bool(cfg.teacher.workdir) == (name in NEEDS_TEACHER) or name == "meanflow",
-         f"teacher.workdir is what loss.name in {NEEDS_TEACHER} distils (and MeanFlow may); got "
+    need(bool(cfg.teacher.workdir) == (name in NEEDS_TEACHER) or name in ("meanflow", "shortcut"),
+         f"teacher.workdir is what loss.name in {NEEDS_TEACHER} distils (and meanflow, shortcut may); got "
          f"teacher.workdir={cfg.teacher.workdir!r} with loss.name={name!r}")
     need(name != "progressive_distillation" or "num_student_steps" in cfg.loss.options,
          "loss.name='progressive_distillation' needs loss.options.num_student_steps (the student's steps; "
@@ -246,6 +245,7 @@ def build_few_step_loss(cfg, process):
     from diffjax.flow_map import AverageVelocityMap
     from diffjax.meanflow import meanflow_loss, meanflow_times
     from diffjax.reflow import pair_distillation_loss, reflow_loss
+    from diffjax.shortcut import shortcut_loss
 
     options = dict(cfg.loss.options)
     if cfg.loss.name == "meanflow":
@@ -254,6 +254,10 @@ def build_few_step_loss(cfg, process):
         velocity = teacher_flow_velocity(cfg, process)[1] if cfg.teacher.workdir else None
         return functools.partial(meanflow_loss, process=process, time_sampler=time_sampler,
                                  velocity=velocity, **options)  # fmt: skip
+    if cfg.loss.name == "shortcut":
+        velocity = teacher_flow_velocity(cfg, process)[1] if cfg.teacher.workdir else None
+        return functools.partial(shortcut_loss, process=process, t_eps=cfg.loss.t_eps, velocity=velocity,
+                                 **options)  # fmt: skip
     if cfg.loss.name == "reflow":
         return _on_stacked_pairs(functools.partial(
             reflow_loss, process=process, prediction=cfg.model.prediction,

@@ -98,6 +98,14 @@ def test_progressive_distillation_round_from_a_flow_run(tmp_path, flow_run):
     assert summary["nfe"] == 2 and np.isfinite(summary["loss"])
 
 
+def test_shortcut_model_trains_from_scratch_and_from_a_teacher_and_samples_in_jumps(tmp_path, flow_run):
+    for name, edits in (("scratch", {}), ("teacher", {"teacher.workdir": flow_run})):
+        cfg = tiny(checkerboard_meanflow, **{"loss.name": "shortcut", "loss.options": {"max_steps": 8},
+                                             "sample.num_steps": 2, **edits})  # fmt: skip
+        summary = train_and_evaluate(cfg, str(tmp_path / name))
+        assert summary["nfe"] == 2 and np.isfinite(summary["loss"])
+
+
 def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_path, flow_run):
     """`sample --couplings` writes (noise, sample) pairs: the noise is the prior draw of the seed, the
     samples those of the .npz, and they do not depend on --batch; a reflow run (started from the
@@ -146,6 +154,7 @@ def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_p
     (dict(module=checkerboard_fm, **{"loss.name": "progressive_distillation", "teacher.workdir": "x"}),
      "num_student_steps"),
     (dict(module=checkerboard_fm, **{"loss.name": "reflow"}), "trains on data.couplings"),
+    (dict(module=checkerboard_fm, **{"loss.name": "shortcut"}), "second_time=True"),
     (dict(module=checkerboard_fm, **{"data.couplings": "pairs.npz"}), "trains on data.couplings"),
     (dict(module=checkerboard_fm, **{"loss.name": "pair_distillation", "data.couplings": "pairs.npz"}),
      "second_time=True"),

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffjax.models import ResidualMLP, ResidualMLPConfig, UNet, UNetConfig, build_model
+from diffjax.models import DiT, DiTConfig, ResidualMLP, ResidualMLPConfig, UNet, UNetConfig, build_model
 
 MLP = dict(dim=3, width=16, depth=2)
 UNET = dict(in_channels=1, image_size=8, channels=8, channel_mults=(1,), num_res_blocks=1,
             attention_resolutions=(), head_channels=8, num_groups=4)  # fmt: skip
+DIT = dict(in_channels=1, image_size=8, patch_size=2, hidden_size=16, depth=1, num_heads=2, time_features=16)
+BASE = {"mlp": MLP, "unet": UNET, "dit": DIT}
+NETWORKS = {"mlp": (ResidualMLP, ResidualMLPConfig), "unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig)}
 
 
 def _param_paths(module) -> set[tuple]:
@@ -26,13 +29,13 @@ def _inputs(kind, batch=4):
     return x, t
 
 
-@pytest.mark.parametrize("kind", ["mlp", "unet"])
+@pytest.mark.parametrize("kind", ["mlp", "unet", "dit"])
 def test_second_time_shapes_and_dependence_on_s(kind):
     """The output has x's shape and dtype and changes with s (the interval embedding reaches the
     output); s = t is a valid input (the instantaneous velocity); a scalar s broadcasts."""
-    spec = dict(MLP if kind == "mlp" else UNET, kind=kind, second_time=True)
+    spec = dict(BASE[kind], kind=kind, second_time=True)
     net = build_model(spec, seed=0)
-    if kind == "unet":  # the U-Net's last layers are zero-initialised: make them non-trivial
+    if kind != "mlp":  # the image networks' last layers (and the DiT's adaLN) are zero-initialised
         state = nnx.state(net, nnx.Param)
         leaves, treedef = jax.tree.flatten(state)
         rng = np.random.default_rng(1)  # numpy: no per-shape compilation
@@ -52,10 +55,10 @@ def test_second_time_shapes_and_dependence_on_s(kind):
     assert not bool(jnp.allclose(out_a, out_c))
 
 
-@pytest.mark.parametrize("kind", ["mlp", "unet"])
+@pytest.mark.parametrize("kind", ["mlp", "unet", "dit"])
 def test_second_time_errors(kind):
     """s missing for a two-time network, or given to a one-time network: a clear ValueError."""
-    base = MLP if kind == "mlp" else UNET
+    base = BASE[kind]
     one = build_model(dict(base, kind=kind), seed=0)
     two = build_model(dict(base, kind=kind, second_time=True), seed=0)
     x, t = _inputs(kind)
@@ -67,13 +70,13 @@ def test_second_time_errors(kind):
         two(x, t, s=jnp.zeros(x.shape[0] + 1))
 
 
-@pytest.mark.parametrize("kind", ["mlp", "unet"])
+@pytest.mark.parametrize("kind", ["mlp", "unet", "dit"])
 def test_one_time_networks_unchanged(kind):
     """second_time=False (the default) builds exactly the old network: same parameter paths, and
     the same values from the same seed (old checkpoints load); second_time=True only adds the
     `interval_embed` subtree, and the old call net(x, t) is unchanged."""
-    module, config = (ResidualMLP, ResidualMLPConfig) if kind == "mlp" else (UNet, UNetConfig)
-    base = MLP if kind == "mlp" else UNET
+    module, config = NETWORKS[kind]
+    base = BASE[kind]
     assert config().second_time is False
     one = module(config(**base), rngs=nnx.Rngs(0))
     two = module(config(**base, second_time=True), rngs=nnx.Rngs(0))
@@ -82,10 +85,11 @@ def test_one_time_networks_unchanged(kind):
     extra = paths_two - paths_one
     assert paths_one < paths_two and extra and all(p[0] == "interval_embed" for p in extra)
     # the old parameter structure, written down before the option existed (test_models' shapes)
-    expected_top = (
-        {"time_embed", "linear_in", "blocks", "norm_out", "linear_out"} if kind == "mlp"
-        else {"time_embed", "conv_in", "down", "mid1", "mid_attn", "mid2", "up", "norm_out", "conv_out"}
-    )  # fmt: skip
+    expected_top = {
+        "mlp": {"time_embed", "linear_in", "blocks", "norm_out", "linear_out"},
+        "unet": {"time_embed", "conv_in", "down", "mid1", "mid_attn", "mid2", "up", "norm_out", "conv_out"},
+        "dit": {"time_embed", "patch_embed", "blocks", "final_layer"},
+    }[kind]
     assert {p[0] for p in paths_one} == expected_top
     x, t = _inputs(kind)
     again = module(config(**base), rngs=nnx.Rngs(0))

@@ -26,15 +26,16 @@ def get_config():
     # its options (edm: sigma_data; min_snr: gamma); time: uniform | logit_normal | lognormal | antithetic,
     # time_kwargs its options (lognormal: p_mean, p_std); t_eps: data-end offset of the training times
     # learned_weighting: EDM2's learned uncertainty u(λ) on top (e^{−u}·L + u; diffjax.models.uncertainty)
-    # few-step losses (diffjax.meanflow, diffjax.consistency): name meanflow (a two-time network,
-    # model.kwargs.second_time=True) | consistency_training (iCT) | consistency_distillation (needs
-    # teacher.workdir; both need model.preconditioning='consistency') | progressive_distillation (needs
-    # teacher.workdir and options.num_student_steps; sample with 'ddim'); options: the loss's keyword
-    # options (meanflow: mean, std, ratio, adaptive_p, adaptive_c; consistency_training: num_levels,
-    # distance, sigma_max, ...; consistency_distillation: num_steps (the grid), solver, distance;
-    # progressive_distillation: num_student_steps, weighting) | reflow (flow matching on data.couplings,
+    # few-step losses (diffjax.meanflow, .shortcut, .consistency, .distillation, .reflow), options = the
+    # loss's keyword options: meanflow (a two-time network, model.kwargs.second_time=True; options mean,
+    # std, ratio, adaptive_p, adaptive_c; teacher.workdir optional) | shortcut (Frans et al.; two-time;
+    # options max_steps, bootstrap_fraction; teacher.workdir optional) | consistency_training (iCT; options
+    # num_levels, distance, sigma_max, ...) | consistency_distillation (needs teacher.workdir; options
+    # num_steps (the grid), solver, distance; both consistency losses need
+    # model.preconditioning='consistency') | progressive_distillation (needs teacher.workdir and
+    # options.num_student_steps, weighting; sample with 'ddim') | reflow (flow matching on data.couplings,
     # Liu et al.; weighting and time as for cfm) | pair_distillation (k-step distillation of the couplings
-    # into a two-time network, second_time=True; options num_steps, grid; sample with 'flow_map')
+    # into a two-time network; options num_steps, grid). Two-time networks sample with 'flow_map'.
     c.loss = dict(name="cfm", weighting="none", weighting_kwargs={}, time="uniform", time_kwargs={},
                   t_eps=0.0, learned_weighting=False, options={})
     # teacher.workdir: a finished run whose EMA model a distillation loss follows (its process must be

@@ -1,0 +1,251 @@
+"""The diffusion transformer (`diffjax.models.dit`): patches and positions, adaLN-Zero, conditioning,
+guidance, every sampler, and a tiny training run through the experiment script."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import diffjax as dj
+from diffjax.models import DiT, DiTConfig, build_model, count_params
+from diffjax.models.dit import DiTBlock, patchify, sincos_position_embedding, unpatchify
+
+MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+TINY = dict(in_channels=1, image_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=4, time_features=32)
+
+
+def perturbed(net, scale=0.1, seed=1):
+    """`net` with its all-zero matrices (the adaLN-Zero modulations and the final Linear) replaced by
+    scale·N(0, 1) draws (numpy: no per-shape compilation), so that every path reaches the output."""
+    state = nnx.state(net, nnx.Param)
+    leaves, treedef = jax.tree.flatten(state)
+    rng = np.random.default_rng(seed)
+    leaves = [jnp.asarray(scale * rng.standard_normal(a.shape), a.dtype)
+              if a.ndim > 1 and not np.any(np.asarray(a)) else a for a in leaves]  # fmt: skip
+    nnx.update(net, jax.tree.unflatten(treedef, leaves))
+    return net
+
+
+def inputs(batch=3, size=8, channels=1, seed=0):
+    x = jax.random.normal(jax.random.key(seed), (batch, size, size, channels))
+    return x, jnp.linspace(0.1, 0.9, batch)
+
+
+def per_example_max(a):
+    return np.asarray(jnp.abs(a).reshape(a.shape[0], -1).max(axis=-1))
+
+
+# -- patches and positions ----------------------------------------------------------------------------
+
+
+def test_patchify_cuts_row_major_patches_and_unpatchify_inverts_it():
+    """Token i·(W/p) + j holds the patch x[i p:(i+1) p, j p:(j+1) p, :] flattened (row, column,
+    channel); unpatchify ∘ patchify and patchify ∘ unpatchify are the identity."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 12, 8, 3)).astype(np.float32)  # non-square on purpose
+    p = 4
+    tokens = np.asarray(patchify(jnp.asarray(x), p))
+    assert tokens.shape == (2, 3 * 2, p * p * 3)
+    for i in range(3):
+        for j in range(2):
+            patch = x[:, i * p : (i + 1) * p, j * p : (j + 1) * p]
+            np.testing.assert_array_equal(tokens[:, i * 2 + j], patch.reshape(2, -1))
+    np.testing.assert_array_equal(np.asarray(unpatchify(jnp.asarray(tokens), p, 12, 8)), x)
+    z = rng.standard_normal((2, 6, 48)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(patchify(unpatchify(jnp.asarray(z), p, 12, 8), p)), z)
+    with pytest.raises(ValueError, match="must divide"):
+        patchify(jnp.asarray(x), 5)
+    with pytest.raises(ValueError, match="do not tile"):
+        unpatchify(jnp.asarray(z), p, 8, 8)
+
+
+def test_position_embedding_is_the_2d_sincos_formula():
+    """Against the formula written out entry by entry: token (row i, column j), ω_m = 10000^(−m/(D/4)),
+    features [sin(j ω), cos(j ω), sin(i ω), cos(i ω)] (MAE/DiT's get_2d_sincos_pos_embed)."""
+    dim, grid = 16, 3
+    quarter = dim // 4
+    expected = np.zeros((grid * grid, dim))
+    for i in range(grid):
+        for j in range(grid):
+            for m in range(quarter):
+                w = 10000.0 ** (-m / quarter)
+                row = expected[i * grid + j]
+                row[m], row[quarter + m] = math.sin(j * w), math.cos(j * w)
+                row[2 * quarter + m], row[3 * quarter + m] = math.sin(i * w), math.cos(i * w)
+    np.testing.assert_allclose(sincos_position_embedding(dim, grid), expected, rtol=0, atol=1e-12)
+    assert len({tuple(np.round(r, 9)) for r in expected}) == grid * grid  # every position distinct
+
+
+# -- the network --------------------------------------------------------------------------------------
+
+
+def expected_param_count(cfg: DiTConfig) -> int:
+    """Parameters of a DiT written out by hand (so a learned position table or an affine LayerNorm
+    would show): patch Linear, time MLP (+ label table), per block qkv, proj, MLP and the 6D-wide
+    adaLN Linear, and the final adaLN (2D) and Linear; the interval MLP for second_time."""
+    d, m, pc = cfg.hidden_size, int(cfg.mlp_ratio * cfg.hidden_size), cfg.patch_size**2
+    f, c_out = cfg.time_features, cfg.out_channels or cfg.in_channels
+    time_mlp = f * d + d + d * d + d
+    block = (3 * d * d + 3 * d) + (d * d + d) + (d * m + m + m * d + d) + (6 * d * d + 6 * d)
+    final = (2 * d * d + 2 * d) + (d * pc * c_out + pc * c_out)
+    total = pc * cfg.in_channels * d + d + time_mlp + cfg.depth * block + final
+    total += (cfg.num_classes + 1) * d if cfg.num_classes is not None else 0
+    return total + (time_mlp if cfg.second_time else 0)
+
+
+@pytest.mark.parametrize("changes", [{}, dict(num_classes=10, out_channels=2), dict(second_time=True)])
+def test_parameters_are_exactly_the_dit_layers(changes):
+    cfg = DiTConfig(**TINY, **changes)
+    net = nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0)))
+    assert count_params(net) == expected_param_count(cfg)
+    _, state = nnx.split(net)
+    assert count_params(state) == count_params(net)  # nothing but parameters (dropout is functional)
+
+
+def test_untrained_output_is_exactly_zero_and_then_depends_on_t_and_y():
+    """adaLN-Zero gates and the zero final layer: a fresh network outputs exactly 0 with x's shape and
+    dtype; once the zero layers are perturbed the output changes with every example's t and y."""
+    net = DiT(DiTConfig(**TINY, num_classes=4, out_channels=2), rngs=nnx.Rngs(0))
+    x, t = inputs()
+    y = jnp.array([0, 1, 2])
+    out = net(x, t, y)
+    assert out.shape == (3, 8, 8, 2) and out.dtype == jnp.float32
+    assert not np.any(np.asarray(out))
+    perturbed(net)
+    out = net(x, t, y)
+    assert np.all(per_example_max(out) > 1e-3)
+    assert np.all(per_example_max(net(x, t[::-1], y) - out)[[0, 2]] > 1e-4)  # t changes (middle equal)
+    assert np.all(per_example_max(net(x, t, jnp.array([3, 3, 3])) - out) > 1e-4)
+    assert np.all(per_example_max(net(x[::-1], t, y) - out)[[0, 2]] > 1e-4)
+
+
+def test_every_block_starts_as_the_identity():
+    cfg = DiTConfig(**TINY)
+    block = DiTBlock(cfg, rngs=nnx.Rngs(0))
+    h = jax.random.normal(jax.random.key(1), (2, 16, 32))
+    c = jax.random.normal(jax.random.key(2), (2, 32))
+    assert bool(jnp.array_equal(block(h, c), h))
+
+
+def test_dtypes_compute_and_parameters():
+    """Parameters in param_dtype; computation in dtype; the output in x's (floating) dtype."""
+    x, t = inputs(2)
+    net = perturbed(DiT(DiTConfig(**TINY, dtype="bfloat16"), rngs=nnx.Rngs(0)))
+    assert {a.dtype for a in jax.tree.leaves(nnx.state(net, nnx.Param))} == {jnp.dtype("float32")}
+    ref = perturbed(DiT(DiTConfig(**TINY), rngs=nnx.Rngs(0)))
+    out, out_ref = net(x, t), ref(x, t)
+    assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
+    assert 0 < float(jnp.max(jnp.abs(out - out_ref))) < 0.1 * float(jnp.max(jnp.abs(out_ref)))
+    half = DiT(DiTConfig(**TINY, param_dtype="bfloat16", dtype="bfloat16"), rngs=nnx.Rngs(0))
+    assert {a.dtype for a in jax.tree.leaves(nnx.state(half, nnx.Param))} == {jnp.dtype("bfloat16")}
+    assert half(x.astype(jnp.bfloat16), t).dtype == jnp.bfloat16
+
+
+def test_dropout_is_functional_and_the_pure_apply_matches():
+    net = perturbed(DiT(DiTConfig(**TINY, dropout=0.5), rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(net)
+    apply = jax.jit(lambda params, x, t, key: nnx.merge(graphdef, params)(x, t, rngs=key))
+    x, t = inputs(2)
+    k1, k2 = jax.random.key(1), jax.random.key(2)
+    a, b, again = apply(params, x, t, k1), apply(params, x, t, k2), apply(params, x, t, k1)
+    assert bool(jnp.array_equal(a, again)) and float(jnp.max(jnp.abs(a - b))) > 1e-4
+    np.testing.assert_allclose(net(x, t), net(x, t, rngs=None), rtol=0, atol=0)
+    assert float(jnp.max(jnp.abs(net(x, t) - a))) > 1e-4
+
+
+def test_null_class_labels_and_classifier_free_guidance():
+    """y = num_classes is the null class (also what y=None means); out-of-range or float labels, and
+    labels for an unconditional network, are clear errors; `dj.cfg_model` guides the DiT exactly as
+    (1 − w)·D(x, t, ∅) + w·D(x, t, y) and samples."""
+    net = perturbed(DiT(DiTConfig(**TINY, num_classes=3, prediction="velocity"), rngs=nnx.Rngs(0)))
+    x, t = inputs(2)
+    y, null = jnp.array([0, 2]), jnp.array([3, 3])
+    np.testing.assert_array_equal(net(x, t, null), net(x, t))
+    assert np.all(per_example_max(net(x, t, y) - net(x, t, null)) > 1e-4)
+    with pytest.raises(ValueError, match=r"Labels must lie in \[0, 3\]"):
+        net(x, t, jnp.array([0, 4]))
+    with pytest.raises(ValueError, match="must be integers"):
+        net(x, t, jnp.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="without num_classes"):
+        DiT(DiTConfig(**TINY), rngs=nnx.Rngs(0))(x, t, y)
+    guided = dj.cfg_model(net, y, 2.5, 3)
+    assert guided.prediction == "velocity"
+    expected = -1.5 * net(x, t, null) + 2.5 * net(x, t, y)
+    np.testing.assert_allclose(guided(x, t), expected, rtol=1e-5, atol=1e-5)
+    res = dj.sample("euler", guided, dj.CondOTPath(), jax.random.key(0), (2, 8, 8, 1), 2)
+    assert res.samples.shape == (2, 8, 8, 1) and bool(jnp.all(jnp.isfinite(res.samples)))
+
+
+def test_every_sampler_runs_the_dit():
+    net = perturbed(build_model(dict(TINY, kind="dit", prediction="velocity"), seed=0))
+    heun = dj.sample("heun", net, dj.CondOTPath(), jax.random.key(0), (2, 8, 8, 1), 3)
+    assert heun.samples.shape == (2, 8, 8, 1) and bool(jnp.all(jnp.isfinite(heun.samples)))
+    for name in dj.SOLVERS:
+        res = dj.sample(name, net, dj.CondOTPath(), jax.random.key(0), (2, 8, 8, 1), 2)
+        assert res.samples.shape == (2, 8, 8, 1) and bool(jnp.all(jnp.isfinite(res.samples))), name
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(patch_size=3), "patch_size=3 must divide image_size=8"),
+    (dict(num_heads=3), "num_heads=3 must divide hidden_size=32"),
+    (dict(hidden_size=18, num_heads=2), "hidden_size=18 must be a multiple of 4"),
+    (dict(depth=0), "depth must be an integer >= 1"),
+    (dict(dropout=1.0), r"dropout must lie in \[0, 1\)"),
+    (dict(prediction="noise"), "prediction 'noise' must be one of"),
+    (dict(widht=3), "invalid config fields"),
+])  # fmt: skip
+def test_build_model_rejects_bad_configs_clearly(changes, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(dict(TINY, kind="dit", **changes))
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    net = DiT(DiTConfig(**TINY), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"x must be \(batch, 8, 8, 1\)"):
+        net(jnp.zeros((2, 8, 8, 3)), jnp.zeros(2))
+
+
+# -- the experiment script ----------------------------------------------------------------------------
+
+
+def test_the_mnist_dit_config_validates_and_is_the_documented_size():
+    from experiments.builders import validate_config
+    from experiments.configs import mnist_dit
+
+    cfg = mnist_dit.get_config()
+    validate_config(cfg)
+    net_cfg = DiTConfig(prediction=cfg.model.prediction, **dict(cfg.model.kwargs))
+    assert net_cfg.num_tokens == 49 and expected_param_count(net_cfg) == 1_867_664
+    assert "1.87M parameters" in mnist_dit.__doc__
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(MNIST, "train-images-idx3-ubyte.gz")),
+                    reason="MNIST IDX files not found in ../shared/data/mnist")  # fmt: skip
+def test_a_tiny_mnist_dit_trains_checkpoints_previews_and_reloads(tmp_path):
+    """train_and_evaluate with a tiny DiT: runs its steps, writes a checkpoint, a preview grid (an image
+    model) and samples.png; `load_model` rebuilds the DiT from the run record."""
+    from experiments.configs import mnist_dit
+    from experiments.train import train_and_evaluate
+
+    workdir = str(tmp_path / "dit")
+    cfg = mnist_dit.get_config()
+    cfg.data.data_dir, cfg.data.num_examples = MNIST, 64
+    cfg.model.kwargs.update(patch_size=7, hidden_size=16, depth=1, num_heads=2, time_features=16)
+    cfg.train.update(num_steps=4, warmup_steps=1, batch_size=16, checkpoint_every=4, log_every=2,
+                     sample_every=4)  # fmt: skip
+    cfg.sample.update(num_steps=2, num_samples=4)
+    summary = train_and_evaluate(cfg, workdir)
+    assert summary["step"] == 4 and np.isfinite(summary["loss"])
+    assert os.path.getsize(os.path.join(workdir, "samples.png")) > 0
+    assert os.path.getsize(os.path.join(workdir, "samples", "step_0000004.png")) > 0
+    assert np.load(os.path.join(workdir, "samples.npz"))["samples"].shape == (4, 28, 28, 1)
+    trained = dj.load_model(workdir)
+    assert isinstance(trained.model, DiT) and trained.step == 4
+    out = trained.model(jnp.zeros((1, 28, 28, 1)), jnp.array([0.5]))
+    assert out.shape == (1, 28, 28, 1) and float(jnp.max(jnp.abs(out))) > 0  # trained: no longer zero
