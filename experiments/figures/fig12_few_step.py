@@ -38,6 +38,7 @@ METHODS = {  # (method, variant) -> (label, colour, marker, line style)
     ("reflow", "1-step distillation of 2-RF"): ("2-RF distilled to 1 step", "tab:green", "*", ""),
     ("reflow", "1-step distillation of the teacher"): ("teacher distilled to 1 step", "tab:purple", "*", ""),
     ("progressive", "DDIM student"): ("progressive distillation (DDIM)", "tab:orange", "P", "-"),
+    ("shortcut", "from scratch"): ("shortcut model", "tab:brown", "X", "-"),
 }
 
 
