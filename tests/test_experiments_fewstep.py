@@ -175,11 +175,13 @@ def test_few_step_configs_validate():
         mnist_pair_distillation,
         mnist_progressive,
         mnist_reflow,
+        mnist_shortcut,
     )
 
     validate_config(mnist_meanflow.get_config())
     validate_config(mnist_progressive.get_config())
     validate_config(mnist_reflow.get_config())
+    validate_config(mnist_shortcut.get_config())
     validate_config(mnist_pair_distillation.get_config())
     for variant in ("cd", "ict"):
         validate_config(mnist_consistency.get_config(variant))
