@@ -185,6 +185,29 @@ def test_metrics_logger_files_and_disabled(tmp_path):
     assert not (tmp_path / "off").exists()
 
 
+def test_sample_grids_are_logged_to_tensorboard_as_images(tmp_path):
+    """The event file (TFRecord framing: length, crc, payload, crc) holds an image summary of the grid
+    at its step, with the grid's width and height."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    from diffjax.training.logging import log_image
+
+    grid = (np.arange(12 * 20) % 256).astype(np.uint8).reshape(12, 20)
+    assert log_image(tmp_path, "samples", 7, grid)
+    (path,) = (tmp_path / "tensorboard").iterdir()
+    data, images = path.read_bytes(), []
+    while data:
+        (length,) = struct.unpack("<Q", data[:8])
+        event = event_pb2.Event.FromString(data[12 : 12 + length])
+        images += [(event.step, v.image) for v in event.summary.value if v.tag == "samples"]
+        data = data[12 + length + 4 :]
+    ((step, image),) = images
+    assert step == 7 and (image.width, image.height) == (20, 12)
+    assert image.encoded_image_string[:4] == b"\x89PNG"
+
+
 def test_a_resumed_segment_logs_every_step_once_and_sums_wall_time(tmp_path, capsys):
     """An interrupted run logged steps 5..15 but checkpointed at 10: resuming from 10 drops the records
     after it, so metrics.jsonl holds each step once; summary.json sums the segments' wall time and a

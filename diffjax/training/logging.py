@@ -116,6 +116,25 @@ class MetricsLogger:
         self._jsonl = self._tb = self._bar = None
 
 
+def log_image(workdir: str | os.PathLike, tag: str, step: int, image) -> bool:
+    """Add an image (H, W) or (H, W, C) uint8 (e.g. a sample grid, `diffjax.viz.image_grid`) to the
+    work directory's TensorBoard logs at `step`, when tensorboardX is installed; True if written. Only
+    process 0 writes."""
+    if jax.process_index() != 0 or importlib.util.find_spec("tensorboardX") is None:
+        return False
+    import numpy as np
+    from tensorboardX import SummaryWriter
+
+    image = np.asarray(image)
+    image = image[..., None] if image.ndim == 2 else image
+    writer = SummaryWriter(os.path.join(os.fspath(workdir), "tensorboard"))
+    try:
+        writer.add_image(tag, image, step, dataformats="HWC")
+    finally:
+        writer.close()
+    return True
+
+
 def _read_json(path: str) -> dict:
     try:
         with open(path) as f:
