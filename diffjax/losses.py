@@ -36,6 +36,7 @@ Every loss is a pure function of (model, x0, key), jit/grad/vmap-able.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -343,14 +344,23 @@ def conditional_loss(
     return loss(BoundLabels(model, labels, model_kwargs), x0, k_loss)
 
 
+@pytree_dataclass(eq=False)
 class BoundLabels:
     """model(x, t) = model(x, t·1.0, labels, **kwargs) (t as floats), keeping the model's declared
     prediction: a class-conditional network seen by a loss or a sampler. A two-time network
-    (`second_time=True`: flow maps, MeanFlow) is called as model(x, t, s) = model(x, t, labels, s=s)."""
+    (`second_time=True`: flow maps, MeanFlow) is called as model(x, t, s) = model(x, t, labels, s=s).
+    A pytree (the network's and the labels' arrays are leaves), so a compiled sampler is reused for
+    new labels and parameters."""
 
-    def __init__(self, model, labels, kwargs=None):
-        self.model, self.labels, self.kwargs = model, labels, dict(kwargs or {})
-        self.prediction = getattr(model, "prediction", None)
+    model: Any
+    labels: Any
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    prediction: str | None = static_field(default=None)
+
+    def __post_init__(self):
+        object.__setattr__(self, "kwargs", dict(self.kwargs or {}))
+        if self.prediction is None:
+            object.__setattr__(self, "prediction", getattr(self.model, "prediction", None))
 
     def __call__(self, x, t, s=None):
         kwargs = self.kwargs if s is None else {**self.kwargs, "s": jnp.asarray(s).astype(x.dtype)}

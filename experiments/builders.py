@@ -364,7 +364,7 @@ def generate_few_step(cfg, model, process, key, n, data_shape, *, labels=None, x
     from diffjax.losses import BoundLabels
 
     n_cls = num_classes(cfg)
-    if n_cls is not None:  # labels bound by a plain wrapper: compiled anew per call
+    if n_cls is not None:  # labels bound by a pytree wrapper: new labels reuse the compiled sampler
         labels = np.arange(n) % n_cls if labels is None else np.asarray(labels)
         model, keyword_s = BoundLabels(model, jnp.asarray(labels)), False
     elif labels is not None:

@@ -9,6 +9,7 @@ from conftest import x64
 from samplers_util import fitted_order, gaussian_flow_map, mixture_2d
 
 import diffjax as dj
+from diffjax._pytree import pytree_dataclass, static_field
 from diffjax.flow_map import AverageVelocityMap, flow_map_sample, solve_flow_map
 
 PROCESSES = {"condot": dj.CondOTPath, "vp": dj.VPSDE}
@@ -137,3 +138,33 @@ def test_bad_inputs():
         flow_map_sample(lambda y, t, s: y, process, x, jnp.array([1.0]))
     with pytest.raises(ValueError):
         solve_flow_map(lambda y, t: y, x, jnp.ones(3), 0.0)  # t of the wrong batch size
+
+
+TRACES = []
+
+
+@pytree_dataclass(eq=False)
+class _CountingTwoTimeNet:
+    """u(x, t, s, y) = w·x·(1 + y) + (s − t): records each trace of its body."""
+
+    w: jax.Array
+    prediction: str = static_field(default="velocity")
+
+    def __call__(self, x, t, y, s):
+        TRACES.append(1)
+        return self.w * x * (1.0 + y[:, None]) + (s - t)[:, None]
+
+
+def test_flow_map_sample_compiles_once_for_new_labels_and_parameters():
+    """A class-conditional flow map (labels bound by `BoundLabels`, a pytree) reuses the compiled
+    sampler for new labels and new parameters of the same shapes."""
+    from diffjax.losses import BoundLabels
+
+    path, x = dj.CondOTPath(), jnp.ones((4, 2))
+    TRACES.clear()
+    outs = []
+    for w, labels in ((1.0, [0, 1, 2, 0]), (2.0, [2, 2, 1, 0]), (3.0, [1, 1, 1, 1])):
+        net = BoundLabels(_CountingTwoTimeNet(jnp.asarray(w)), jnp.asarray(labels, jnp.float32))
+        outs.append(dj.flow_map_sample(AverageVelocityMap(net, path), path, x, jnp.array([0.0, 0.5, 1.0])))
+    assert len(TRACES) == 1  # the scanned step traced once: one compilation for the three calls
+    assert not np.allclose(outs[0], outs[1]) and not np.allclose(outs[1], outs[2])
