@@ -210,9 +210,9 @@ def few_step_checks(cfg, need) -> None:
     need(name in TWO_TIME_LOSSES or not two_time,
          "model.kwargs.second_time=True is a two-time network (MeanFlow network); "
          f"loss.name={name!r} trains a one-time one")
-    need((name in PAIR_LOSSES) == bool(cfg.data.couplings),
+    need((name in PAIR_LOSSES) == bool(couplings_file(cfg)),
          f"loss.name in {PAIR_LOSSES} trains on data.couplings (a .npz of experiments.sample --couplings) "
-         f"and only they do; got loss.name={name!r}, data.couplings={cfg.data.couplings!r}")
+         f"and only they do; got loss.name={name!r}, data.couplings={couplings_file(cfg)!r}")
     consistency = name.startswith("consistency_")
     need(consistency == (precond == "consistency"),
          "consistency losses and model.preconditioning='consistency' go together (got loss.name="
@@ -280,6 +280,11 @@ def build_few_step_loss(cfg, process):
                              ts=ts, **options)  # fmt: skip
 
 
+def couplings_file(cfg) -> str:
+    """data.couplings, '' when unset or absent (a config saved before the field existed)."""
+    return cfg.data.get("couplings", "") or ""
+
+
 def _on_stacked_pairs(loss):
     """loss(model, x, key) of the stacked pairs x (N, 2, *event) (`training_data`) from a pair loss
     loss(model, (noise, data), key)."""
@@ -292,18 +297,18 @@ def training_data(cfg) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
     come from a model of this run's process)."""
     from diffjax.reflow import load_couplings
 
-    if not cfg.data.couplings:
+    if not couplings_file(cfg):
         data, labels = load_dataset(cfg.data.name, "train", cfg.data.data_dir or None, cfg.data.source,
                                     cfg.data.num_examples or None)  # fmt: skip
         return data, labels, tuple(data.shape[1:])
-    if not os.path.isfile(cfg.data.couplings):
-        raise ConfigError(f"data.couplings={cfg.data.couplings!r} is not a file: write it with `python -m "
-                          "experiments.sample --workdir TEACHER --couplings FILE.npz`.")  # fmt: skip
-    pairs = load_couplings(cfg.data.couplings)
+    if not os.path.isfile(couplings_file(cfg)):
+        raise ConfigError(f"data.couplings={couplings_file(cfg)!r} is not a file: write it with "
+                          "`python -m experiments.sample --workdir TEACHER --couplings F.npz`.")  # fmt: skip
+    pairs = load_couplings(couplings_file(cfg))
     made_by = pairs.header.get("process")
     if made_by is not None and made_by != json.loads(json.dumps(process_spec(cfg))):
-        raise ConfigError(f"data.couplings={cfg.data.couplings!r} were made on the process {made_by}, "
-                          f"this run trains on {process_spec(cfg)}.")  # fmt: skip
+        raise ConfigError(f"data.couplings={couplings_file(cfg)!r} were made on the process "
+                          f"{made_by}, this run trains on {process_spec(cfg)}.")  # fmt: skip
     x = np.stack([np.asarray(pairs.noise), np.asarray(pairs.data)], axis=1)
     if cfg.data.num_examples:
         x = x[: cfg.data.num_examples]

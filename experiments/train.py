@@ -37,13 +37,15 @@ from diffjax.training import (
     run_record,
     train,
 )
+from diffjax.training.logging import log_image
 from diffjax.training.posthoc_ema import SnapshotStore
-from diffjax.viz import save_image_grid, save_samples_2d
+from diffjax.viz import image_grid, save_image_grid, save_samples_2d
 from experiments.builders import (
     ConfigError,
     build_loss,
     config_changes,
     config_fields_help,
+    couplings_file,
     generate,
     model_spec,
     num_classes,
@@ -109,6 +111,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         res = generate(cfg, model, process, jax.random.key(step), 64, data_shape)
         if is_main and len(data_shape) == 3:  # an image model (U-Net, DiT): preview grids
             save_image_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), res.samples, 8)
+            log_image(workdir, "samples", step, image_grid(res.samples, 8))  # also in TensorBoard
 
     hooks = [(t.sample_every, preview)] if t.sample_every else []
     if posthoc:
@@ -154,7 +157,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
             title += (f": {100 * summary['on_squares']:.1f}% of samples on the checkerboard's squares "
                       "(data: 100%)")
             print(title.split(": ", 1)[1])
-        reference = data[:n, 1] if cfg.data.couplings else data[:n]  # couplings: (noise, sample) pairs
+        reference = data[:n, 1] if couplings_file(cfg) else data[:n]  # couplings: (noise, sample) pairs
         path = save_samples_2d(os.path.join(workdir, "samples.png"), samples, reference, res.trajectory,
                                title=title, lim=3.0)  # fmt: skip
     else:

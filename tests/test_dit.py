@@ -3,6 +3,7 @@ guidance, every sampler, and a tiny training run through the experiment script."
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -18,6 +19,7 @@ from diffjax.models.dit import DiTBlock, patchify, sincos_position_embedding, un
 
 MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 TINY = dict(in_channels=1, image_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=4, time_features=32)
+CONDITIONAL = DiTConfig(**TINY, num_classes=3, prediction="velocity")
 
 
 def perturbed(net, scale=0.1, seed=1):
@@ -32,11 +34,21 @@ def perturbed(net, scale=0.1, seed=1):
     return net
 
 
+def make_abstract(cfg: DiTConfig) -> DiT:
+    """DiT(cfg) built abstractly (shapes only, nothing computed)."""
+    return nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0)))
+
+
 def make(cfg: DiTConfig) -> DiT:
     """DiT(cfg) initialised inside one jit (the same parameters as an eager init, compiled once
     instead of one kernel per initialiser and shape)."""
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(make_abstract(cfg))
     return nnx.merge(graphdef, jax.jit(lambda: nnx.split(DiT(cfg, rngs=nnx.Rngs(0)))[1])())
+
+
+def variant(net: DiT, **changes) -> DiT:
+    """`net`'s parameters in a network whose config differs only in static fields (dtype, dropout)."""
+    return nnx.merge(nnx.graphdef(make_abstract(dataclasses.replace(net.config, **changes))), nnx.state(net))
 
 
 @nnx.jit
@@ -45,7 +57,7 @@ def jitted(net, x, t, y=None):
     return net(x, t, y)
 
 
-def inputs(batch=3, size=8, channels=1, seed=0):
+def inputs(batch=4, size=8, channels=1, seed=0):
     x = jax.random.normal(jax.random.key(seed), (batch, size, size, channels))
     return x, jnp.linspace(0.1, 0.9, batch)
 
@@ -121,87 +133,111 @@ def test_parameters_are_exactly_the_dit_layers(changes):
     assert count_params(state) == count_params(net)  # nothing but parameters (dropout is functional)
 
 
-def test_untrained_output_is_exactly_zero_and_then_depends_on_t_and_y():
+@pytest.fixture(scope="module")
+def fresh():
+    """A freshly initialised class-conditional DiT (3 classes, null class 3)."""
+    return make(CONDITIONAL)
+
+
+@pytest.fixture(scope="module")
+def active(fresh):
+    """The same network with its zero layers perturbed: every path reaches the output."""
+    return perturbed(nnx.clone(fresh))
+
+
+def test_untrained_output_is_exactly_zero_and_then_depends_on_x_t_and_y(fresh, active):
     """adaLN-Zero gates and the zero final layer: a fresh network outputs exactly 0 with x's shape and
-    dtype; once the zero layers are perturbed the output changes with every example's t and y."""
-    net = make(DiTConfig(**TINY, num_classes=4, out_channels=2))
+    dtype; once the zero layers are perturbed the output changes with every example's x, t and y."""
     x, t = inputs()
-    y = jnp.array([0, 1, 2])
-    out = net(x, t, y)  # eager, as a user calls it
-    assert out.shape == (3, 8, 8, 2) and out.dtype == jnp.float32
+    y = jnp.array([0, 1, 2, 0])
+    out = jitted(fresh, x, t, y)
+    assert out.shape == x.shape and out.dtype == jnp.float32
     assert not np.any(np.asarray(out))
-    perturbed(net)
-    out = jitted(net, x, t, y)
-    assert np.all(per_example_max(out) > 1e-3)
-    assert np.all(per_example_max(jitted(net, x, t[::-1], y) - out)[[0, 2]] > 1e-4)  # middle t equal
-    assert np.all(per_example_max(jitted(net, x, t, jnp.array([3, 3, 3])) - out) > 1e-4)
-    assert np.all(per_example_max(jitted(net, x[::-1], t, y) - out)[[0, 2]] > 1e-4)
+    wide_cfg = dataclasses.replace(CONDITIONAL, out_channels=2)
+    wide = jax.eval_shape(lambda x, t, y: DiT(wide_cfg, rngs=nnx.Rngs(0))(x, t, y), x, t, y)
+    assert wide.shape == (4, 8, 8, 2) and wide.dtype == jnp.float32
+    # one batch (the shape every test here uses): (x, t, y) and then x, t or y changed
+    x2, t2, y2 = (jnp.concatenate([a[:1], a[:1], a[:1], a[:1]]) for a in (x, t, y))
+    out = jitted(active, x2.at[1].set(x[1]), t2.at[2].set(t[2]), y2.at[3].set(3))
+    assert per_example_max(out)[0] > 1e-3
+    assert np.all(per_example_max(out[1:] - out[:1]) > 1e-4)
+
+
+def test_the_position_embedding_reaches_the_output(active):
+    """x = 0 gives every token the same patch embedding: only the position embedding tells the 16
+    tokens apart, so without it the output's 16 patches would be equal."""
+    x, t = inputs()
+    out = jitted(active, jnp.zeros_like(x), t, jnp.array([0, 1, 2, 3]))
+    patches = np.asarray(patchify(out, 2))  # (4, 16, 4)
+    gaps = np.abs(patches[:, :, None] - patches[:, None]).max(axis=-1) + np.eye(16)
+    assert gaps.min() > 1e-5
 
 
 def test_every_block_starts_as_the_identity():
-    cfg = DiTConfig(**TINY)
-    block = DiTBlock(cfg, rngs=nnx.Rngs(0))
+    block = DiTBlock(DiTConfig(**TINY), rngs=nnx.Rngs(0))
     h = jax.random.normal(jax.random.key(1), (2, 16, 32))
     c = jax.random.normal(jax.random.key(2), (2, 32))
-    assert bool(jnp.array_equal(block(h, c), h))
+    assert bool(jnp.array_equal(nnx.jit(lambda block, h, c: block(h, c))(block, h, c), h))
 
 
-def test_dtypes_compute_and_parameters():
-    """Parameters in param_dtype; computation in dtype; the output in x's (floating) dtype."""
-    x, t = inputs(2)
-    net = perturbed(make(DiTConfig(**TINY, dtype="bfloat16")))
-    assert {a.dtype for a in jax.tree.leaves(nnx.state(net, nnx.Param))} == {jnp.dtype("float32")}
-    ref = perturbed(make(DiTConfig(**TINY)))
-    out, out_ref = jitted(net, x, t), jitted(ref, x, t)
+def test_dtypes_compute_and_parameters(active):
+    """Parameters in param_dtype; computation in dtype (bfloat16 stays close to float32); the output
+    in x's dtype."""
+    half = make_abstract(DiTConfig(**TINY, param_dtype="bfloat16"))
+    assert {a.dtype for a in jax.tree.leaves(nnx.state(half, nnx.Param))} == {jnp.dtype("bfloat16")}
+    assert {a.dtype for a in jax.tree.leaves(nnx.state(active, nnx.Param))} == {jnp.dtype("float32")}
+    x, t = inputs()
+    y = jnp.array([0, 1, 2, 3])
+    out, out_ref = jitted(variant(active, dtype="bfloat16"), x, t, y), jitted(active, x, t, y)
     assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
     assert 0 < float(jnp.max(jnp.abs(out - out_ref))) < 0.1 * float(jnp.max(jnp.abs(out_ref)))
-    half = make(DiTConfig(**TINY, param_dtype="bfloat16", dtype="bfloat16"))
-    assert {a.dtype for a in jax.tree.leaves(nnx.state(half, nnx.Param))} == {jnp.dtype("bfloat16")}
-    assert jitted(half, x.astype(jnp.bfloat16), t).dtype == jnp.bfloat16
 
 
-def test_dropout_is_functional_and_the_pure_apply_matches():
-    net = perturbed(make(DiTConfig(**TINY, dropout=0.5)))
-    graphdef, params = nnx.split(net)
-    apply = jax.jit(lambda params, x, t, key: nnx.merge(graphdef, params)(x, t, rngs=key))
-    x, t = inputs(2)
-    k1, k2 = jax.random.key(1), jax.random.key(2)
-    a, b, again = apply(params, x, t, k1), apply(params, x, t, k2), apply(params, x, t, k1)
+def test_dropout_is_functional(active):
+    """rngs=key turns dropout on (the same key, the same output); rngs=None is evaluation."""
+    graphdef, params = nnx.split(variant(active, dropout=0.5))
+    apply = jax.jit(lambda params, x, t, y, key: nnx.merge(graphdef, params)(x, t, y, rngs=key))
+    x, t = inputs()
+    y = jnp.array([0, 1, 2, 3])
+    a, b, again = (apply(params, x, t, y, jax.random.key(i)) for i in (1, 2, 1))
     assert bool(jnp.array_equal(a, again)) and float(jnp.max(jnp.abs(a - b))) > 1e-4
-    evaluation = jitted(net, x, t)
-    np.testing.assert_allclose(apply(params, x, t, None), evaluation, rtol=1e-6, atol=1e-6)
-    assert float(jnp.max(jnp.abs(evaluation - a))) > 1e-4
+    assert float(jnp.max(jnp.abs(jitted(active, x, t, y) - a))) > 1e-4
 
 
-def test_null_class_labels_and_classifier_free_guidance():
+def test_null_class_labels_and_classifier_free_guidance(active):
     """y = num_classes is the null class (also what y=None means); out-of-range or float labels, and
     labels for an unconditional network, are clear errors; `dj.cfg_model` guides the DiT exactly as
-    (1 − w)·D(x, t, ∅) + w·D(x, t, y) and samples."""
-    net = perturbed(make(DiTConfig(**TINY, num_classes=3, prediction="velocity")))
+    (1 − w)·D(x, t, ∅) + w·D(x, t, y)."""
     x, t = inputs(2)
     y, null = jnp.array([0, 2]), jnp.array([3, 3])
-    np.testing.assert_array_equal(net(x, t, null), net(x, t))  # eager: the label checks run
-    assert np.all(per_example_max(jitted(net, x, t, y) - jitted(net, x, t, null)) > 1e-4)
     with pytest.raises(ValueError, match=r"Labels must lie in \[0, 3\]"):
-        net(x, t, jnp.array([0, 4]))
+        active(x, t, jnp.array([0, 4]))
     with pytest.raises(ValueError, match="must be integers"):
-        net(x, t, jnp.array([0.0, 1.0]))
+        active(x, t, jnp.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="without num_classes"):
-        make(DiTConfig(**TINY))(x, t, y)
-    guided = dj.cfg_model(net, y, 2.5, 3)
+        make_abstract(DiTConfig(**TINY))(x, t, y)
+    guided = dj.cfg_model(active, y, 2.5, 3)
     assert guided.prediction == "velocity"
-    expected = -1.5 * jitted(net, x, t, null) + 2.5 * jitted(net, x, t, y)
-    np.testing.assert_allclose(jax.jit(guided)(x, t), expected, rtol=1e-5, atol=1e-5)
-    res = dj.sample("euler", guided, dj.CondOTPath(), jax.random.key(0), (2, 8, 8, 1), 2)
-    assert res.samples.shape == (2, 8, 8, 1) and bool(jnp.all(jnp.isfinite(res.samples)))
+    both = jitted(active, jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([y, null]))
+    cond, uncond = both[:2], both[2:]
+    assert np.all(per_example_max(cond - uncond) > 1e-4)
+    np.testing.assert_allclose(jitted(active, x, t), uncond, rtol=1e-5, atol=1e-6)  # y=None: null class
+    np.testing.assert_allclose(jax.jit(guided)(x, t), -1.5 * uncond + 2.5 * cond, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
 def velocity_dit():
-    return perturbed(build_model(dict(TINY, kind="dit", prediction="velocity"), seed=0))
+    """A small DiT (4 tokens, one block) with its zero layers perturbed: a non-trivial velocity."""
+    spec = dict(TINY, kind="dit", prediction="velocity", patch_size=4, hidden_size=16, depth=1, num_heads=2)
+    return perturbed(build_model(spec, seed=0))
 
 
-@pytest.mark.parametrize("solver", sorted(dj.SOLVERS))
+# One solver of each kind (Runge–Kutta, multistep in x0, SDE, diffrax adaptive); the others call the
+# network the same way (a model (x, t) -> prediction), so they add compile time and no new check.
+REPRESENTATIVE = ("heun", "dpm_solver_pp", "euler_maruyama", "tsit5")
+
+
+@pytest.mark.parametrize("solver", REPRESENTATIVE)
 def test_every_sampler_runs_the_dit(solver, velocity_dit):
     res = dj.sample(solver, velocity_dit, dj.CondOTPath(), jax.random.key(0), (2, 8, 8, 1), 3)
     assert res.samples.shape == (2, 8, 8, 1) and bool(jnp.all(jnp.isfinite(res.samples)))
@@ -223,7 +259,7 @@ def test_build_model_rejects_bad_configs_clearly(changes, match):
 
 
 def test_wrong_input_shape_is_a_clear_error():
-    net = make(DiTConfig(**TINY))
+    net = make_abstract(DiTConfig(**TINY))  # the shape check comes before any computation
     with pytest.raises(ValueError, match=r"x must be \(batch, 8, 8, 1\)"):
         net(jnp.zeros((2, 8, 8, 3)), jnp.zeros(2))
 
@@ -256,7 +292,7 @@ def test_a_tiny_mnist_dit_trains_checkpoints_previews_and_reloads(tmp_path):
     cfg.model.kwargs.update(patch_size=7, hidden_size=16, depth=1, num_heads=2, time_features=16)
     cfg.train.update(num_steps=4, warmup_steps=1, batch_size=16, checkpoint_every=4, log_every=2,
                      sample_every=4)  # fmt: skip
-    cfg.sample.update(num_steps=2, num_samples=4)
+    cfg.sample.update(sampler="euler", num_steps=2, num_samples=4)
     summary = train_and_evaluate(cfg, workdir)
     assert summary["step"] == 4 and np.isfinite(summary["loss"])
     assert os.path.getsize(os.path.join(workdir, "samples.png")) > 0
@@ -264,5 +300,5 @@ def test_a_tiny_mnist_dit_trains_checkpoints_previews_and_reloads(tmp_path):
     assert np.load(os.path.join(workdir, "samples.npz"))["samples"].shape == (4, 28, 28, 1)
     trained = dj.load_model(workdir)
     assert isinstance(trained.model, DiT) and trained.step == 4
-    out = trained.model(jnp.zeros((1, 28, 28, 1)), jnp.array([0.5]))
+    out = jitted(trained.model, jnp.zeros((1, 28, 28, 1)), jnp.array([0.5]))
     assert out.shape == (1, 28, 28, 1) and float(jnp.max(jnp.abs(out))) > 0  # trained: no longer zero

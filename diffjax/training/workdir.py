@@ -4,7 +4,7 @@
 Every checkpoint carries a *run record* (JSON, in the checkpoint's `meta` item) with what is needed
 to rebuild and use its parameters without the config file that produced them:
 
-    model      {"kind": "unet" | "mlp", "prediction": ..., <config fields>}   (`models.build_model`)
+    model      {"kind": "unet" | "dit" | "mlp", "prediction": ..., <config fields>}   (`models.build_model`)
     process    {"name": "vp" | "condot" | ..., <parameters>}                 (`processes.build_process`)
     optimizer  the keyword arguments of `make_optimizer` (the optimizer state's structure)
     data_shape the shape of one example, e.g. [28, 28, 1]

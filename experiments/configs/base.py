@@ -15,7 +15,7 @@ def get_config():
     # num_examples 0 = all (toys: how many to draw); couplings: a .npz of (noise, sample) pairs written by
     # `experiments.sample --couplings`, the training data of loss.name reflow | pair_distillation
     c.data = dict(name="checkerboard", data_dir="", source="auto", num_examples=0, couplings="")
-    # model.kind: mlp | unet; model.prediction: eps | x0 | score | v | velocity;
+    # model.kind: mlp | unet | dit; model.prediction: eps | x0 | score | v | velocity;
     # model.preconditioning: none | edm (EDM's c_skip/c_out/c_in/c_noise with sigma_data; needs prediction x0)
     #   | consistency (Song et al.'s boundary-respecting c_skip/c_out: a consistency model f(x, t))
     c.model = dict(kind="mlp", prediction="velocity", kwargs={}, preconditioning="none", sigma_data=0.5)

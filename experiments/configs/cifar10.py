@@ -9,7 +9,7 @@ from experiments.configs import base
 
 def get_config():
     c = base.get_config()
-    c.data = dict(name="cifar10", data_dir="", source="tfds", num_examples=0)
+    c.data.update(name="cifar10", data_dir="", source="tfds", num_examples=0)
     c.model.update(kind="unet", prediction="eps",
                    kwargs=dict(in_channels=3, image_size=32, channels=128, channel_mults=(1, 2, 2, 2),
                                num_res_blocks=2, attention_resolutions=(16,), num_groups=32,
