@@ -441,8 +441,8 @@ def source_record(source: str) -> dict:
         return dj.pretrained_card(source[len(PRETRAINED):])["record"]
     if not os.path.isdir(os.path.join(source, "checkpoints")):
         known = tuple(dj.available_pretrained())
-        raise ConfigError(f"{source!r} is not a work directory with checkpoints (train it first, or name a "
-                          f"pretrained network: {PRETRAINED}NAME, NAME one of {known}).")  # fmt: skip
+        raise ConfigError(f"{source!r} is not a work directory with checkpoints: train a model there "
+                          f"first, or name a pretrained network ({PRETRAINED}NAME, NAME in {known}).")  # fmt: skip
     return read_record(source)
 
 
