@@ -442,7 +442,8 @@ def source_record(source: str) -> dict:
     if not os.path.isdir(os.path.join(source, "checkpoints")):
         known = tuple(dj.available_pretrained())
         raise ConfigError(f"{source!r} is not a work directory with checkpoints: train a model there "
-                          f"first, or name a pretrained network ({PRETRAINED}NAME, NAME in {known}).")  # fmt: skip
+                          f"first, or name a pretrained network ({PRETRAINED}NAME, NAME in {known})."
+                          )  # fmt: skip
     return read_record(source)
 
 
