@@ -16,7 +16,7 @@ def get_config():
     c.loss.name = "shortcut"
     c.loss.options = dict(max_steps=32, bootstrap_fraction=0.5)
     c.teacher.workdir = "outputs/mnist_fm"
-    c.train.update(init_from="outputs/mnist_fm", num_steps=800, learning_rate=5e-4, warmup_steps=20,
+    c.train.update(init_from="outputs/mnist_fm", num_steps=400, learning_rate=5e-4, warmup_steps=20,
                    checkpoint_every=200, sample_every=0)  # fmt: skip
     c.sample.update(sampler="flow_map", num_steps=2, clip_denoised=True)
     return c
