@@ -36,15 +36,15 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from diffjax._validate import check_batch_time
 from diffjax.models.embeddings import (
     TIME_EMBEDDINGS,
     TimeEmbedding,
     TimeEmbeddingKind,
     as_dropout_key,
     block_key,
+    check_image_input,
+    conditioning,
     output_dtype,
-    second_time_interval,
 )
 from diffjax.parameterization import PREDICTIONS, Prediction
 
@@ -316,17 +316,9 @@ class DiT(nnx.Module):
         nnx.Rngs) turns dropout on."""
         cfg = self.config
         size = cfg.image_size
-        if x.ndim != 4 or x.shape[1:] != (size, size, cfg.in_channels):
-            raise ValueError(
-                f"DiT: x must be (batch, {size}, {size}, {cfg.in_channels}) channels-last, got "
-                f"{x.shape}; set image_size / in_channels in DiTConfig to match the data."
-            )
-        t = jnp.broadcast_to(check_batch_time(x, t, "DiT"), x.shape[:1])
+        check_image_input(x, size, cfg.in_channels, "DiT")
+        t, c = conditioning(self, x, t, y, s, "DiT")
         key = as_dropout_key(rngs)
-        interval = second_time_interval(x, t, s, cfg.second_time, "DiT")
-        c = self.time_embed(t, y)
-        if interval is not None:
-            c = c + self.interval_embed(interval)
         pos = jnp.asarray(sincos_position_embedding(cfg.hidden_size, cfg.grid_size), cfg.dtype)
         h = self.patch_embed(patchify(x.astype(cfg.dtype), cfg.patch_size)) + pos[None]
         for i, block in enumerate(self.blocks):

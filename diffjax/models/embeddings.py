@@ -165,6 +165,28 @@ def second_time_interval(
     return t - s
 
 
+def conditioning(
+    network: nnx.Module, x: Array, t: Float[Array, " B"], y: Int[Array, " B"] | None,
+    s: Float[Array, " B"] | None, owner: str,
+) -> tuple[Float[Array, " B"], Float[Array, "B D"]]:  # fmt: skip
+    """(t (batch,), emb (batch, D)): the validated times and the conditioning vector a network adds to
+    its features — its `time_embed` of (t, y) plus, for a `second_time` network, its `interval_embed` of
+    t − s (`second_time_interval`). One implementation for the U-Net, the DiT and the MLP."""
+    t = jnp.broadcast_to(check_batch_time(x, t, owner), x.shape[:1])
+    interval = second_time_interval(x, t, s, network.config.second_time, owner)
+    emb = network.time_embed(t, y)
+    return t, emb if interval is None else emb + network.interval_embed(interval)
+
+
+def check_image_input(x: Array, image_size: int, in_channels: int, owner: str) -> None:
+    """Raise unless x is a channels-last image batch (batch, image_size, image_size, in_channels)."""
+    if x.ndim != 4 or x.shape[1:] != (image_size, image_size, in_channels):
+        raise ValueError(
+            f"{owner}: x must be (batch, {image_size}, {image_size}, {in_channels}) channels-last, got "
+            f"{x.shape}; set image_size / in_channels in {owner}Config to match the data."
+        )
+
+
 def output_dtype(x: Array):
     """The dtype of a network's prediction for input x: x's if floating, else float32 (integer
     pixels in, float predictions out)."""

@@ -14,19 +14,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from diffjax._validate import check_batch_time
 from diffjax.models.embeddings import (
     TIME_EMBEDDINGS,
     TimeEmbedding,
     TimeEmbeddingKind,
     as_dropout_key,
     block_key,
+    conditioning,
     output_dtype,
-    second_time_interval,
 )
 from diffjax.parameterization import PREDICTIONS, Prediction
 
@@ -126,12 +124,8 @@ class ResidualMLP(nnx.Module):
                 f"ResidualMLP: x must be (batch, {cfg.dim}), got {x.shape}; set dim in "
                 "ResidualMLPConfig to the data dimension."
             )
-        t = jnp.broadcast_to(check_batch_time(x, t, "ResidualMLP"), x.shape[:1])
+        t, emb = conditioning(self, x, t, y, s, "ResidualMLP")
         key = as_dropout_key(rngs)
-        interval = second_time_interval(x, t, s, cfg.second_time, "ResidualMLP")
-        emb = self.time_embed(t, y)
-        if interval is not None:
-            emb = emb + self.interval_embed(interval)
         h = self.linear_in(x.astype(cfg.dtype))
         for i, block in enumerate(self.blocks):
             h = block(h, emb, block_key(key, i))

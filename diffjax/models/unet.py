@@ -31,15 +31,15 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from diffjax._validate import check_batch_time
 from diffjax.models.embeddings import (
     TIME_EMBEDDINGS,
     TimeEmbedding,
     TimeEmbeddingKind,
     as_dropout_key,
     block_key,
+    check_image_input,
+    conditioning,
     output_dtype,
-    second_time_interval,
 )
 from diffjax.parameterization import PREDICTIONS, Prediction
 
@@ -272,17 +272,9 @@ class UNet(nnx.Module):
         nnx.Rngs) turns dropout on."""
         cfg = self.config
         size = cfg.image_size
-        if x.ndim != 4 or x.shape[1:] != (size, size, cfg.in_channels):
-            raise ValueError(
-                f"UNet: x must be (batch, {size}, {size}, {cfg.in_channels}) channels-last, got "
-                f"{x.shape}; set image_size / in_channels in UNetConfig to match the data."
-            )
-        t = jnp.broadcast_to(check_batch_time(x, t, "UNet"), x.shape[:1])
+        check_image_input(x, size, cfg.in_channels, "UNet")
+        t, emb = conditioning(self, x, t, y, s, "UNet")
         key = as_dropout_key(rngs)
-        interval = second_time_interval(x, t, s, cfg.second_time, "UNet")
-        emb = self.time_embed(t, y)
-        if interval is not None:
-            emb = emb + self.interval_embed(interval)
         h = self.conv_in(x.astype(cfg.dtype))
         hs = [h]
         n = 0  # block counter for independent dropout keys
