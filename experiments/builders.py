@@ -335,6 +335,23 @@ def build_loss(cfg, process):
 FEW_STEP_SAMPLERS = {"flow_map": False, "consistency": True}  # name → renoise (diffjax.flow_map)
 
 
+def parse_sampler_spec(spec: str, flag: str = "--sampler") -> tuple[str, int | None, float | None]:
+    """(name, steps or None, guidance scale w or None) of a sampler spec `name[:steps[:w]]` — the one
+    vocabulary of the scripts (e.g. heun:10, dpm_solver_pp:20:4); a clear ConfigError otherwise."""
+    name, *rest = spec.split(":")
+    ok = len(rest) <= 2 and all(rest)
+    try:
+        steps = int(rest[0]) if rest else None
+        w = float(rest[1]) if len(rest) == 2 else None
+    except ValueError:
+        ok = False
+    if not ok or (steps is not None and steps < 1):
+        raise ConfigError(f"{flag}: {spec!r} is not name[:steps[:w]] (e.g. heun:10, dpm_solver_pp:20:4).")
+    if name not in (*dj.SOLVERS, *FEW_STEP_SAMPLERS):
+        raise ConfigError(f"{flag}: {name!r} is not one of {(*dj.SOLVERS, *FEW_STEP_SAMPLERS)}.")
+    return name, steps, w
+
+
 def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_trajectory=False, x_init=None):
     """n samples from `model` (an NNX network with the parameters to use) with the configured sampler,
     classifier-free guidance for class-conditional models (labels cycle 0..C−1 unless given) and x̂0

@@ -31,7 +31,6 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-import diffjax as dj
 from diffjax.data import load_dataset
 from diffjax.evaluation import (
     class_histogram,
@@ -44,12 +43,12 @@ from diffjax.evaluation import (
 from diffjax.evaluation.classifier import RECIPE
 from diffjax.likelihood import bits_per_dim, continuous_elbo, variational_bound
 from experiments.builders import (
-    FEW_STEP_SAMPLERS,
     ConfigError,
     generate,
     load_run,
     num_classes,
     parse_flags,
+    parse_sampler_spec,
     source_record,
     train_wall_time,
     user_errors,
@@ -83,17 +82,8 @@ def check_inputs(sources: list[str]) -> None:
     sampled: every source exists and is an MNIST model, every sampler spec parses and names a sampler,
     post-hoc EMA widths only for runs that tracked them."""
     for spec in FLAGS.samplers.split(",") if FLAGS.samplers else []:
-        parts = spec.split(":")
-        ok = 2 <= len(parts) <= 3 and parts[1].isdigit() and int(parts[1]) >= 1
-        if ok and len(parts) == 3:
-            try:
-                float(parts[2])
-            except ValueError:
-                ok = False
-        if not ok:
-            raise ConfigError(f"--samplers: {spec!r} is not name:steps[:w] (e.g. heun:10, ddim:20:4).")
-        if parts[0] not in (*dj.SOLVERS, *FEW_STEP_SAMPLERS):
-            raise ConfigError(f"--samplers: {parts[0]!r} is not one of {(*dj.SOLVERS, *FEW_STEP_SAMPLERS)}.")
+        if parse_sampler_spec(spec, "--samplers")[1] is None:
+            raise ConfigError(f"--samplers: {spec!r} names no number of steps (name:steps[:w], e.g. heun:10)")
     for source in sources:
         record = source_record(source)
         if tuple(record["data_shape"]) != (28, 28, 1):
@@ -135,10 +125,10 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
         if spec == "grid_file":
             name, steps = use_grid_file(cfg, FLAGS.grid_file)["solver"], cfg.sample.num_steps
         else:
-            name, steps, *w = spec.split(":")
-            cfg.sample.sampler, cfg.sample.num_steps = name, int(steps)
-            if w:
-                cfg.sample.guidance_scale = float(w[0])
+            name, steps, w = parse_sampler_spec(spec, "--samplers")
+            cfg.sample.sampler, cfg.sample.num_steps = name, steps
+            if w is not None:
+                cfg.sample.guidance_scale = w
         grid = "optimized" if spec == "grid_file" else cfg.sample.get("grid", "uniform")
         labels = np.arange(FLAGS.num) % 10 if num_classes(cfg) is not None else None
         res = generate(cfg, model, process, jax.random.key(1), FLAGS.num, trained.record["data_shape"],

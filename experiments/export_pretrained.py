@@ -22,10 +22,10 @@ from absl import app, flags, logging
 import diffjax as dj
 from diffjax.pretrained import network_parameters, weights_dir
 from experiments.builders import (
-    FEW_STEP_SAMPLERS,
     ConfigError,
     load_run,
     parse_flags,
+    parse_sampler_spec,
     train_wall_time,
     user_errors,
 )
@@ -67,9 +67,8 @@ def main(argv):
         cfg, trained = load_run(FLAGS.workdir)
         sampler, steps = cfg.sample.sampler, cfg.sample.num_steps
         if FLAGS.sampler:
-            sampler, _, steps = FLAGS.sampler.partition(":")
-            if sampler not in (*dj.SOLVERS, *FEW_STEP_SAMPLERS) or not steps.isdigit():
-                raise ConfigError(f"--sampler {FLAGS.sampler!r} is not name:steps with a diffjax sampler.")
+            sampler, steps, _ = parse_sampler_spec(FLAGS.sampler)
+            steps = steps or cfg.sample.num_steps
         cfg.sample.update(sampler=sampler, num_steps=int(steps))
         model = os.path.basename(os.path.normpath(FLAGS.workdir))
         training = {"workdir": model, "steps": int(trained.step),

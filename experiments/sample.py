@@ -25,12 +25,13 @@ from absl import app, flags, logging
 import diffjax as dj
 from diffjax.reflow import Couplings, save_couplings
 from diffjax.viz import save_image_grid, save_samples_2d
-from experiments.builders import FEW_STEP_SAMPLERS, ConfigError, generate, load_run, parse_flags, user_errors
+from experiments.builders import ConfigError, generate, load_run, parse_flags, parse_sampler_spec, user_errors
 from experiments.optimize_grid import use_grid_file
 
 flags.DEFINE_string("workdir", None, "A work directory written by experiments.train.")
-flags.DEFINE_string("sampler", None, f"Sampler name, one of {tuple(dj.SOLVERS)} or a few-step sampler "
-                    "'flow_map' (MeanFlow networks) / 'consistency' (default: the config's).")
+flags.DEFINE_string("sampler", None, f"Sampler spec name[:steps[:w]] (as experiments.evaluate's --samplers; "
+                    f"steps and w override --steps, --guidance), name one of {tuple(dj.SOLVERS)} or a "
+                    "few-step sampler 'flow_map' (two-time networks) / 'consistency' (default: the config's)")
 flags.DEFINE_integer("steps", None, "Number of sampler steps (default: the config's).")
 flags.DEFINE_float("guidance", None, "Classifier-free guidance scale w (class-conditional models).")
 flags.DEFINE_bool("clip_denoised", None, "Clip x̂0 to [−1, 1] while sampling (default: the config's).")
@@ -69,14 +70,12 @@ def main(argv):
         for name in ("steps", "num", "batch"):
             if FLAGS[name].value is not None and FLAGS[name].value < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {FLAGS[name].value}.")
-        if FLAGS.sampler is not None and FLAGS.sampler not in (*dj.SOLVERS, *FEW_STEP_SAMPLERS):
-            raise ConfigError(f"--sampler {FLAGS.sampler!r} is not one of "
-                              f"{(*dj.SOLVERS, *FEW_STEP_SAMPLERS)}.")  # fmt: skip
+        name, steps, w = parse_sampler_spec(FLAGS.sampler) if FLAGS.sampler else (None, None, None)
         cfg, trained = load_run(FLAGS.workdir)
-        cfg.sample.sampler = FLAGS.sampler or cfg.sample.sampler
-        cfg.sample.num_steps = FLAGS.steps or cfg.sample.num_steps
-        if FLAGS.guidance is not None:
-            cfg.sample.guidance_scale = FLAGS.guidance
+        cfg.sample.sampler = name or cfg.sample.sampler
+        cfg.sample.num_steps = steps or FLAGS.steps or cfg.sample.num_steps
+        if w is not None or FLAGS.guidance is not None:
+            cfg.sample.guidance_scale = w if w is not None else FLAGS.guidance
         if FLAGS.clip_denoised is not None:
             cfg.sample.clip_denoised = FLAGS.clip_denoised
         if FLAGS.grid_file:

@@ -129,8 +129,8 @@ def test_shipped_mnist_flow_model_fits_real_test_digits():
 
 
 def test_scripts_take_a_pretrained_source(tmp_path):
-    out = run("sample", "--workdir", "pretrained:mnist_fm", "--sampler", "euler", "--steps", "2",
-              "--num", "4", "--out", str(tmp_path / "s"))  # fmt: skip
+    out = run("sample", "--workdir", "pretrained:mnist_fm", "--sampler", "euler:2", "--num", "4",
+              "--out", str(tmp_path / "s"))  # fmt: skip
     assert "(2 evaluations per sample)" in out
     assert np.load(tmp_path / "s.npz")["samples"].shape == (4, 28, 28, 1)
     out = run("sample", "--workdir", "pretrained:nothing", expect=2)
