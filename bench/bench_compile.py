@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
+
+from bench.machine import add_load_arguments, check_idle
 
 
 def one_round(config: str) -> dict:
@@ -75,19 +76,19 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--config", default="mnist_fm")
     p.add_argument("--one-round", action="store_true", help=argparse.SUPPRESS)
+    add_load_arguments(p)
     args = p.parse_args()
     if args.one_round:
         print(json.dumps(one_round(args.config)))
         return
-    load_before = os.getloadavg()
+    load = check_idle(args)
     rows = []
     for _ in range(args.rounds):
         command = [sys.executable, "-m", "bench.bench_compile", "--one-round", "--config", args.config]
         proc = subprocess.run(command,
                               capture_output=True, text=True, check=True)  # fmt: skip
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    load_after = os.getloadavg()
-    print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
+    print(load.finish().describe())
     for key in rows[0]:
         vals = sorted(r[key] for r in rows)
         print(f"{key:>22}: min {vals[0]:.2f}  median {vals[len(vals) // 2]:.2f}  max {vals[-1]:.2f}")

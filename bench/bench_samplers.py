@@ -45,9 +45,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from machine import add_load_arguments, check_idle, pin_threads
 
 import diffjax as dj
 from diffjax.metrics import sliced_wasserstein_sorted, sorted_projections
+from diffjax.xla_cpu import configure_xla_cpu
 
 TORCH_THREADS = 2
 TARGET_NFES = (5, 10, 20, 50)
@@ -703,10 +705,14 @@ def main() -> None:
     ap.add_argument("--tols", nargs="+", type=float, default=list(ADAPTIVE_TOLS))
     ap.add_argument("--only", nargs="*", default=None, help="substrings of 'library method'")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    add_load_arguments(ap)
+    ap.set_defaults(threads=TORCH_THREADS)
     args = ap.parse_args()
+    load = check_idle(args)
     if args.quick:
         args.dims, args.nfe, args.tols, args.batch = ["2D"], [10], [1e-3], 2048
-    torch.set_num_threads(TORCH_THREADS)
+    configure_xla_cpu()
+    pin_threads(args.threads)
     env = environment()
     t_start = time.perf_counter()
 
@@ -730,6 +736,7 @@ def main() -> None:
         runs += r
         infos[pname] = info
     env["total_s"] = time.perf_counter() - t_start
+    env["load"] = load.finish().describe()
 
     os.makedirs(args.out, exist_ok=True)
     suffix = "_quick" if args.quick else ""
@@ -742,6 +749,7 @@ def main() -> None:
                         f"{r.sw:.5f}", f"{infos[r.problem]['floor']:.5f}", f"{r.logp_gap:.4f}",
                         f"{r.ms:.3f}", f"{r.compile_s:.3f}", r.note])  # fmt: skip
     text = markdown(runs, infos, env, args)
+    text = f"{env['load']}\n\n" + text
     if not args.only:
         text += "\n" + targets_summary(runs, infos, 10 if 10 in args.nfe else args.nfe[0])
     env_lines = "\n".join(f"- {k}: {v}" for k, v in env.items())

@@ -22,19 +22,23 @@ the arithmetic):
   * FLOPs: per train step and per forward from XLA's `cost_analysis()` of the compiled jax programs
     (the architectures match, so the same count is used for both libraries' achieved FLOP/s).
 
-Speeds are medians over timed calls after warm-up calls; the libraries' timed calls are
-interleaved (one call of each per round) so that load on the machine affects both alike. CPU mode
-uses XLA's defaults (no XLA_FLAGS: one intra-op pool over all cores) and
-`torch.set_num_threads(os.cpu_count())`; layouts are each library's native one (NHWC for jax, NCHW
-for torch).
+Speeds are medians over timed calls after warm-up calls (min / median / max printed); the
+libraries' timed calls are interleaved (one call of each per round). The run refuses to start on a
+busy machine (1-minute load average above `--max-load`, default 0.5; `--allow-busy` runs anyway and
+marks the report BUSY: another busy process slows torch's OpenMP threads far more than XLA's pool,
+which flips the ratios) and records the load before and after. Both libraries get the same cores
+(`--threads`, default all: the process's CPU affinity, torch's intra-op threads, one inter-op
+thread; see `machine.py`). CPU mode applies `diffjax.configure_xla_cpu()` (XLA's own convolutions
+instead of YNNPACK's, as the experiments do; `--xla-defaults` leaves XLA_FLAGS alone); layouts are
+each library's native one (NHWC for jax, NCHW for torch).
 
 `--device gpu` (separate code path, never entered in CPU mode): jax on its GPU backend, torch on
 cuda if available; adds the model FLOP utilisation = FLOPs per step / median step time / peak,
 with the peak measured by timing a large `jnp.matmul` in the compute dtype (`--bf16`: bfloat16
 compute for jax (`UNetConfig(dtype='bfloat16')`, float32 parameters) and torch autocast).
 
-    /work/main/.venv-bench/bin/python bench/bench_unet.py            # ~7 min on 2 loaded cores
-    /work/main/.venv-bench/bin/python bench/bench_unet.py --quick    # smoke run, ~4 min
+    .venv-bench/bin/python bench/bench_unet.py --rounds 7    # ~2 min on 2 idle cores
+    .venv-bench/bin/python bench/bench_unet.py --quick       # smoke run
     /work/main/.venv-bench/bin/python bench/bench_unet.py --device gpu [--bf16]
 """
 
@@ -56,11 +60,13 @@ import numpy as np
 import optax
 import torch
 from flax import nnx
+from machine import LoadRecord, add_load_arguments, check_idle, format_spread, pin_threads
 
 from diffjax.losses import dsm_loss, uniform_time
 from diffjax.models import UNet, UNetConfig, count_params
 from diffjax.processes.sde import VPSDE
 from diffjax.training import create_train_state, make_train_step
+from diffjax.xla_cpu import configure_xla_cpu
 
 IMAGE, CHANNELS_IN, BATCH = 28, 1, 128
 WIDTHS = (32, 64, 128)
@@ -352,10 +358,21 @@ def _fmt(v: float, spec: str = ".1f") -> str:
     return "—" if v != v else format(v, spec)
 
 
-def markdown(results: dict[str, Result], flops: dict, env: dict, args, gpu: dict | None) -> str:
+def paired_ratio(slow_times: list[float], fast_times: list[float]) -> str:
+    """Median [min, max] over rounds of time_a / time_b for the calls timed in the same round:
+    slow spells of the machine hit both calls of a round, so the paired ratio is steadier than
+    the ratio of the two medians."""
+    ratios = [a / b for a, b in zip(slow_times, fast_times, strict=True)]
+    if not ratios:
+        return "—"
+    return f"{statistics.median(ratios):.2f}× [{min(ratios):.2f}, {max(ratios):.2f}]"
+
+
+def markdown(results: dict[str, Result], flops: dict, env: dict, args, gpu: dict | None,
+             load: LoadRecord) -> str:
     names = list(results)
     lines = [
-        f"## U-Net benchmark — {env['date']}, {env['cpu_count']} CPU cores, device "
+        f"## U-Net benchmark — {env['date']}, {env['threads']} threads, device "
         f"{args.device}{' (bf16)' if args.bf16 else ''}, batch {BATCH}, {IMAGE}×{IMAGE}×"
         f"{CHANNELS_IN}",
         "",
@@ -363,12 +380,18 @@ def markdown(results: dict[str, Result], flops: dict, env: dict, args, gpu: dict
         f"({env['torch_threads']} threads), diffusers {env['diffusers']}. Median of "
         f"{args.rounds} interleaved timed calls after {args.warmup} warm-up calls.",
         "",
+        load.describe() + ".",
+        "",
         "| | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
         "| params | " + " | ".join(f"{results[n].params:,}" for n in names) + " |",
         "| train img/s | " + " | ".join(_fmt(results[n].train_img_s) for n in names) + " |",
         "| sample img/s (1 NFE) | " + " | ".join(_fmt(results[n].sample_img_s) for n in names)
         + " |",
+        "| train ms/step min / median / max | " + " | ".join(
+            format_spread(results[n].train_step_s) for n in names) + " |",
+        "| sample ms/call min / median / max | " + " | ".join(
+            format_spread(results[n].sample_call_s) for n in names) + " |",
         "| train: compile s | " + " | ".join(_fmt(results[n].train_compile_s, ".2f")
                                             for n in names) + " |",
         "| train: first step s | " + " | ".join(_fmt(results[n].train_first_s, ".2f")
@@ -392,8 +415,10 @@ def markdown(results: dict[str, Result], flops: dict, env: dict, args, gpu: dict
     j, t = results["diffjax"], results["torch"]
     lines += [
         "",
-        f"diffjax / torch: train {j.train_img_s / t.train_img_s:.2f}×, sample "
-        f"{j.sample_img_s / t.sample_img_s:.2f}× (> 1: diffjax faster). "
+        f"diffjax / torch speed (> 1: diffjax faster), median of the rounds' paired ratios "
+        f"[min, max]: train {paired_ratio(t.train_step_s, j.train_step_s)}, sample "
+        f"{paired_ratio(t.sample_call_s, j.sample_call_s)}; ratio of medians: train "
+        f"{j.train_img_s / t.train_img_s:.2f}×, sample {j.sample_img_s / t.sample_img_s:.2f}×. "
         f"Params diffjax {j.params:,} vs torch {t.params:,}: difference {j.params - t.params:+,} "
         f"({100 * (j.params - t.params) / t.params:+.3f}%).",
         f"XLA FLOPs: {flops['train'] / 1e9:.1f} GFLOP per train step, "
@@ -421,7 +446,11 @@ def main() -> None:
     ap.add_argument("--project-step", action="store_true",
                     help="also time diffjax.training.make_train_step (EMA + non-finite guard)")
     ap.add_argument("--out", default=None, help="JSON path (default outputs/bench/unet.json)")
+    ap.add_argument("--xla-defaults", action="store_true",
+                    help="leave XLA_FLAGS as they are (no diffjax.configure_xla_cpu())")
+    add_load_arguments(ap)
     args = ap.parse_args()
+    load = check_idle(args)
     if args.bf16 and args.device != "gpu":
         raise ValueError("--bf16 is for --device gpu (XLA's CPU bf16 convolutions are emulated).")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -440,9 +469,11 @@ def main() -> None:
     args.rounds = f"{train_rounds} train / {sample_rounds} sample"
 
     if args.device == "cpu":
+        if not args.xla_defaults:
+            configure_xla_cpu()
         jax.config.update("jax_platforms", "cpu")
         torch_device = torch.device("cpu")
-        torch.set_num_threads(os.cpu_count())
+        threads = pin_threads(args.threads)
     else:
         if jax.default_backend() != "gpu":
             raise RuntimeError(f"--device gpu but jax's backend is {jax.default_backend()!r}; "
@@ -455,6 +486,7 @@ def main() -> None:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and args.bf16)
 
     env = machine_info(args.device)
+    env["threads"] = threads if args.device == "cpu" else env["cpu_count"]
     t_start = time.perf_counter()
     vp = VPSDE()
     vp_err = check_torch_vp(vp)
@@ -526,7 +558,7 @@ def main() -> None:
 
     gpu = gpu_report(results, flops, args.bf16) if gpu_mode else None
     env["total_s"] = round(time.perf_counter() - t_start, 1)
-    text = markdown(results, flops, env, args, gpu)
+    text = markdown(results, flops, env, args, gpu, load.finish())
     print()
     print(text)
     report = {
@@ -542,8 +574,13 @@ def main() -> None:
         "ratio_diffjax_over_torch": {
             "train_img_s": results["diffjax"].train_img_s / results["torch"].train_img_s,
             "sample_img_s": results["diffjax"].sample_img_s / results["torch"].sample_img_s,
+            "train_paired": paired_ratio(results["torch"].train_step_s,
+                                         results["diffjax"].train_step_s),
+            "sample_paired": paired_ratio(results["torch"].sample_call_s,
+                                          results["diffjax"].sample_call_s),
         },
         "flops": flops,
+        "load": load.as_dict(),
         "final_losses": losses,
         "gpu": gpu,
         "markdown": text,

@@ -119,6 +119,7 @@ from diffjax.solvers import (
     UniPC,
     integrate,
 )
+from diffjax.xla_cpu import configure_xla_cpu
 
 _LAZY = {  # heavier subpackages and helpers, imported on first use
     "models": "diffjax.models",
@@ -166,5 +167,5 @@ __all__ = [
     "make_couplings", "average_velocity_and_derivative", "meanflow_loss", "meanflow_times",
     "pair_distillation_loss", "reflow_loss", "save_couplings", "straightness",
     "available_pretrained", "load_pretrained", "pretrained_card", "save_pretrained", "shortcut_loss",
-    "shortcut_times",
+    "shortcut_times", "configure_xla_cpu",
 ]  # fmt: skip

@@ -6,3 +6,8 @@ root as modules, e.g.
 
 `experiments.train.train_and_evaluate(config, workdir)` is importable (the tests call it in-process).
 """
+
+from diffjax.xla_cpu import configure_xla_cpu
+
+# Before any script starts JAX's backend: XLA's own CPU convolutions (diffjax/xla_cpu.py explains).
+configure_xla_cpu()

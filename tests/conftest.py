@@ -3,6 +3,10 @@
 import jax
 import pytest
 
+from diffjax.xla_cpu import configure_xla_cpu
+
+configure_xla_cpu()  # the options the experiments run under (before any test starts JAX)
+
 
 def x64():
     """Context manager enabling float64 for one block (new and old JAX spellings)."""
