@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test lint sample figures bench clean
+.PHONY: setup demo test lint sample figures docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: $(STAMP)
 # every figure of the theory, redrawn by the library, into outputs/figures (MNIST panels need trained models)
 figures: $(STAMP)
 	$(PY) -m experiments.figures.make_all --out outputs/figures
+
+# the documentation site into outputs/site (README → guide pages, docstrings → API reference)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # peer benchmarks in their own venv: CPU torch (pinned), diffusers, flow_matching
 BENCH_VENV  ?= .venv-bench

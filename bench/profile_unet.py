@@ -31,7 +31,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 from machine import LoadRecord, add_load_arguments, check_idle, pin_threads  # noqa: E402
 

@@ -31,6 +31,7 @@ from diffjax.processes.base import Coefficients, GaussianProcess
 
 Prediction = Literal["eps", "x0", "score", "v", "velocity"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "score", "v", "velocity")
+"""What a network may predict; `convert` maps any one to any other exactly."""
 ModelFn = Callable[[Array, Array], Array]
 
 

@@ -39,6 +39,7 @@ SOLVERS = {
     "edm": EDM,  # s_churn = 0: EDM's deterministic Heun in σ/α
     "dpm_solver_pp_sde": DPMSolverPPSDE,  # SDE-DPM-Solver++ 2M
 }
+"""Solver names of configs, `diffjax.sample` and the CLIs → solver classes."""
 
 __all__ = [
     "DEIS", "EDM", "ODE", "RK4", "SDE", "SOLVERS", "Adaptive", "Ancestral", "DDIM", "DPMSolverPP",
