@@ -112,6 +112,26 @@ def model_spec(cfg) -> dict:
     return spec
 
 
+def network_spec(cfg) -> dict:
+    """What `build_model` gets to train: `model_spec` plus the settings that change how the network
+    computes but not its parameters (model.remat), which the run record leaves out."""
+    spec = model_spec(cfg)
+    if remat_enabled(cfg):
+        spec["remat"] = True
+    return spec
+
+
+def remat_enabled(cfg) -> bool:
+    """model.remat, False when absent (a config saved before the field existed)."""
+    return bool(cfg.model.get("remat", False))
+
+
+def fsdp_setting(cfg) -> int:
+    """parallel.fsdp, 1 (pure data parallelism) when absent (a config saved before the field existed)."""
+    parallel = cfg.get("parallel") or {}
+    return parallel.get("fsdp", 1)
+
+
 def wrap_network(cfg, process):
     """network -> the model the losses and samplers see (the configured preconditioning), or None."""
     spec = model_spec(cfg).get("preconditioning")
@@ -182,6 +202,11 @@ def validate_config(cfg) -> None:
     need(cfg.model.prediction in dj.PREDICTIONS,
          f"model.prediction {cfg.model.prediction!r} is not one of {dj.PREDICTIONS}")
     need(cfg.process.name in PROCESSES, f"process.name {cfg.process.name!r} is not one of {tuple(PROCESSES)}")
+    fsdp = fsdp_setting(cfg)
+    need(isinstance(fsdp, int) and fsdp >= 1,
+         f"parallel.fsdp must be an integer >= 1 (1: pure data parallelism), got {fsdp!r}")
+    need(not remat_enabled(cfg) or cfg.model.kind in ("unet", "dit"),
+         f"model.remat recomputes U-Net and DiT blocks; model.kind={cfg.model.kind!r} has none")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     try:  # the free-form parts, by constructing what consumes them (cheap: no parameters)

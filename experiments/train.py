@@ -1,4 +1,5 @@
-"""Train a diffusion / flow-matching model from a Python config, data-parallel over all devices.
+"""Train a diffusion / flow-matching model from a Python config, data-parallel over all devices (and
+with `--config.parallel.fsdp=F` the parameters, optimizer state and EMA split F ways, FSDP).
 
     python -m experiments.train --config experiments/configs/checkerboard_fm.py --workdir outputs/demo
     python -m experiments.train --config experiments/configs/mnist_fm.py --workdir outputs/mnist_fm \
@@ -9,7 +10,9 @@ is listed with its default in experiments/configs/base.py. Rerunning the same co
 newest good checkpoint in the work directory (a run whose model, process or optimizer differs from the
 checkpoints' run record is refused by field, and the checkpoints stay untouched). Multi-host: set
 `--config.distributed.coordinator_address=HOST:PORT --config.distributed.num_processes=N
---config.distributed.process_id=i` on every host.
+--config.distributed.process_id=i` on every host. Memory savers: `--config.parallel.fsdp=8` (state split
+over 8 devices), `--config.model.remat=True` (recompute U-Net/DiT blocks in the backward pass) and
+`--config.model.kwargs.dtype=bfloat16` (bfloat16 compute, float32 parameters).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from diffjax.models import build_model, count_params
 from diffjax.training import (
     TrainConfig,
     create_train_state,
+    gather,
+    make_data_mesh,
+    make_mesh,
     make_optimizer,
     make_train_step,
     maybe_initialize_distributed,
@@ -46,8 +52,10 @@ from experiments.builders import (
     config_changes,
     config_fields_help,
     couplings_file,
+    fsdp_setting,
     generate,
     model_spec,
+    network_spec,
     num_classes,
     optimizer_spec,
     parse_flags,
@@ -73,18 +81,20 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
                                  dist.process_id if dist.coordinator_address else None,
                                  timeout_s=dist.timeout_s)  # fmt: skip
     is_main = jax.process_index() == 0
+    mesh = training_mesh(cfg)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise NotADirectoryError(f"--workdir {workdir!r} is a file; give a directory for the checkpoints.")
     os.makedirs(workdir, exist_ok=True)
 
     data, labels, data_shape = training_data(cfg)
     process = dj.build_process(process_spec(cfg))
-    model = build_model(model_spec(cfg), cfg.seed)
+    model = build_model(network_spec(cfg), cfg.seed)
     graphdef, params = nnx.split(model)
     if is_main:
         print(f"{cfg.data.name}: {data.shape[0]} examples; model {cfg.model.kind} with "
               f"{count_params(params):,} parameters; {jax.device_count()} device(s), "
-              f"{jax.process_count()} process(es)")  # fmt: skip
+              f"{jax.process_count()} process(es)"
+              + (f", the state split {mesh.shape['fsdp']} ways" if "fsdp" in mesh.shape else ""))  # fmt: skip
 
     t = cfg.train
     optimizer, schedule = make_optimizer(**optimizer_spec(cfg))
@@ -107,7 +117,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
                        process_index=jax.process_index(), process_count=jax.process_count())
 
     def preview(step, state):
-        model = wrap(nnx.merge(graphdef, state.ema_params))
+        model = wrap(nnx.merge(graphdef, gather(state.ema_params, mesh)))
         res = generate(cfg, model, process, jax.random.key(step), 64, data_shape)
         if is_main and len(data_shape) == 3:  # an image model (U-Net, DiT): preview grids
             save_image_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), res.samples, 8)
@@ -134,7 +144,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
             print(f"resuming at step {start_step} with changed settings (the checkpoints' network, "
                   "process and data agree, so these are accepted):\n  " + "\n  ".join(changes))  # fmt: skip
 
-    result = train(train_config, train_step, state, batch_iter, hooks=hooks, on_start=on_start)
+    result = train(train_config, train_step, state, batch_iter, mesh=mesh, hooks=hooks, on_start=on_start)
     loss = result.last_metrics.get("loss")
     summary = {"step": result.step, "start_step": result.start_step, "preempted": result.preempted,
                "loss": None if loss is None else float(loss)}  # fmt: skip
@@ -142,7 +152,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         return summary
 
     n = cfg.sample.num_samples
-    model = wrap(nnx.merge(graphdef, result.state.ema_params))
+    model = wrap(nnx.merge(graphdef, gather(result.state.ema_params, mesh)))
     res = generate(cfg, model, process, jax.random.key(10_000), n,
                    data_shape, save_trajectory=cfg.model.kind == "mlp")  # fmt: skip
     samples = np.asarray(res.samples)
@@ -164,6 +174,20 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         path = save_image_grid(os.path.join(workdir, "samples.png"), samples[:64], 8)
     print(f"wrote {path} ({summary['nfe']} function evaluations per sample)")
     return summary
+
+
+def training_mesh(cfg):
+    """The devices of all processes as a data mesh, or with parallel.fsdp = F > 1 a (N/F) × F
+    ('data', 'fsdp') mesh; ConfigError (before any data is read) if F does not divide the N devices or
+    the batch does not split evenly over them."""
+    n, fsdp = jax.device_count(), fsdp_setting(cfg)
+    if n % fsdp:
+        raise ConfigError(f"parallel.fsdp={fsdp} does not divide the {n} devices: choose one of "
+                          f"{[d for d in range(1, n + 1) if n % d == 0]}.")  # fmt: skip
+    if cfg.train.batch_size % n:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not split over the {n} devices "
+                          f"(data × fsdp = {n // fsdp} × {fsdp}): choose a multiple of {n}.")  # fmt: skip
+    return make_mesh(fsdp=fsdp) if fsdp > 1 else make_data_mesh()
 
 
 def initial_parameters(source: str, params):

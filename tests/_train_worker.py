@@ -4,6 +4,7 @@ fixed when JAX starts. Writes `--out` (npz: final params, EMA, step, start_step,
 
     python tests/_train_worker.py --workdir W --steps 24 --devices 8 --out W/out.npz
     python tests/_train_worker.py ... --num-processes 2 --process-id i --coordinator 127.0.0.1:P
+    python tests/_train_worker.py ... --devices 2 --fsdp 4 --min-size 256   (state split 4 ways, FSDP)
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--coordinator", default=None)
     p.add_argument("--num-processes", type=int, default=1)
     p.add_argument("--process-id", type=int, default=0)
+    p.add_argument("--fsdp", type=int, default=1, help="state shards (1: data parallel, replicated)")
+    p.add_argument("--min-size", type=int, default=None, help="smallest array split (FSDP_MIN_SIZE)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 
@@ -151,7 +154,14 @@ def main(argv=None):
 
     if args.devices > 1:
         jax.config.update("jax_num_cpu_devices", args.devices)
-    from diffjax.training import TrainConfig, maybe_initialize_distributed, train
+    from diffjax.training import (
+        FSDP_MIN_SIZE,
+        TrainConfig,
+        gather,
+        make_mesh,
+        maybe_initialize_distributed,
+        train,
+    )
 
     maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     import numpy as np
@@ -164,12 +174,15 @@ def main(argv=None):
         metadata={"test": "worker"},
     )  # fmt: skip
     print(f"worker {jax.process_index()}: {jax.device_count()} devices", flush=True)
-    result = train(config, train_step, state, batch_iter, hooks=hooks)
+    mesh = make_mesh(fsdp=args.fsdp) if args.fsdp > 1 else None
+    min_size = FSDP_MIN_SIZE if args.min_size is None else args.min_size
+    result = train(config, train_step, state, batch_iter, mesh=mesh, hooks=hooks, fsdp_min_size=min_size)
+    final = result.state if mesh is None else gather(result.state, mesh)  # whole arrays on every process
     if args.out:
-        out = {**flat_arrays(result.state.params, "params"),
-               **flat_arrays(result.state.ema_params, "ema"),
-               **flat_arrays(result.state.opt_state, "opt"),
-               "key": np.asarray(result.state.key), "step": result.step,
+        out = {**flat_arrays(final.params, "params"),
+               **flat_arrays(final.ema_params, "ema"),
+               **flat_arrays(final.opt_state, "opt"),
+               "key": np.asarray(final.key), "step": result.step,
                "start_step": result.start_step, "preempted": result.preempted,
                "traces": len(traces), "devices": jax.device_count(),
                "loss": result.last_metrics.get("loss", np.nan)}  # fmt: skip

@@ -45,6 +45,7 @@ from diffjax.models.embeddings import (
     check_image_input,
     conditioning,
     output_dtype,
+    run_block,
 )
 from diffjax.parameterization import PREDICTIONS, Prediction
 
@@ -65,7 +66,9 @@ class DiTConfig:
     → 1000 for sinusoidal, 1 for Fourier, i.e. t in [0, 1]); time_features: number of time features
     fed to the time MLP (DiT's 256); prediction: what the network's output is ('eps', 'x0', 'v',
     ...); dtype: computation dtype (e.g. 'bfloat16' on GPU), param_dtype: parameter dtype;
-    second_time: also condition on a target time s (net(x, t, y, s=s)) through the interval t − s.
+    second_time: also condition on a target time s (net(x, t, y, s=s)) through the interval t − s;
+    remat: recompute each block's activations in the backward pass instead of storing them
+    (`nnx.remat`, gradient checkpointing: less memory, ≈ one more forward pass; same numbers).
     """
 
     in_channels: int = 1
@@ -86,6 +89,7 @@ class DiTConfig:
     dtype: Any = "float32"
     param_dtype: Any = "float32"
     second_time: bool = False
+    remat: bool = False
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
@@ -258,6 +262,7 @@ class DiTBlock(nnx.Module):
         return h + gate2[:, None, :] * m
 
 
+
 class FinalLayer(nnx.Module):
     """Linear(LN(h)(1 + a) + b) with [b, a] = W SiLU(c): (N, L, D) → (N, L, p·p·C_out); both Linears
     zero-initialised, so the untrained network outputs exactly zero."""
@@ -322,6 +327,6 @@ class DiT(nnx.Module):
         pos = jnp.asarray(sincos_position_embedding(cfg.hidden_size, cfg.grid_size), cfg.dtype)
         h = self.patch_embed(patchify(x.astype(cfg.dtype), cfg.patch_size)) + pos[None]
         for i, block in enumerate(self.blocks):
-            h = block(h, c, block_key(key, i))
+            h = run_block(block, cfg.remat, h, c, block_key(key, i))
         out = unpatchify(self.final_layer(h, c), cfg.patch_size, size, size)
         return out.astype(output_dtype(x))

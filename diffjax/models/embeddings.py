@@ -210,3 +210,9 @@ def as_dropout_key(rngs) -> jax.Array | None:
 def block_key(key: jax.Array | None, index: int) -> jax.Array | None:
     """An independent key for block `index` (None stays None)."""
     return None if key is None else jax.random.fold_in(key, index)
+
+
+def run_block(block: nnx.Module, remat: bool, *args):
+    """block(*args), under `nnx.remat` when `remat` (gradient checkpointing: only the block's
+    inputs are kept for the backward pass, its activations are recomputed there; same numbers)."""
+    return nnx.remat(type(block).__call__)(block, *args) if remat else block(*args)

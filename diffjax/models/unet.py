@@ -40,6 +40,7 @@ from diffjax.models.embeddings import (
     check_image_input,
     conditioning,
     output_dtype,
+    run_block,
 )
 from diffjax.parameterization import PREDICTIONS, Prediction
 
@@ -58,7 +59,9 @@ class UNetConfig:
     (time_scale=None → 1000 for sinusoidal, 1 for Fourier, i.e. t in [0, 1]; use 1 for integer
     DDPM steps); prediction: what the network's output is ('eps', 'x0', 'v', ...); dtype: computation
     dtype (e.g. 'bfloat16' on GPU), param_dtype: parameter dtype; second_time: also condition on a
-    target time s (net(x, t, y, s=s)) through the interval t − s (flow-map models such as MeanFlow).
+    target time s (net(x, t, y, s=s)) through the interval t − s (flow-map models such as MeanFlow);
+    remat: recompute each ResBlock's activations in the backward pass instead of storing them
+    (`nnx.remat`, gradient checkpointing: less memory, ≈ one more forward pass; same numbers).
     """
 
     in_channels: int = 1
@@ -80,6 +83,7 @@ class UNetConfig:
     dtype: Any = "float32"
     param_dtype: Any = "float32"
     second_time: bool = False
+    remat: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
@@ -167,6 +171,7 @@ class ResBlock(nnx.Module):
         h = self.dropout(nnx.silu(h), deterministic=key is None, rngs=key)
         h = self.conv2(h)
         return h + (x if self.skip is None else self.skip(x))
+
 
 
 class Attention(nnx.Module):
@@ -280,7 +285,7 @@ class UNet(nnx.Module):
         n = 0  # block counter for independent dropout keys
         for i, level in enumerate(self.down):
             for j, block in enumerate(level.blocks):
-                h = block(h, emb, block_key(key, n))
+                h = run_block(block, cfg.remat, h, emb, block_key(key, n))
                 n += 1
                 if level.attns:
                     h = level.attns[j](h)
@@ -288,12 +293,13 @@ class UNet(nnx.Module):
             if i < len(self.downsample):
                 h = self.downsample[i](h)
                 hs.append(h)
-        h = self.mid1(h, emb, block_key(key, n))
-        h = self.mid2(self.mid_attn(h), emb, block_key(key, n + 1))
+        h = run_block(self.mid1, cfg.remat, h, emb, block_key(key, n))
+        h = run_block(self.mid2, cfg.remat, self.mid_attn(h), emb, block_key(key, n + 1))
         n += 2
         for i, level in enumerate(self.up):
             for j, block in enumerate(level.blocks):
-                h = block(jnp.concatenate([h, hs.pop()], axis=-1), emb, block_key(key, n))
+                h = jnp.concatenate([h, hs.pop()], axis=-1)
+                h = run_block(block, cfg.remat, h, emb, block_key(key, n))
                 n += 1
                 if level.attns:
                     h = level.attns[j](h)

@@ -1,5 +1,6 @@
-"""Training: a `TrainState` pytree, one pure compiled `train_step`, data parallelism over all
-devices and processes, Orbax checkpoints with exact resume, metrics logging and the loop.
+"""Training: a `TrainState` pytree, one pure compiled `train_step`, data parallelism and fully
+sharded data parallelism (FSDP: `make_mesh(fsdp=F)`) over all devices and processes, Orbax
+checkpoints with exact resume, metrics logging and the loop.
 
 Typical use (see `experiments/train.py`):
 
@@ -23,16 +24,26 @@ from diffjax.training.logging import MetricsLogger
 from diffjax.training.loop import NonFiniteError, TrainConfig, TrainResult, train
 from diffjax.training.parallel import (
     DATA_AXIS,
+    FSDP_AXIS,
+    FSDP_MIN_SIZE,
+    CompiledStep,
     compile_train_step,
     data_sharding,
+    fsdp_size,
+    fsdp_spec,
+    gather,
     make_data_mesh,
+    make_mesh,
     maybe_initialize_distributed,
+    place,
     replicate,
     replicated_sharding,
     shard_batch,
+    shard_state,
+    state_shardings,
 )
 from diffjax.training.state import TrainState, as_key_data, create_train_state, make_optimizer, make_schedule
-from diffjax.training.step import all_finite, make_train_step, model_loss
+from diffjax.training.step import all_finite, gathered, make_train_step, model_loss
 from diffjax.training.workdir import (
     RunMismatchError,
     TrainedModel,
@@ -43,11 +54,13 @@ from diffjax.training.workdir import (
 )
 
 __all__ = [
-    "DATA_AXIS", "CheckpointWriteError", "Checkpointer", "CorruptCheckpointError", "CorruptCheckpointWarning",
-    "MetricsLogger",
+    "DATA_AXIS", "FSDP_AXIS", "FSDP_MIN_SIZE", "CheckpointWriteError", "Checkpointer", "CompiledStep",
+    "CorruptCheckpointError", "CorruptCheckpointWarning", "MetricsLogger",
     "NonFiniteError", "RunMismatchError", "SigtermFlag", "TrainConfig", "TrainResult", "TrainState",
     "TrainedModel", "all_finite", "as_key_data", "check_resumable", "compile_train_step",
-    "create_train_state", "data_sharding", "make_data_mesh", "make_optimizer", "make_schedule",
+    "create_train_state", "data_sharding", "fsdp_size", "fsdp_spec", "gather", "gathered",
+    "make_data_mesh", "make_mesh", "make_optimizer", "make_schedule",
     "load_model", "make_train_step", "maybe_initialize_distributed", "model_loss", "read_record",
-    "replicate", "replicated_sharding", "run_record", "shard_batch", "train", "tree_checksums",
+    "place", "replicate", "replicated_sharding", "run_record", "shard_batch", "shard_state",
+    "state_shardings", "train", "tree_checksums",
 ]  # fmt: skip

@@ -1,5 +1,6 @@
 """Orbax checkpoints of a `TrainState`: periodic asynchronous saves, keep-last-N, verified
-restore with fallback, restore onto any mesh, and a SIGTERM flag for preemption.
+restore with fallback, restore onto any mesh and layout (replicated or fsdp-split), and a SIGTERM
+flag for preemption.
 
 Layout: `<directory>/<step>/{state, meta}`; `state` is the pytree (Orbax `StandardSave`), `meta`
 a JSON record with the step and a checksum per array. A checkpoint is *good* if Orbax restores it
@@ -77,6 +78,11 @@ def _checksums(tree) -> list[jax.Array]:
 def tree_checksums(tree) -> list[list[int]]:
     """JSON-able checksums of every array in `tree` (flatten order); see `_checksums`."""
     return [[int(v) for v in np.asarray(c)] for c in _checksums(tree)]
+
+
+def _sharding_of(x, default):
+    """Where a restored array goes: the target leaf's sharding, `default` for a host array."""
+    return getattr(x, "sharding", None) or default
 
 
 # -- preemption --------------------------------------------------------------------------------
@@ -195,12 +201,18 @@ class Checkpointer:
             ) from err
 
     def restore(self, step: int, target: TrainState) -> TrainState:
-        """The checkpoint at `step`, placed like `target` (a state of concrete or abstract arrays
-        whose shardings may belong to a different mesh than the saving run). Raises
+        """The checkpoint at `step`, placed like `target`: a state of concrete arrays or of
+        `jax.ShapeDtypeStruct`s whose shardings say where every array goes, on any mesh — e.g.
+        written 8-way fsdp-split and read onto 1 device, or written replicated and read split
+        (`parallel.state_shardings`); every process reads only its own shards. A leaf without a
+        sharding (a host array) goes to the default device. The values are bit-identical whatever
+        the layouts (the checksums are layout-independent and are checked). Raises
         CorruptCheckpointError if it cannot be read or fails its checksums."""
+        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target
-        )
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=_sharding_of(x, default)),
+            target,
+        )  # fmt: skip
         try:
             restored = self._manager.restore(
                 step,

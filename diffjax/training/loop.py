@@ -2,11 +2,15 @@
 
     state ← newest good checkpoint in workdir, else the given initial state
     for s = state.step, ..., num_steps − 1:
-        state ← train_step(state, batch_s)          (compiled once, data parallel, donated)
+        state ← train_step(state, batch_s)          (compiled once, data/fsdp parallel, donated)
         stop with NonFiniteError if the step was not finite (nothing saved)
         log every log_every; hooks every their period; checkpoint every checkpoint_every
         on SIGTERM: save and return (preempted=True)
     save the final state
+
+The state lives on `mesh` as `state_shardings` lays it out (replicated on a data mesh; arrays split
+along 'fsdp' on a `make_mesh(fsdp=F)` mesh), and checkpoints are restored into that layout whatever
+mesh wrote them.
 
 Batches come from `batches(start_step)`, an iterator of this process's local shards of the
 global batches at steps start_step, start_step + 1, ... (e.g. `diffjax.data.batches`), so a resumed
@@ -26,7 +30,14 @@ from jax.sharding import Mesh
 
 from diffjax.training.checkpoint import Checkpointer, SigtermFlag
 from diffjax.training.logging import MetricsLogger
-from diffjax.training.parallel import compile_train_step, make_data_mesh, replicate, shard_batch
+from diffjax.training.parallel import (
+    FSDP_MIN_SIZE,
+    compile_train_step,
+    make_data_mesh,
+    place,
+    shard_batch,
+    state_shardings,
+)
 from diffjax.training.state import TrainState
 from diffjax.training.step import TrainStep
 from diffjax.training.workdir import RunMismatchError, check_resumable
@@ -80,8 +91,9 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class TrainResult:
-    """state: final state (replicated on `mesh`); step: updates done; start_step: where this run
-    began (> 0 if resumed); preempted: stopped early on SIGTERM (after saving)."""
+    """state: final state (on `mesh`, laid out by `state_shardings`); step: updates done;
+    start_step: where this run began (> 0 if resumed); preempted: stopped early on SIGTERM (after
+    saving)."""
 
     state: TrainState
     step: int
@@ -99,17 +111,21 @@ def train(
     mesh: Mesh | None = None,
     hooks: Sequence[Hook] = (),
     on_start: Callable[[int], None] | None = None,
+    fsdp_min_size: int = FSDP_MIN_SIZE,
 ) -> TrainResult:
     """Run (or resume) training to `config.num_steps`; see the module docstring.
 
     train_step: the pure `make_train_step` function (compiled here for `mesh`); state: the
-    initial state (host or single-device arrays, identical on every process); hooks: (period,
+    initial state (host or single-device arrays, identical on every process); mesh: default
+    `make_data_mesh()` (data parallel, state replicated); `make_mesh(fsdp=F)` splits the state F ways
+    (arrays of ≥ fsdp_min_size entries, `state_shardings`); hooks: (period,
     fn(step, state)) called after every period-th step on every process, e.g. to write sample
     grids (write files from process 0 only; the state's buffers are donated to the next step,
     so take what is needed before returning); on_start(start_step): called once the checkpoints have
     been checked and restored, before the first step (e.g. to record the run's config)."""
     mesh = make_data_mesh() if mesh is None else mesh
-    state = replicate(state, mesh)
+    layout = state_shardings(state, mesh, fsdp_min_size)
+    state = place(state, layout)
     ckpt = Checkpointer(
         os.path.join(config.workdir, "checkpoints"), save_every=config.checkpoint_every,
         keep=config.keep, async_save=config.async_checkpoints,
@@ -125,7 +141,7 @@ def train(
     start = int(state.step)
     if on_start is not None:
         on_start(start)
-    step_fn = compile_train_step(train_step, mesh)
+    step_fn = compile_train_step(train_step, mesh, state_sharding=layout)
     logger = MetricsLogger(config.workdir, num_steps=config.num_steps, start_step=start)
     save_meta = dict(config.metadata or {})
     step, preempted, m = start, False, {}

@@ -9,6 +9,9 @@ d is; without it the EMA keeps a weight d^k on the initial parameters (0.995³�
 shrinks a zero-initialised ε-network's output and, through x̂0 = (x − σε̂)/α, ruins samples of
 short runs.
 
+Under `compile_train_step` with an fsdp mesh the loss sees the parameters gathered to full size
+(`gathered`), so the gradient is reduced back onto the shards where the optimizer and EMA run.
+
 If the loss or any gradient entry is NaN/Inf the whole state is returned unchanged (no update, no
 step increment, same key) and `metrics['finite']` is False; the training loop then stops.
 """
@@ -22,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from diffjax.losses import BoundLabels, drop_labels
 from diffjax.models.uncertainty import WithUncertainty
@@ -37,6 +41,16 @@ def all_finite(tree: PyTree) -> jax.Array:
     """True iff every entry of every array in `tree` is finite (bool scalar)."""
     leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def gathered(params: PyTree) -> PyTree:
+    """`params` constrained to be whole on every device when traced under a mesh (`jax.set_mesh`, as
+    `compile_train_step` does), unchanged otherwise. For fsdp-split parameters this is the FSDP
+    all-gather before the forward pass; its transpose in the backward pass reduces the gradient
+    across devices and back onto the shards. A no-op for replicated parameters."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return params
+    return jax.tree.map(lambda p: jax.lax.with_sharding_constraint(p, PartitionSpec()), params)
 
 
 def model_loss(
@@ -87,7 +101,8 @@ def make_train_step(
     typed PRNG key fresh for this step (split from `state.key`). metrics: 'loss', 'grad_norm'
     (before clipping), 'finite' (bool) and, if `schedule` is given, 'lr' (rate of this step).
     Under `jax.jit` with a batch sharded over devices the gradient of the mean loss is the
-    all-reduced (averaged) gradient of the per-device means: see `diffjax.training.parallel`.
+    all-reduced (averaged) gradient of the per-device means; with fsdp-split parameters the loss sees
+    them gathered and the optimizer updates the shards: see `diffjax.training.parallel`.
     posthoc_sigma_rels: widths of the power-function EMAs in `state.posthoc` (post-hoc EMA, EDM2)."""
     gammas = tuple(sigma_rel_to_gamma(s) for s in posthoc_sigma_rels)
     if not 0.0 <= ema_decay < 1.0:
@@ -95,7 +110,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch):
         key, step_key = jax.random.split(jax.random.wrap_key_data(state.key))
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, step_key)
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(gathered(p), batch, step_key))(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = jnp.asarray(ema_decay, jnp.float32)

@@ -18,7 +18,13 @@ def get_config():
     # model.kind: mlp | unet | dit; model.prediction: eps | x0 | score | v | velocity;
     # model.preconditioning: none | edm (EDM's c_skip/c_out/c_in/c_noise with sigma_data; needs prediction x0)
     #   | consistency (Song et al.'s boundary-respecting c_skip/c_out: a consistency model f(x, t))
-    c.model = dict(kind="mlp", prediction="velocity", kwargs={}, preconditioning="none", sigma_data=0.5)
+    # model.remat: recompute each U-Net ResBlock / DiT block in the backward pass instead of storing its
+    # activations (gradient checkpointing: less memory, ≈ one more forward pass, the same numbers; not in
+    # the run record, so a run may resume with it switched). bf16 compute: model.kwargs.dtype='bfloat16'
+    # (with the default param_dtype='float32': float32 parameters, optimizer and EMA, bfloat16 matmuls and
+    # convolutions; a run record field, like every network field)
+    c.model = dict(kind="mlp", prediction="velocity", kwargs={}, preconditioning="none", sigma_data=0.5,
+                   remat=False)
     # process.name: a key of diffjax.processes.PROCESSES (vp, subvp, ve, cosine_vp, condot, ddpm, ...)
     c.process = dict(name="condot", kwargs={})
     # loss.name: dsm (target ε) | cfm (target velocity) | ddpm (= dsm on the chain);
@@ -54,4 +60,8 @@ def get_config():
                     clip_denoised=False, options={}, grid="uniform")
     # timeout_s: how long a process waits for the coordinator (process 0) before a clear error
     c.distributed = dict(coordinator_address="", num_processes=1, process_id=0, timeout_s=300.0)
+    # parallel.fsdp: split the parameters, optimizer state and EMA F ways (FSDP / ZeRO-3) over a
+    # (devices // F) × F mesh ('data', 'fsdp'); 1 = pure data parallelism (the state replicated). F must
+    # divide the device count; the batch is split over all devices (diffjax.training.parallel)
+    c.parallel = dict(fsdp=1)
     return c
