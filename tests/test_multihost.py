@@ -46,19 +46,25 @@ def run_two_processes(tmp_path, *extra) -> tuple[list[str], list[dict]]:
     return logs, [dict(np.load(tmp_path / f"out{i}.npz")) for i in range(2)]
 
 
-def test_two_processes_match_one_process(tmp_path, tmp_path_factory):
-    ref = reference_run(tmp_path_factory.getbasetemp())
-    logs, outs = run_two_processes(tmp_path)
-    assert all("2 devices" in log for log in logs)
+def assert_states_match(ref, outs, what: str) -> dict:
+    """Every process's final state equals the 1-device reference to the data-parallel tolerance
+    (as for 1 vs 8 devices: only the order of the batch sums differs); returns the reference."""
     a = state_arrays(ref)
     for out in outs:
         b = state_arrays(out)
         assert b.keys() == a.keys()
         worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
-        print(f"2 processes vs 1: max |Δ| = {worst:.3g}")
-        # same tolerance argument as 1 vs 8 devices: only the batch-sum order differs
+        print(f"{what}: max |Δ| = {worst:.3g}")
         for k in a:
             np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    return a
+
+
+def test_two_processes_match_one_process(tmp_path, tmp_path_factory):
+    ref = reference_run(tmp_path_factory.getbasetemp())
+    logs, outs = run_two_processes(tmp_path)
+    assert all("2 devices" in log for log in logs)
+    a = assert_states_match(ref, outs, "2 processes vs 1")
     for k in a:  # the two processes hold the same replicated state
         np.testing.assert_array_equal(outs[0][k], outs[1][k])
 
@@ -88,14 +94,7 @@ def test_fsdp_across_two_processes_matches_one_process(tmp_path, tmp_path_factor
     ref = reference_run(tmp_path_factory.getbasetemp())
     logs, outs = run_two_processes(tmp_path, "--devices", 2, "--fsdp", 4, "--min-size", 256)
     assert all("4 devices" in log for log in logs)
-    a = state_arrays(ref)
-    for out in outs:
-        b = state_arrays(out)
-        assert b.keys() == a.keys()
-        worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
-        print(f"fsdp 4 over 2 processes vs 1 device: max |Δ| = {worst:.3g}")
-        for k in a:
-            np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert_states_match(ref, outs, "fsdp 4 over 2 processes vs 1 device")
     with Checkpointer(tmp_path / "checkpoints", save_every=8) as ckpt:
         restored = ckpt.restore(24, replicate(build(24)[1], make_data_mesh()))
     for k, v in flat_arrays(restored.params, "params").items():

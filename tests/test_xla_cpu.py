@@ -51,12 +51,12 @@ import json, jax, jax.numpy as jnp, numpy as np
 from flax import nnx
 from diffjax.models import UNet, UNetConfig
 jax.config.update("jax_platforms", "cpu")
-cfg = UNetConfig(in_channels=1, image_size=16, channels=16, channel_mults=(1, 2), num_res_blocks=1,
-                 attention_resolutions=(8,), head_channels=16, num_groups=4)
+cfg = UNetConfig(in_channels=1, image_size=8, channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(), num_groups=4)
 model = UNet(cfg, rngs=nnx.Rngs(0))
 graphdef, params = nnx.split(model)
 params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
-x = jax.random.normal(jax.random.key(2), (4, 16, 16, 1))
+x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
 t = jnp.linspace(0.1, 0.9, 4)
 def loss(p):
     return jnp.mean(nnx.merge(graphdef, p)(x, t) ** 2)
