@@ -534,7 +534,8 @@ def markdown(runs: list[Run], infos: dict, env: dict, args) -> str:
         f"## Sampler benchmark — {env['date']}, {env['cpus']} CPU cores ({env['machine']}), "
         f"batch {args.batch}, median of {args.reps} runs",
         "",
-        f"jax {env['jax']} ({env['jax_backend']}, XLA_FLAGS {env['XLA_FLAGS']}, x64 {env['jax_enable_x64']}), "
+        f"jax {env['jax']} ({env['jax_backend']}, XLA_FLAGS {env['XLA_FLAGS']}, "
+        f"x64 {env['jax_enable_x64']}), "
         f"torch {env['torch']} ({env['torch_threads']} threads), diffusers {env['diffusers']}, "
         f"flow_matching {env['flow_matching']}. Cell: sliced W2 to fresh data · ms per batch; "
         "(n) = actual NFE where it differs from the column's target. Compile time (diffjax, "
