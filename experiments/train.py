@@ -181,13 +181,14 @@ def training_mesh(cfg):
     ('data', 'fsdp') mesh; ConfigError (before any data is read) if F does not divide the N devices or
     the batch does not split evenly over them."""
     n, fsdp = jax.device_count(), fsdp_setting(cfg)
-    if n % fsdp:
-        raise ConfigError(f"parallel.fsdp={fsdp} does not divide the {n} devices: choose one of "
-                          f"{[d for d in range(1, n + 1) if n % d == 0]}.")  # fmt: skip
+    try:
+        mesh = make_mesh(fsdp=fsdp) if fsdp > 1 else make_data_mesh()
+    except ValueError as err:  # fsdp does not divide the devices: the library's message, as a config error
+        raise ConfigError(f"parallel.fsdp={fsdp}: {err}") from None
     if cfg.train.batch_size % n:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not split over the {n} devices "
                           f"(data × fsdp = {n // fsdp} × {fsdp}): choose a multiple of {n}.")  # fmt: skip
-    return make_mesh(fsdp=fsdp) if fsdp > 1 else make_data_mesh()
+    return mesh
 
 
 def initial_parameters(source: str, params):

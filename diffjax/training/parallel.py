@@ -188,6 +188,16 @@ def state_shardings(state: PyTree, mesh: Mesh, min_size: int = FSDP_MIN_SIZE) ->
     return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(np.shape(x)), fsdp, min_size)), state)
 
 
+def _identity(tree):
+    return tree
+
+
+def _relayout(tree: PyTree, shardings: PyTree) -> PyTree:
+    """Global arrays moved on device to `shardings` (all-gather / slice). One module-level function,
+    so each layout compiles once (a fresh lambda per call would recompile every time)."""
+    return jax.jit(_identity, out_shardings=shardings)(tree)
+
+
 def place(tree: PyTree, shardings: PyTree) -> PyTree:
     """Host (or single-device) values → global arrays laid out by `shardings` (a matching tree of
     shardings). Every process must pass the same values (e.g. parameters initialised from the same
@@ -197,7 +207,7 @@ def place(tree: PyTree, shardings: PyTree) -> PyTree:
         if isinstance(x, jax.Array) and x.sharding == sharding:
             return x
         if isinstance(x, jax.Array) and x.is_fully_addressable is False:  # a global array: reshard on device
-            return jax.jit(lambda v: v, out_shardings=sharding)(x)
+            return _relayout(x, sharding)
         value = np.asarray(x)
         return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
@@ -220,7 +230,7 @@ def gather(tree: PyTree, mesh: Mesh) -> PyTree:
     """Global arrays (e.g. fsdp-split EMA parameters) → replicated copies on every device of `mesh`
     (an all-gather on device; every process then holds every value, e.g. to sample or to save)."""
     sharding = replicated_sharding(mesh)
-    return jax.jit(lambda t: t, out_shardings=jax.tree.map(lambda _: sharding, tree))(tree)
+    return _relayout(tree, jax.tree.map(lambda _: sharding, tree))
 
 
 def shard_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
