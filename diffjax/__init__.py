@@ -134,6 +134,12 @@ _LAZY = {  # heavier subpackages and helpers, imported on first use
     "available_pretrained": "diffjax.pretrained",
     "pretrained_card": "diffjax.pretrained",
     "save_pretrained": "diffjax.pretrained",
+    "latent": "diffjax.latent",  # latent diffusion (Rombach et al. 2022)
+    "LatentSpace": "diffjax.latent",
+    "autoencoder_loss": "diffjax.latent",
+    "encode_dataset": "diffjax.latent",
+    "decode_latents": "diffjax.latent",
+    "load_latent_space": "diffjax.training.workdir",
 }
 
 
@@ -167,5 +173,7 @@ __all__ = [
     "make_couplings", "average_velocity_and_derivative", "meanflow_loss", "meanflow_times",
     "pair_distillation_loss", "reflow_loss", "save_couplings", "straightness",
     "available_pretrained", "load_pretrained", "pretrained_card", "save_pretrained", "shortcut_loss",
-    "shortcut_times", "configure_xla_cpu",
+    "shortcut_times", "configure_xla_cpu", "LatentSpace", "autoencoder_loss", "decode_latents",
+    "encode_dataset",
+    "load_latent_space",
 ]  # fmt: skip

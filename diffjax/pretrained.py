@@ -97,6 +97,10 @@ def save_pretrained(trained: TrainedModel, path: str, card: dict | None = None, 
                          f"got {storage_dtype!r}.")
     if not path.endswith(".npz"):
         raise ValueError(f"save_pretrained: the weights file must end in .npz, got {path!r}.")
+    if trained.record.get("latent"):
+        raise ValueError("save_pretrained: a latent diffusion model needs its autoencoder too "
+                         f"({trained.record['latent']['autoencoder']}); shipping the pair is not supported "
+                         "yet.")
     flat = network_parameters(trained.model)
     bad = [k for k, v in flat.items() if not np.issubdtype(v.dtype, np.floating)]
     if bad:

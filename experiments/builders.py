@@ -205,6 +205,13 @@ def validate_config(cfg) -> None:
     fsdp = fsdp_setting(cfg)
     need(isinstance(fsdp, int) and fsdp >= 1,
          f"parallel.fsdp must be an integer >= 1 (1: pure data parallelism), got {fsdp!r}")
+    need(cfg.model.kind != "autoencoder",
+         "model.kind='autoencoder' is trained by experiments.train_autoencoder (its own config schema)")
+    need(not (latents_workdir(cfg) and couplings_file(cfg)),
+         "data.latents and data.couplings exclude each other (a latent model's couplings hold latents)")
+    need(not (latents_workdir(cfg) and s.clip_denoised),
+         "sample.clip_denoised clips x̂0 to the pixel range [−1, 1]; a latent model's x̂0 is a normalised "
+         "latent (std 1, not bounded): set sample.clip_denoised=False")
     need(not remat_enabled(cfg) or cfg.model.kind in ("unet", "dit"),
          f"model.remat recomputes U-Net and DiT blocks; model.kind={cfg.model.kind!r} has none")
     if problems:
@@ -310,6 +317,32 @@ def couplings_file(cfg) -> str:
     return cfg.data.get("couplings", "") or ""
 
 
+def latents_workdir(cfg) -> str:
+    """data.latents, '' when unset or absent (a config saved before the field existed)."""
+    return cfg.data.get("latents", "") or ""
+
+
+LATENTS_FILE = "latents.npz"  # written by experiments.train_autoencoder into its work directory
+
+
+def load_latents(cfg) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(latents z̃ (N, h, w, c), labels, the run record's `latent` entry) cached by
+    experiments.train_autoencoder in the work directory data.latents; a clear ConfigError otherwise."""
+    from diffjax.training.workdir import latent_record
+
+    path = os.path.join(latents_workdir(cfg), LATENTS_FILE)
+    if not os.path.isfile(path):
+        raise ConfigError(f"data.latents={latents_workdir(cfg)!r} has no {LATENTS_FILE}: train the "
+                          "autoencoder there first (python -m experiments.train_autoencoder --config "
+                          "experiments/configs/mnist_autoencoder.py --workdir ...).")  # fmt: skip
+    with np.load(path) as f:
+        latents, labels, shift, scale = f["latents"], f["labels"], float(f["shift"]), float(f["scale"])
+    image_shape = source_record(latents_workdir(cfg))["data_shape"]
+    if cfg.data.num_examples:
+        latents, labels = latents[: cfg.data.num_examples], labels[: cfg.data.num_examples]
+    return latents, labels, latent_record(latents_workdir(cfg), shift, scale, image_shape)
+
+
 def _on_stacked_pairs(loss):
     """loss(model, x, key) of the stacked pairs x (N, 2, *event) (`training_data`) from a pair loss
     loss(model, (noise, data), key)."""
@@ -317,11 +350,15 @@ def _on_stacked_pairs(loss):
 
 
 def training_data(cfg) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
-    """(examples, labels, event shape) a run trains on: the dataset `cfg.data`, or with data.couplings
-    the pairs of that file stacked as x (N, 2, *event) = (noise, sample), without labels (checked to
-    come from a model of this run's process)."""
+    """(examples, labels, event shape) a run trains on: the dataset `cfg.data`; with data.latents the
+    normalised latents of that autoencoder (`load_latents`); or with data.couplings the pairs of that
+    file stacked as x (N, 2, *event) = (noise, sample), without labels (checked to come from a model of
+    this run's process)."""
     from diffjax.reflow import load_couplings
 
+    if latents_workdir(cfg):
+        latents, labels, _ = load_latents(cfg)
+        return latents, labels, tuple(latents.shape[1:])
     if not couplings_file(cfg):
         data, labels = load_dataset(cfg.data.name, "train", cfg.data.data_dir or None, cfg.data.source,
                                     cfg.data.num_examples or None)  # fmt: skip
@@ -377,13 +414,24 @@ def parse_sampler_spec(spec: str, flag: str = "--sampler") -> tuple[str, int | N
     return name, steps, w
 
 
-def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_trajectory=False, x_init=None):
+def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_trajectory=False, x_init=None,
+             latent_space=None):
     """n samples from `model` (an NNX network with the parameters to use) with the configured sampler,
     classifier-free guidance for class-conditional models (labels cycle 0..C−1 unless given) and x̂0
     clipped to [−1, 1] when cfg.sample.clip_denoised. Few-step samplers: 'flow_map' jumps with a
     two-time network's average velocity (MeanFlow), 'consistency' is multistep consistency sampling;
     an ODE sampler runs a two-time network on its diagonal u(x, t, t) = v(x, t). x_init: the initial
-    noise (n, *data_shape) at t_noise instead of a prior draw from `key` (e.g. reflow's couplings)."""
+    noise (n, *data_shape) at t_noise instead of a prior draw from `key` (e.g. reflow's couplings).
+    latent_space: a latent model's `diffjax.latent.LatentSpace` (`TrainedModel.latent_space`): the
+    samples are decoded to images (the trajectory stays in latent space)."""
+    res = _generate(cfg, model, process, key, n, data_shape, labels=labels, save_trajectory=save_trajectory,
+                    x_init=x_init)  # fmt: skip
+    if latent_space is None:
+        return res
+    return res._replace(samples=jnp.asarray(dj.decode_latents(latent_space, res.samples)))
+
+
+def _generate(cfg, model, process, key, n, data_shape, *, labels, save_trajectory, x_init):
     n_cls = num_classes(cfg)
     if cfg.sample.sampler in FEW_STEP_SAMPLERS:
         return generate_few_step(cfg, model, process, key, n, data_shape, labels=labels, x_init=x_init)

@@ -86,9 +86,10 @@ def check_inputs(sources: list[str]) -> None:
             raise ConfigError(f"--samplers: {spec!r} names no number of steps (name:steps[:w], e.g. heun:10)")
     for source in sources:
         record = source_record(source)
-        if tuple(record["data_shape"]) != (28, 28, 1):
+        shape = tuple((record.get("latent") or {}).get("image_shape", record["data_shape"]))  # decoded
+        if shape != (28, 28, 1):
             raise ConfigError(f"{source}: FD-MNIST and the class metrics need an MNIST model (28×28×1); this "
-                              f"one generates {tuple(record['data_shape'])} (2-D: experiments.evaluate_2d).")
+                              f"one generates {shape} (2-D: experiments.evaluate_2d).")
         if FLAGS.sigma_rels and not record.get("posthoc_ema"):
             raise ConfigError(f"{source}: --sigma_rels needs a run trained with train.posthoc_ema.")
 
@@ -102,7 +103,9 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
     clip = bool(cfg.sample.get("clip_denoised", False))
     rows = []
     bpd = bpd_se = elbo = elbo_se = None
-    if FLAGS.bpd_examples:
+    if FLAGS.bpd_examples and trained.latent_space is not None:
+        print(f"{workdir}: a model of latents — its likelihood is not of the pixels: no bits/dim")
+    elif FLAGS.bpd_examples:
         x8 = np.round((test_x[: FLAGS.bpd_examples] + 1) * 127.5).astype(np.uint8)
         if not process.has_rates:  # the DDPM chain: its variational bound
             res = jax.jit(variational_bound)(model, process, x8 / np.float32(127.5) - 1, jax.random.key(0))
@@ -132,7 +135,7 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
         grid = "optimized" if spec == "grid_file" else cfg.sample.get("grid", "uniform")
         labels = np.arange(FLAGS.num) % 10 if num_classes(cfg) is not None else None
         res = generate(cfg, model, process, jax.random.key(1), FLAGS.num, trained.record["data_shape"],
-                       labels=labels)  # fmt: skip
+                       labels=labels, latent_space=trained.latent_space)  # fmt: skip
         samples = np.clip(np.asarray(res.samples), -1, 1)
         fd = frechet_distance(*feature_statistics(clf.features(samples)), *test_stats)
         hist = class_histogram(clf, samples)

@@ -96,7 +96,7 @@ def main(argv):
             hi = min(lo + FLAGS.batch, FLAGS.num)
             res = generate(cfg, trained.model, trained.process, jax.random.fold_in(k_steps, i), hi - lo,
                            data_shape, labels=None if labels is None else labels[lo:hi],
-                           x_init=noise[lo:hi])  # fmt: skip
+                           x_init=noise[lo:hi], latent_space=trained.latent_space)  # fmt: skip
             chunks.append(np.asarray(res.samples))
     samples = np.concatenate(chunks)
     if FLAGS.couplings:

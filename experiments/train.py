@@ -54,6 +54,8 @@ from experiments.builders import (
     couplings_file,
     fsdp_setting,
     generate,
+    latents_workdir,
+    load_latents,
     model_spec,
     network_spec,
     num_classes,
@@ -87,6 +89,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
 
     data, labels, data_shape = training_data(cfg)
+    latent = load_latents(cfg)[2] if latents_workdir(cfg) else None  # latent diffusion: decode samples
+    space = dj.load_latent_space(latent) if latent else None
     process = dj.build_process(process_spec(cfg))
     model = build_model(network_spec(cfg), cfg.seed)
     graphdef, params = nnx.split(model)
@@ -108,7 +112,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         params = initial_parameters(t.init_from, params)
     state = create_train_state(params, optimizer, jax.random.key(cfg.seed), num_posthoc=len(posthoc))
     record = run_record(model_spec(cfg), process_spec(cfg), optimizer_spec(cfg), data_shape, num_classes(cfg),
-                        posthoc)  # fmt: skip
+                        posthoc, latent)  # fmt: skip
     config_json = json.loads(cfg.to_json_best_effort())
     use_labels = labels if num_classes(cfg) is not None else None
 
@@ -118,7 +122,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
 
     def preview(step, state):
         model = wrap(nnx.merge(graphdef, gather(state.ema_params, mesh)))
-        res = generate(cfg, model, process, jax.random.key(step), 64, data_shape)
+        res = generate(cfg, model, process, jax.random.key(step), 64, data_shape, latent_space=space)
         if is_main and len(data_shape) == 3:  # an image model (U-Net, DiT): preview grids
             save_image_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), res.samples, 8)
             log_image(workdir, "samples", step, image_grid(res.samples, 8))  # also in TensorBoard
@@ -154,7 +158,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     n = cfg.sample.num_samples
     model = wrap(nnx.merge(graphdef, gather(result.state.ema_params, mesh)))
     res = generate(cfg, model, process, jax.random.key(10_000), n,
-                   data_shape, save_trajectory=cfg.model.kind == "mlp")  # fmt: skip
+                   data_shape, save_trajectory=cfg.model.kind == "mlp", latent_space=space)  # fmt: skip
     samples = np.asarray(res.samples)
     summary["nfe"] = int(res.nfe)
     if not is_main:

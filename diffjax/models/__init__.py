@@ -1,5 +1,5 @@
 """Networks (Flax NNX): the image `UNet` and diffusion transformer `DiT`, the low-dimensional
-`ResidualMLP`, and embeddings.
+`ResidualMLP`, embeddings, and the KL `Autoencoder` of latent diffusion (`diffjax.latent`).
 
 Functional use: `graphdef, params = nnx.split(model)` (the models hold only `nnx.Param`s) and
 `nnx.merge(graphdef, params)(x, t, y, rngs=key)` inside a jitted step; `rngs=None` disables dropout.
@@ -10,20 +10,23 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from diffjax.models.autoencoder import Autoencoder, AutoencoderConfig
 from diffjax.models.dit import DiT, DiTConfig
 from diffjax.models.embeddings import TimeEmbedding, fourier_embedding, null_labels, sinusoidal_embedding
 from diffjax.models.mlp import ResidualMLP, ResidualMLPConfig
 from diffjax.models.uncertainty import UncertaintyWeight, WithUncertainty
 from diffjax.models.unet import UNet, UNetConfig
 
-MODELS = {"unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig), "mlp": (ResidualMLP, ResidualMLPConfig)}
+MODELS = {"unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig), "mlp": (ResidualMLP, ResidualMLPConfig),
+          "autoencoder": (Autoencoder, AutoencoderConfig)}
 
 
 def build_model(spec: dict, seed: int = 0) -> nnx.Module:
-    """The network spec['kind'] ('unet', 'dit' or 'mlp') with the other entries as its config fields
-    (including `prediction`), initialised from `seed`. A 'preconditioning' entry describes how the
-    network is wrapped (`diffjax.preconditioning.apply_preconditioning`), not the network: ignored here.
-    'learned_weighting': True bundles the network with EDM2's learned loss weighting (`WithUncertainty`)."""
+    """The network spec['kind'] ('unet', 'dit', 'mlp' or 'autoencoder') with the other entries as its
+    config fields (including `prediction`), initialised from `seed`. A 'preconditioning' entry describes
+    how the network is wrapped (`diffjax.preconditioning.apply_preconditioning`), not the network:
+    ignored here. 'learned_weighting': True bundles the network with EDM2's learned loss weighting
+    (`WithUncertainty`)."""
     spec = dict(spec)
     spec.pop("preconditioning", None)
     learned_weighting = spec.pop("learned_weighting", False)
@@ -48,7 +51,8 @@ def count_params(tree) -> int:
 
 
 __all__ = [
-    "DiT", "DiTConfig", "MODELS", "ResidualMLP", "ResidualMLPConfig", "TimeEmbedding", "UNet", "UNetConfig",
+    "Autoencoder", "AutoencoderConfig", "DiT", "DiTConfig", "MODELS", "ResidualMLP", "ResidualMLPConfig",
+    "TimeEmbedding", "UNet", "UNetConfig",
     "UncertaintyWeight", "WithUncertainty", "build_model",
     "count_params", "fourier_embedding", "null_labels", "sinusoidal_embedding",
 ]  # fmt: skip

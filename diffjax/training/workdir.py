@@ -10,6 +10,8 @@ to rebuild and use its parameters without the config file that produced them:
     data_shape the shape of one example, e.g. [28, 28, 1]
     num_classes the number of classes of a class-conditional model (null label = num_classes) or None
     posthoc_ema the widths σ_rel of the power-function EMAs the state tracks (absent: none)
+    latent     for a model of an autoencoder's latents: {"autoencoder": its work directory, "shift",
+               "scale", "image_shape"} (`latent_record`; absent: a model of the data itself)
 
 A resumed run must agree with the record on the network, the process, the data shape and classes
 and the optimizer state's structure (gradient clipping on or off) (`check_resumable`): a changed
@@ -41,10 +43,10 @@ from diffjax.training.checkpoint import Checkpointer
 from diffjax.training.posthoc_ema import SnapshotStore, reconstruct_from_store
 from diffjax.training.state import create_train_state, make_optimizer
 
-RUN_FIELDS = ("model", "process", "optimizer", "data_shape", "num_classes", "posthoc_ema")
+RUN_FIELDS = ("model", "process", "optimizer", "data_shape", "num_classes", "posthoc_ema", "latent")
 # what a resumed run must share with its checkpoints: everything that gives the parameters their
 # meaning or the state its structure (learning rate, schedule length, batch size, seed may change)
-MUST_MATCH = ("model", "process", "data_shape", "num_classes", "gradient_clipping", "posthoc_ema")
+MUST_MATCH = ("model", "process", "data_shape", "num_classes", "gradient_clipping", "posthoc_ema", "latent")
 
 
 class RunMismatchError(ValueError):
@@ -55,7 +57,9 @@ class TrainedModel(NamedTuple):
     """model: the network with the restored (EMA) parameters (wrapped by its preconditioning, if the
     run used one: `diffjax.preconditioning`); process: what it was trained on;
     step: the checkpoint's step; record: the run record; num_classes: None if unconditional;
-    residual: for a post-hoc EMA, the relative residual of its profile's reconstruction (else None)."""
+    residual: for a post-hoc EMA, the relative residual of its profile's reconstruction (else None);
+    latent_space: for a model of an autoencoder's latents, the `diffjax.latent.LatentSpace` its
+    samples decode through (`LatentSpace.decode`, `diffjax.latent.decode_latents`), else None."""
 
     model: nnx.Module
     process: GaussianProcess
@@ -63,17 +67,20 @@ class TrainedModel(NamedTuple):
     record: dict
     num_classes: int | None
     residual: float | None = None
+    latent_space: object | None = None
 
 
 def run_record(
     model: dict, process: dict, optimizer: dict, data_shape, num_classes: int | None = None,
-    posthoc_ema: tuple[float, ...] = (),
+    posthoc_ema: tuple[float, ...] = (), latent: dict | None = None,
 ) -> dict:  # fmt: skip
     """The run record of the module docstring, in the form it has once saved as JSON (tuples as lists)."""
     record = {"model": dict(model), "process": dict(process), "optimizer": dict(optimizer),
               "data_shape": [int(d) for d in data_shape], "num_classes": num_classes}  # fmt: skip
     if posthoc_ema:
         record["posthoc_ema"] = [float(s) for s in posthoc_ema]
+    if latent:
+        record["latent"] = dict(latent)
     return json.loads(json.dumps(record))
 
 
@@ -132,15 +139,15 @@ def read_record(workdir: str) -> dict:
     return meta["run"]
 
 
-def load_model(
+def restore_network(
     workdir: str, *, ema: bool = True, seed: int = 0, sigma_rel: float | None = None
-) -> TrainedModel:
-    """The trained network of a work directory (EMA parameters unless ema=False; with `sigma_rel` the
-    post-hoc EMA of that width reconstructed from `<workdir>/ema_snapshots` at its last snapshot), its
-    process and step, from the newest good checkpoint and its run record (module docstring)."""
+) -> tuple[nnx.Module, int, dict, float | None]:
+    """(network, step, run record, residual) of the newest good checkpoint in `workdir`: the network of
+    the record with its EMA parameters (the raw ones if ema=False; with `sigma_rel` the post-hoc EMA of
+    that width reconstructed from `<workdir>/ema_snapshots` at its last snapshot, and the relative
+    residual of that reconstruction), unwrapped (no preconditioning)."""
     record = read_record(workdir)
-    model = build_model(record["model"], seed)
-    graphdef, params = nnx.split(model)
+    graphdef, params = nnx.split(build_model(record["model"], seed))
     optimizer, _ = make_optimizer(**record["optimizer"])
     tracked = tuple(record.get("posthoc_ema") or ())
     target = create_train_state(params, optimizer, jax.random.key(0), num_posthoc=len(tracked))
@@ -161,14 +168,52 @@ def load_model(
             step = store.steps()[-1]
         finally:
             store.close()
+    return nnx.merge(graphdef, chosen), step, record, residual
+
+
+def load_model(
+    workdir: str, *, ema: bool = True, seed: int = 0, sigma_rel: float | None = None
+) -> TrainedModel:
+    """The trained network of a work directory (EMA parameters unless ema=False; with `sigma_rel` the
+    post-hoc EMA of that width reconstructed from `<workdir>/ema_snapshots` at its last snapshot), its
+    process and step, from the newest good checkpoint and its run record (module docstring). A model of
+    latents comes with the latent space its samples decode through (`latent_space`)."""
+    network, step, record, residual = restore_network(workdir, ema=ema, seed=seed, sigma_rel=sigma_rel)
+    if record["model"].get("kind") == "autoencoder":
+        raise ValueError(f"{workdir} holds an autoencoder, not a diffusion model: load it with "
+                         "dj.load_latent_space, or load the latent model trained on it.")  # fmt: skip
     process = build_process(record["process"])
-    network = nnx.merge(graphdef, chosen)
     model = apply_preconditioning(network, process, record["model"].get("preconditioning"))
-    return TrainedModel(model, process, step, record, record.get("num_classes"), residual)
+    space = load_latent_space(record["latent"]) if record.get("latent") else None
+    return TrainedModel(model, process, step, record, record.get("num_classes"), residual, space)
+
+
+def latent_record(autoencoder_workdir: str, shift: float, scale: float, image_shape) -> dict:
+    """The `latent` entry of a latent model's run record: the autoencoder's work directory (as given),
+    the normalisation z̃ = (z − shift) · scale (`diffjax.latent`) and the shape of one decoded image."""
+    return {"autoencoder": autoencoder_workdir, "shift": float(shift), "scale": float(scale),
+            "image_shape": [int(d) for d in image_shape]}  # fmt: skip
+
+
+def load_latent_space(spec: dict | str, seed: int = 0):
+    """The `diffjax.latent.LatentSpace` of a latent model's record entry `spec` (`latent_record`), or
+    of an autoencoder work directory (shift 0, scale 1): the autoencoder with its EMA parameters."""
+    from diffjax.latent import LatentSpace
+
+    spec = {"autoencoder": spec} if isinstance(spec, str) else spec
+    workdir = spec["autoencoder"]
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"The autoencoder of this latent model, {workdir!r}, is not a work "
+                                "directory with checkpoints (a relative path is taken from the current "
+                                "directory).")  # fmt: skip
+    network, _, record, _ = restore_network(workdir, seed=seed)
+    if record["model"].get("kind") != "autoencoder":
+        raise ValueError(f"{workdir} holds a {record['model'].get('kind')!r} network, not an autoencoder.")
+    return LatentSpace(network, spec.get("shift", 0.0), spec.get("scale", 1.0))
 
 
 __all__ = [
     "MUST_MATCH", "RUN_FIELDS", "RunMismatchError", "TrainedModel", "check_resumable", "differences",
-    "load_model", "read_record", "run_record",
+    "latent_record", "load_latent_space", "load_model", "read_record", "restore_network", "run_record",
 ]  # fmt: skip
 

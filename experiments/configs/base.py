@@ -13,8 +13,10 @@ def get_config():
     c.seed = 0
     # data.name: checkerboard | moons | eight_gaussians | spirals | mnist | cifar10 ...;
     # num_examples 0 = all (toys: how many to draw); couplings: a .npz of (noise, sample) pairs written by
-    # `experiments.sample --couplings`, the training data of loss.name reflow | pair_distillation
-    c.data = dict(name="checkerboard", data_dir="", source="auto", num_examples=0, couplings="")
+    # `experiments.sample --couplings`, the training data of loss.name reflow | pair_distillation;
+    # latents: the work directory of an autoencoder (experiments.train_autoencoder): train on its cached,
+    # normalised latents of data.name (latent diffusion; samples are decoded to images)
+    c.data = dict(name="checkerboard", data_dir="", source="auto", num_examples=0, couplings="", latents="")
     # model.kind: mlp | unet | dit; model.prediction: eps | x0 | score | v | velocity;
     # model.preconditioning: none | edm (EDM's c_skip/c_out/c_in/c_noise with sigma_data; needs prediction x0)
     #   | consistency (Song et al.'s boundary-respecting c_skip/c_out: a consistency model f(x, t))
