@@ -23,16 +23,17 @@
 # $x_t = t\,x_1 + (1-t)\,\varepsilon$ and the network predicts the velocity
 # $u_\theta(x, t) \approx \mathbb E[x_1 - \varepsilon \mid x_t = x]$.
 #
-# **Which model.** If a work directory written by `experiments.train` exists —
-# `$DIFFJAX_MNIST_WORKDIR`, else `outputs/mnist_fm` — its newest checkpoint is loaded with
-# `dj.load_model(workdir)` (the network with its EMA parameters, its process and its number of
-# classes, all from the run record saved with the checkpoint). Otherwise a tiny
-# *class-conditional* model (the `mnist_cfg` setup, shrunk) is trained here for a few dozen steps
-# with the library alone (`diffjax.models`, `diffjax.training`, `diffjax.data`) into a temporary
-# work directory, and loaded the same way: its samples are blobs, not digits, but every cell runs,
-# and classifier-free guidance is always shown. (With `DIFFJAX_NB_QUICK=1` the fallback network is
-# a residual MLP on the flattened $28\times28$ images instead of the U-Net, whose training step
-# takes 30–60 s to compile on 2 CPU cores.) Train a real one from the repository root with
+# **Which model.** If `$DIFFJAX_MNIST_WORKDIR` names a work directory written by `experiments.train`,
+# its newest checkpoint is loaded with `dj.load_model(workdir)` (the network with its EMA parameters,
+# its process and its number of classes, all from the run record saved with the checkpoint).
+# Otherwise the class-conditional network shipped with the package is loaded with
+# `dj.load_pretrained("mnist_cfg")` (the same `TrainedModel`; no training, no download), so every
+# cell shows real digits and classifier-free guidance. With `DIFFJAX_NB_QUICK=1` (the test suite) a
+# tiny class-conditional model — a residual MLP on the flattened $28\times28$ images, the `mnist_cfg`
+# setup shrunk — is trained here for a few dozen steps with the library alone (`diffjax.models`,
+# `diffjax.training`, `diffjax.data`) into a temporary work directory and loaded the same way: its
+# samples are blobs, not digits, but every cell runs in seconds. Train your own from the repository
+# root with
 #
 #     python -m experiments.train --config experiments/configs/mnist_cfg.py \
 #         --workdir outputs/mnist_cfg --config.data.data_dir=../shared/data/mnist
@@ -73,7 +74,7 @@ from diffjax.viz import image_grid
 ROOT = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "diffjax" / "__init__.py").exists()),
             Path.cwd())  # fmt: skip
 QUICK = os.environ.get("DIFFJAX_NB_QUICK", "0") == "1"
-WORKDIR = Path(os.environ.get("DIFFJAX_MNIST_WORKDIR", ROOT / "outputs" / "mnist_fm"))
+WORKDIR = os.environ.get("DIFFJAX_MNIST_WORKDIR")  # else the pretrained mnist_cfg (QUICK: a tiny model)
 DATA_DIR = Path(os.environ.get("DIFFJAX_DATA_DIR", ROOT.parent / "shared" / "data" / "mnist"))
 FALLBACK_STEPS = 40  # training steps of the tiny in-notebook model
 N_SAMPLES = 20 if QUICK else 40  # images per grid (labels cycle through 0..9)
@@ -107,25 +108,27 @@ except DatasetNotFoundError as err:
     data = labels = None
     print(
         f"MNIST IDX files not found ({err.reason}).\nSet DIFFJAX_DATA_DIR to the directory "
-        "holding train-images-idx3-ubyte.gz etc. Without data and without a checkpoint the "
-        "fallback model below stays untrained: the notebook runs, its samples are noise."
+        "holding train-images-idx3-ubyte.gz etc. (The pretrained model needs no data; the quick "
+        "fallback model below then stays untrained: the notebook runs, its samples are noise.)"
     )
 
 # %% [markdown]
-# ## The model: a checkpoint, or a tiny one trained here
+# ## The model: a checkpoint, the pretrained one, or a tiny one trained here
 #
-# `dj.load_model(workdir)` returns a `TrainedModel(model, process, step, record, num_classes)`:
+# `dj.load_model(workdir)` (and `dj.load_pretrained(name)`) returns a `TrainedModel(model, process, step, record, num_classes)`:
 # `model` is the NNX network with the EMA parameters; it declares its prediction type
 # (`model.prediction`), so the samplers need no `prediction=`.
 
 # %%
-try:
-    trained = dj.load_model(str(WORKDIR))
+if WORKDIR:
+    trained = dj.load_model(WORKDIR)
     print(f"loaded {WORKDIR} at step {trained.step}")
-except FileNotFoundError as err:
+elif not QUICK:
+    trained = dj.load_pretrained("mnist_cfg")
+    print("loaded the pretrained mnist_cfg:", dj.pretrained_card("mnist_cfg")["description"])
+else:
     trained = None
-    print(f"No checkpoint ({err}); training a tiny class-conditional model for "
-          f"{FALLBACK_STEPS} steps instead.")  # fmt: skip
+    print(f"DIFFJAX_NB_QUICK=1: training a tiny class-conditional model for {FALLBACK_STEPS} steps.")
 
 # %% [markdown]
 # The fallback, with the library only, wired as `experiments.train` does: the network from a spec
@@ -138,16 +141,12 @@ except FileNotFoundError as err:
 
 # %%
 if trained is None:
-    model_spec = dict(kind="unet", prediction="velocity", in_channels=1, image_size=28, channels=8,
-                      channel_mults=(1, 2, 4), num_res_blocks=1, attention_resolutions=(7,), num_groups=4,
-                      time_scale=1000.0, num_classes=10)  # fmt: skip
-    if QUICK:  # the same setup with a small residual MLP on flattened images (fast to compile)
-        model_spec = dict(kind="mlp", prediction="velocity", dim=int(np.prod(IMAGE_SHAPE)), width=256,
-                          depth=2, num_classes=10)  # fmt: skip
+    model_spec = dict(kind="mlp", prediction="velocity", dim=int(np.prod(IMAGE_SHAPE)), width=256, depth=2,
+                      num_classes=10)  # fmt: skip
     process_spec = {"name": "condot"}
     optimizer_spec = dict(learning_rate=2e-3, warmup_steps=5, total_steps=FALLBACK_STEPS)
     seed, batch_size = 0, 32
-    data_shape = IMAGE_SHAPE if model_spec["kind"] == "unet" else (int(np.prod(IMAGE_SHAPE)),)
+    data_shape = (int(np.prod(IMAGE_SHAPE)),)
 
     graphdef, params = nnx.split(build_model(model_spec, seed))
     optimizer, schedule = make_optimizer(**optimizer_spec)
