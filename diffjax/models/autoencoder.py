@@ -40,7 +40,7 @@ class AutoencoderConfig:
     in_channels: int = 1
     image_size: int = 28
     channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2)
+    channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
     latent_channels: int = 4
     num_groups: int = 8
