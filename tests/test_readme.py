@@ -1,5 +1,6 @@
-"""Every Python snippet of the README runs as written, and every command line it shows names a module
-and flags that exist.
+"""Every Python snippet of the README runs as written, every command line it shows names a module and
+flags that exist, and each script's commands that read a trained run fail, where none was trained, with
+a one-line message naming what is missing.
 
 Python blocks run in order in one fresh interpreter (cwd = the repository root, so `outputs/demo` is
 the demo's work directory). A block that loads a trained model needs `make demo`'s work directory: here
@@ -71,3 +72,28 @@ def test_every_command_names_a_module_and_flags_that_exist(line):
         name = flag[2:]
         known = f"--{name}" in text or f"--[no]{name}" in text or f"--[no]{name.removeprefix('no')}" in text
         assert known, f"{module} has no flag {flag}"
+
+
+def needs_a_run() -> dict[str, str]:
+    """module → the first README command of it that reads a work directory or file under outputs/
+    (made by a training run the README shows)."""
+    first = {}
+    for line in commands():
+        words = shlex.split(line)
+        module = words[words.index("-m") + 1]
+        if "outputs/" in line and module != "experiments.train":
+            first.setdefault(module, line)
+    return first
+
+
+@pytest.mark.parametrize("line", list(needs_a_run().values()), ids=list(needs_a_run()))
+def test_commands_that_need_a_trained_run_fail_with_a_clear_message(line, tmp_path):
+    """Run as written where nothing has been trained (an empty directory): a one-line error naming the
+    missing work directory or file and a non-zero status, no traceback."""
+    words = shlex.split(line)
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, *words[words.index("-m"):]], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=env)  # fmt: skip
+    missing = next(w for w in words if w.startswith("outputs/")).split(",")[0]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert missing in proc.stderr + proc.stdout, proc.stderr[-3000:]
