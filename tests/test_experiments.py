@@ -94,7 +94,7 @@ def test_configs_are_validated_before_any_work(edit, match):
 
 def test_every_config_validates_and_the_cli_lists_its_use():
     names = ("base", "checkerboard_fm", "mnist_ddpm", "mnist_fm", "mnist_cfg", "mnist_vp", "mnist_edm",
-             "cifar10", "mnist_dit")
+             "cifar10", "mnist_dit", "mnist_latent_dit")
     for name in names:
         module = __import__(f"experiments.configs.{name}", fromlist=["get_config"])
         validate_config(module.get_config())
