@@ -47,24 +47,22 @@ before JAX starts unless `--xla-defaults`. CPU only.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import jax
 import jax.numpy as jnp
+import machine
 import numpy as np
 import optax
 import torch
 import torch.nn.functional as F
 from flax import nnx
-from machine import LoadRecord, add_load_arguments, check_idle, format_spread, pin_threads
+from timing import JaxTrainStep, LibraryResult, first_call, paired_ratio, paired_rounds
 from torch import nn
 
 from diffjax.losses import cfm_loss, denoising_loss, uniform_time
@@ -283,50 +281,15 @@ def check_against_diffjax(cfg: DiTConfig, path: CondOTPath) -> dict:
 # ==============================================================================================
 # The two training steps
 # ==============================================================================================
-@dataclass
-class Compiled:
-    """A compiled jax program, its compile time (lower + compile) and XLA's FLOP count."""
-
-    fn: Callable
-    compile_s: float
-    flops: float
-
-
-def compile_jax(jitted, *args) -> Compiled:
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):  # older jax: one dict per program
-        cost = cost[0] if cost else {}
-    return Compiled(compiled, compile_s, float((cost or {}).get("flops", float("nan"))))
-
-
-class JaxTrainer:
+class JaxTrainer(JaxTrainStep):
     """Plain step (CFM loss, gradient, Adam update) on (params, opt_state, key), all donated."""
 
     def __init__(self, model: DiT, path: CondOTPath, x: jax.Array):
-        self.graphdef, params = nnx.split(model)
-        self.optimizer = optax.adam(LR)
-        self.path, self.x = path, x
-        self.carry = (params, self.optimizer.init(params), jax.random.key(0))
-        jitted = jax.jit(self._step, donate_argnums=(0, 1, 2))
-        self.compiled = compile_jax(jitted, *self.carry, x)
+        self.path = path
+        super().__init__(model, optax.adam(LR), x)
 
-    def loss(self, params, x, key):
-        model = nnx.merge(self.graphdef, params)
+    def model_loss(self, model, x, key):
         return cfm_loss(model, x, key, process=self.path, time_sampler=uniform_time(self.path, 0.0))
-
-    def _step(self, params, opt_state, key, x):
-        key, sub = jax.random.split(key)
-        loss, grads = jax.value_and_grad(self.loss)(params, x, sub)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, key, loss
-
-    def __call__(self):
-        *self.carry, loss = self.compiled.fn(*self.carry, self.x)
-        jax.block_until_ready(loss)
-        return loss
 
 
 class TorchTrainer:
@@ -352,9 +315,7 @@ class TorchTrainer:
 # Timing
 # ==============================================================================================
 @dataclass
-class Result:
-    library: str
-    params: int
+class Result(LibraryResult):
     first_step_s: float = float("nan")  # jax: first run after compiling; torch: first step
     compile_s: float = float("nan")
     round_s: list[float] = field(default_factory=list)  # seconds per round of `steps` steps
@@ -363,67 +324,22 @@ class Result:
         return per_round / statistics.median(self.round_s) if self.round_s else float("nan")
 
 
-def first_call(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def paired_rounds(fns: dict[str, Callable], warmup: int, rounds: int, steps: int) -> dict[str, list[float]]:
-    """`warmup` untimed calls of each, then `rounds` rounds timing `steps` consecutive calls of each
-    library in turn; which library goes first alternates between rounds."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    order = list(fns)
-    for r in range(rounds):
-        for name in order if r % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fns[name]()
-            times[name].append(time.perf_counter() - t0)
-        print(f"    round {r + 1}/{rounds}: " + ", ".join(
-            f"{n} {1e3 * ts[-1] / steps:.0f} ms/step" for n, ts in times.items()), flush=True)  # fmt: skip
-    return times
-
-
 # ==============================================================================================
 # Report
 # ==============================================================================================
-def machine_info() -> dict:
+def dit_machine_info() -> dict:
     from importlib.metadata import version
 
     return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
-        "jax_devices": str(jax.devices()),
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "(unset: XLA defaults)"),
-        "flax": version("flax"),
-        "optax": version("optax"),
+        **machine.machine_info(),
         "diffjax": version("diffjax"),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
 
 
-def _fmt(v: float, spec: str = ".1f") -> str:
-    return "—" if v != v else format(v, spec)
-
-
-def paired_ratio(slow_times: list[float], fast_times: list[float]) -> tuple[float, float, float]:
-    """(median, min, max) over rounds of time_a / time_b for the rounds timed together."""
-    ratios = [a / b for a, b in zip(slow_times, fast_times, strict=True)]
-    return (statistics.median(ratios), min(ratios), max(ratios)) if ratios else (float("nan"),) * 3
-
-
 def markdown(results: dict[str, Result], cfg: DiTConfig, flops: float, checks: dict, env: dict, args,
-             load: LoadRecord) -> str:  # fmt: skip
+             load: machine.LoadRecord) -> str:  # fmt: skip
     names = list(results)
     per_round = args.steps * args.batch
     size, p = cfg.image_size, cfg.patch_size
@@ -445,21 +361,21 @@ def markdown(results: dict[str, Result], cfg: DiTConfig, flops: float, checks: d
         "",
         load.describe() + ".",
         "",
-        "| | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-        "| params | " + " | ".join(f"{results[n].params:,}" for n in names) + " |",
-        "| train img/s (median) | " + " | ".join(_fmt(results[n].img_s(per_round)) for n in names) + " |",
+        *machine.table_head(names, {n: r.params for n, r in results.items()}),
+        "| train img/s (median) | " + " | ".join(
+            machine.format_cell(results[n].img_s(per_round)) for n in names) + " |",
         "| train img/s min / median / max | " + " | ".join(
-            format_spread(results[n].round_s, per=per_round, unit="img/s") for n in names) + " |",
+            machine.format_spread(results[n].round_s, per=per_round, unit="img/s") for n in names) + " |",
         "| train ms/step min / median / max | " + " | ".join(
-            format_spread([s / args.steps for s in results[n].round_s]) for n in names) + " |",
-        "| compile s | " + " | ".join(_fmt(results[n].compile_s, ".2f") for n in names) + " |",
-        "| first step s | " + " | ".join(_fmt(results[n].first_step_s, ".2f") for n in names) + " |",
+            machine.format_spread([s / args.steps for s in results[n].round_s]) for n in names) + " |",
+        "| compile s | " + " | ".join(machine.format_cell(results[n].compile_s, ".2f") for n in names) + " |",
+        "| first step s | " + " | ".join(
+            machine.format_cell(results[n].first_step_s, ".2f") for n in names) + " |",
     ]  # fmt: skip
     if flops == flops:
         lines.append("| GFLOP/s (XLA count) | " + " | ".join(
-            _fmt(flops / statistics.median(results[n].round_s) * args.steps / 1e9) if results[n].round_s
-            else "—" for n in names) + " |")  # fmt: skip
+            machine.format_cell(flops / statistics.median(results[n].round_s) * args.steps / 1e9)
+            if results[n].round_s else "—" for n in names) + " |")  # fmt: skip
     lines += [
         "",
         f"diffjax / torch speed (> 1: diffjax faster), median of the rounds' paired ratios [min, max]: "
@@ -491,9 +407,9 @@ def main() -> None:
                     help="markdown report; the JSON goes next to it (default bench/results/dit.md)")
     ap.add_argument("--xla-defaults", action="store_true",
                     help="leave XLA_FLAGS as they are (no diffjax.configure_xla_cpu())")
-    add_load_arguments(ap)
+    machine.add_load_arguments(ap)
     args = ap.parse_args()
-    load = check_idle(args)
+    load = machine.check_idle(args)
     if args.quick:
         args.rounds, args.steps, args.warmup = 1, 1, 0
     if min(args.rounds, args.steps, args.batch) < 1 or args.warmup < 0:
@@ -504,8 +420,8 @@ def main() -> None:
     if not args.xla_defaults:
         configure_xla_cpu()
     jax.config.update("jax_platforms", "cpu")
-    threads = pin_threads(args.threads)
-    env = machine_info()
+    threads = machine.pin_threads(args.threads)
+    env = dit_machine_info()
     env["threads"] = threads
     t_start = time.perf_counter()
 
@@ -543,7 +459,8 @@ def main() -> None:
     print(f"  compile {jtrain.compiled.compile_s:.1f} s, first run {results['diffjax'].first_step_s:.2f} s; "
           f"torch first step {results['torch'].first_step_s:.2f} s", flush=True)  # fmt: skip
     trainers = {"diffjax": jtrain, "torch": ttrain}
-    for name, ts in paired_rounds(trainers, args.warmup, args.rounds, args.steps).items():
+    times = paired_rounds(trainers, args.warmup, args.rounds, args.steps, alternate=True, unit="ms/step")
+    for name, ts in times.items():
         results[name].round_s = ts
     losses = {n: float(fn()) for n, fn in trainers.items()}
     if not all(np.isfinite(v) for v in losses.values()):

@@ -45,22 +45,20 @@ compute for jax (`UNetConfig(dtype='bfloat16')`, float32 parameters) and torch a
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import jax
 import jax.numpy as jnp
+import machine
 import numpy as np
 import optax
 import torch
 from flax import nnx
-from machine import LoadRecord, add_load_arguments, check_idle, format_spread, pin_threads
+from timing import JaxTrainStep, LibraryResult, compile_jax, first_call, format_paired_ratio, paired_rounds
 
 from diffjax.losses import dsm_loss, uniform_time
 from diffjax.models import UNet, UNetConfig, count_params
@@ -133,51 +131,16 @@ def check_torch_vp(vp: VPSDE) -> float:
 # ==============================================================================================
 # diffjax side
 # ==============================================================================================
-@dataclass
-class Compiled:
-    """A compiled jax program, its compile time (lower + compile) and XLA's FLOP count."""
-
-    fn: Callable
-    compile_s: float
-    flops: float
-
-
-def compile_jax(jitted, *args) -> Compiled:
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):  # older jax: one dict per program
-        cost = cost[0] if cost else {}
-    return Compiled(compiled, compile_s, float((cost or {}).get("flops", float("nan"))))
-
-
-class JaxTrainer:
+class JaxTrainer(JaxTrainStep):
     """Plain step (loss, gradient, AdamW update) on (params, opt_state, key), all donated."""
 
     def __init__(self, model: UNet, vp: VPSDE, x: jax.Array):
-        self.graphdef, params = nnx.split(model)
-        self.optimizer = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
-        self.vp, self.x = vp, x
-        self.carry = (params, self.optimizer.init(params), jax.random.key(0))
-        jitted = jax.jit(self._step, donate_argnums=(0, 1, 2))
-        self.compiled = compile_jax(jitted, *self.carry, x)
+        self.vp = vp
+        super().__init__(model, optax.adamw(LR, weight_decay=WEIGHT_DECAY), x)
 
-    def loss(self, params, x, key):
-        model = nnx.merge(self.graphdef, params)
+    def model_loss(self, model, x, key):
         return dsm_loss(model, x, key, process=self.vp, weighting="eps",
                         time_sampler=uniform_time(self.vp, T_EPS))  # fmt: skip
-
-    def _step(self, params, opt_state, key, x):
-        key, sub = jax.random.split(key)
-        loss, grads = jax.value_and_grad(self.loss)(params, x, sub)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, key, loss
-
-    def __call__(self):
-        *self.carry, loss = self.compiled.fn(*self.carry, self.x)
-        jax.block_until_ready(loss)
-        return loss
 
 
 class JaxProjectTrainer:
@@ -254,9 +217,7 @@ class TorchSampler:
 # Timing
 # ==============================================================================================
 @dataclass
-class Result:
-    library: str
-    params: int
+class Result(LibraryResult):
     train_first_s: float = float("nan")  # jax: first run after compiling; torch: first step
     train_compile_s: float = float("nan")
     sample_first_s: float = float("nan")
@@ -271,29 +232,6 @@ class Result:
     @property
     def sample_img_s(self) -> float:
         return BATCH / statistics.median(self.sample_call_s) if self.sample_call_s else float("nan")
-
-
-def first_call(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def interleaved(fns: dict[str, Callable], warmup: int, rounds: int) -> dict[str, list[float]]:
-    """`warmup` untimed calls of each, then `rounds` rounds of one timed call of each."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for r in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-        if rounds <= 20 or (r + 1) % 10 == 0:
-            print(f"    round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} {1e3 * ts[-1]:.0f} ms" for n, ts in times.items()), flush=True)  # fmt: skip
-    return times
 
 
 # ==============================================================================================
@@ -329,21 +267,11 @@ def gpu_report(results: dict[str, Result], flops: dict[str, float], bf16: bool) 
 # ==============================================================================================
 # Report
 # ==============================================================================================
-def machine_info(device: str) -> dict:
+def unet_machine_info(device: str) -> dict:
     from importlib.metadata import version
 
     info = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
-        "jax_devices": str(jax.devices()),
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "(unset: XLA defaults)"),
-        "flax": version("flax"),
-        "optax": version("optax"),
+        **machine.machine_info(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "diffusers": version("diffusers"),
@@ -354,22 +282,8 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def _fmt(v: float, spec: str = ".1f") -> str:
-    return "—" if v != v else format(v, spec)
-
-
-def paired_ratio(slow_times: list[float], fast_times: list[float]) -> str:
-    """Median [min, max] over rounds of time_a / time_b for the calls timed in the same round:
-    slow spells of the machine hit both calls of a round, so the paired ratio is steadier than
-    the ratio of the two medians."""
-    ratios = [a / b for a, b in zip(slow_times, fast_times, strict=True)]
-    if not ratios:
-        return "—"
-    return f"{statistics.median(ratios):.2f}× [{min(ratios):.2f}, {max(ratios):.2f}]"
-
-
 def markdown(results: dict[str, Result], flops: dict, env: dict, args, gpu: dict | None,
-             load: LoadRecord) -> str:
+             load: machine.LoadRecord) -> str:
     names = list(results)
     lines = [
         f"## U-Net benchmark — {env['date']}, {env['threads']} threads, device "
@@ -382,42 +296,40 @@ def markdown(results: dict[str, Result], flops: dict, env: dict, args, gpu: dict
         "",
         load.describe() + ".",
         "",
-        "| | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-        "| params | " + " | ".join(f"{results[n].params:,}" for n in names) + " |",
-        "| train img/s | " + " | ".join(_fmt(results[n].train_img_s) for n in names) + " |",
-        "| sample img/s (1 NFE) | " + " | ".join(_fmt(results[n].sample_img_s) for n in names)
+        *machine.table_head(names, {n: r.params for n, r in results.items()}),
+        "| train img/s | " + " | ".join(machine.format_cell(results[n].train_img_s) for n in names) + " |",
+        "| sample img/s (1 NFE) | " + " | ".join(machine.format_cell(results[n].sample_img_s) for n in names)
         + " |",
         "| train ms/step min / median / max | " + " | ".join(
-            format_spread(results[n].train_step_s) for n in names) + " |",
+            machine.format_spread(results[n].train_step_s) for n in names) + " |",
         "| sample ms/call min / median / max | " + " | ".join(
-            format_spread(results[n].sample_call_s) for n in names) + " |",
-        "| train: compile s | " + " | ".join(_fmt(results[n].train_compile_s, ".2f")
-                                            for n in names) + " |",
-        "| train: first step s | " + " | ".join(_fmt(results[n].train_first_s, ".2f")
-                                               for n in names) + " |",
-        "| sample: compile s | " + " | ".join(_fmt(results[n].sample_compile_s, ".2f")
+            machine.format_spread(results[n].sample_call_s) for n in names) + " |",
+        "| train: compile s | " + " | ".join(machine.format_cell(results[n].train_compile_s, ".2f")
                                              for n in names) + " |",
-        "| sample: first call s | " + " | ".join(_fmt(results[n].sample_first_s, ".2f")
+        "| train: first step s | " + " | ".join(machine.format_cell(results[n].train_first_s, ".2f")
                                                 for n in names) + " |",
+        "| sample: compile s | " + " | ".join(machine.format_cell(results[n].sample_compile_s, ".2f")
+                                              for n in names) + " |",
+        "| sample: first call s | " + " | ".join(machine.format_cell(results[n].sample_first_s, ".2f")
+                                                 for n in names) + " |",
     ]  # fmt: skip
     if not any(np.isnan(v) for v in flops.values()):
         for what, key in (("train", "train_step_s"), ("sample", "sample_call_s")):
             cells = []
             for n in names:
                 ts = getattr(results[n], key)
-                cells.append(_fmt(flops[what] / statistics.median(ts) / 1e9) if ts else "—")
+                cells.append(machine.format_cell(flops[what] / statistics.median(ts) / 1e9) if ts else "—")
             lines.append(f"| {what} GFLOP/s (XLA count) | " + " | ".join(cells) + " |")
     if gpu is not None:
         for what in ("train", "sample"):
-            cells = [_fmt(100 * gpu["mfu"].get(f"{n} {what}", float("nan"))) for n in names]
+            cells = [machine.format_cell(100 * gpu["mfu"].get(f"{n} {what}", float("nan"))) for n in names]
             lines.append(f"| {what} MFU % | " + " | ".join(cells) + " |")
     j, t = results["diffjax"], results["torch"]
     lines += [
         "",
         f"diffjax / torch speed (> 1: diffjax faster), median of the rounds' paired ratios "
-        f"[min, max]: train {paired_ratio(t.train_step_s, j.train_step_s)}, sample "
-        f"{paired_ratio(t.sample_call_s, j.sample_call_s)}; ratio of medians: train "
+        f"[min, max]: train {format_paired_ratio(t.train_step_s, j.train_step_s)}, sample "
+        f"{format_paired_ratio(t.sample_call_s, j.sample_call_s)}; ratio of medians: train "
         f"{j.train_img_s / t.train_img_s:.2f}×, sample {j.sample_img_s / t.sample_img_s:.2f}×. "
         f"Params diffjax {j.params:,} vs torch {t.params:,}: difference {j.params - t.params:+,} "
         f"({100 * (j.params - t.params) / t.params:+.3f}%).",
@@ -448,9 +360,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="JSON path (default outputs/bench/unet.json)")
     ap.add_argument("--xla-defaults", action="store_true",
                     help="leave XLA_FLAGS as they are (no diffjax.configure_xla_cpu())")
-    add_load_arguments(ap)
+    machine.add_load_arguments(ap)
     args = ap.parse_args()
-    load = check_idle(args)
+    load = machine.check_idle(args)
     if args.bf16 and args.device != "gpu":
         raise ValueError("--bf16 is for --device gpu (XLA's CPU bf16 convolutions are emulated).")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -473,7 +385,7 @@ def main() -> None:
             configure_xla_cpu()
         jax.config.update("jax_platforms", "cpu")
         torch_device = torch.device("cpu")
-        threads = pin_threads(args.threads)
+        threads = machine.pin_threads(args.threads)
     else:
         if jax.default_backend() != "gpu":
             raise RuntimeError(f"--device gpu but jax's backend is {jax.default_backend()!r}; "
@@ -485,7 +397,7 @@ def main() -> None:
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and args.bf16)
 
-    env = machine_info(args.device)
+    env = unet_machine_info(args.device)
     env["threads"] = threads if args.device == "cpu" else env["cpu_count"]
     t_start = time.perf_counter()
     vp = VPSDE()
@@ -534,7 +446,7 @@ def main() -> None:
           f"{results['diffjax'].train_first_s:.2f} s; torch first step "
           f"{results['torch'].train_first_s:.2f} s", flush=True)  # fmt: skip
     trainers["torch"] = ttrain
-    for name, ts in interleaved(trainers, args.warmup, train_rounds).items():
+    for name, ts in paired_rounds(trainers, args.warmup, train_rounds).items():
         results[name].train_step_s = ts
     losses = {n: float(fn()) for n, fn in trainers.items()}
     if not all(np.isfinite(v) for v in losses.values()):
@@ -552,7 +464,7 @@ def main() -> None:
     tsample = TorchSampler(tmodel, xs_t, ts_t, sync, autocast)
     results["torch"].sample_first_s = first_call(tsample)
     samplers = {"diffjax": jsample, "torch": tsample}
-    for name, ts in interleaved(samplers, args.warmup, sample_rounds).items():
+    for name, ts in paired_rounds(samplers, args.warmup, sample_rounds).items():
         results[name].sample_call_s = ts
     flops = {"train": train_flops, "sample": jsample.compiled.flops}
 
@@ -574,10 +486,10 @@ def main() -> None:
         "ratio_diffjax_over_torch": {
             "train_img_s": results["diffjax"].train_img_s / results["torch"].train_img_s,
             "sample_img_s": results["diffjax"].sample_img_s / results["torch"].sample_img_s,
-            "train_paired": paired_ratio(results["torch"].train_step_s,
-                                         results["diffjax"].train_step_s),
-            "sample_paired": paired_ratio(results["torch"].sample_call_s,
-                                          results["diffjax"].sample_call_s),
+            "train_paired": format_paired_ratio(results["torch"].train_step_s,
+                                                results["diffjax"].train_step_s),
+            "sample_paired": format_paired_ratio(results["torch"].sample_call_s,
+                                                 results["diffjax"].sample_call_s),
         },
         "flops": flops,
         "load": load.as_dict(),

@@ -11,12 +11,19 @@ reads 0.6× idle and 2.1× beside one busy process). So every script
     torch's intra-op threads = that many, one inter-op thread; XLA:CPU sizes its intra-op pool
     from the affinity mask);
   * reports the spread (min / median / max) of its interleaved timed rounds, not only a median.
+
+Reports share `machine_info` (the date, platform, CPUs, jax's backend and devices, XLA_FLAGS and
+versions that start a report's `machine` entry), `table_head` (a table's library columns and
+parameter counts) and `format_cell` (a table cell, '—' for nan). The timing of the peer comparisons
+themselves (compile, paired rounds, paired ratios) is in `timing.py`.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import platform
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
@@ -109,3 +116,38 @@ def format_spread(times: list[float], per: int = 1, unit: str = "ms") -> str:
     if unit == "img/s":
         return f"{per / hi:.1f} / {per / med:.1f} / {per / lo:.1f}"
     return f"{1e3 * lo:.0f} / {1e3 * med:.0f} / {1e3 * hi:.0f}"
+
+
+def format_cell(v: float, spec: str = ".1f") -> str:
+    """A table cell: `v` formatted with `spec`, or '—' for nan."""
+    return "—" if v != v else format(v, spec)
+
+
+def table_head(names: list[str], params: dict[str, int]) -> list[str]:
+    """A report table's first rows: a column per library in `names`, then its parameter count."""
+    return ["| | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+            "| params | " + " | ".join(f"{params[n]:,}" for n in names) + " |"]  # fmt: skip
+
+
+def machine_info() -> dict:
+    """The start of a report's `machine` entry: date, platform, CPUs, Python, jax (version, backend,
+    devices), XLA_FLAGS, flax and optax; each script appends its own packages' versions. Call it
+    once jax's platform is configured."""
+    from importlib.metadata import version
+
+    import jax
+
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": str(jax.devices()),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "(unset: XLA defaults)"),
+        "flax": version("flax"),
+        "optax": version("optax"),
+    }

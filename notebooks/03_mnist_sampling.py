@@ -115,9 +115,10 @@ except DatasetNotFoundError as err:
 # %% [markdown]
 # ## The model: a checkpoint, the pretrained one, or a tiny one trained here
 #
-# `dj.load_model(workdir)` (and `dj.load_pretrained(name)`) returns a `TrainedModel(model, process, step, record, num_classes)`:
-# `model` is the NNX network with the EMA parameters; it declares its prediction type
-# (`model.prediction`), so the samplers need no `prediction=`.
+# `dj.load_model(workdir)` (and `dj.load_pretrained(name)`) returns a
+# `TrainedModel(model, process, step, record, num_classes)`: `model` is the NNX network with the
+# EMA parameters; it declares its prediction type (`model.prediction`), so the samplers need no
+# `prediction=`.
 
 # %%
 if WORKDIR:
