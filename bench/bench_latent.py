@@ -3,7 +3,7 @@ samples for the three MNIST flow-matching configs — the U-Net on pixels (`mnis
 4×4 pixel patches (`mnist_dit.py`) and the same DiT on the 7×7×4 latents of the autoencoder
 (`mnist_latent_dit.py` + `mnist_autoencoder.py`; both DiTs see 49 tokens).
 
-    .venv/bin/python bench/bench_latent.py [--rounds 5] [--batch 128] [--samples 256] [--nfe-steps 10]
+    .venv/bin/python -m bench.bench_latent [--rounds 5] [--batch 128] [--samples 256] [--nfe-steps 10]
 
 Timed, each compiled once and excluded from the rounds: one train step (the project's
 `make_train_step` on the CFM loss: AdamW, EMA, non-finite guard; state donated) at `--batch`, and one
@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+from bench import machine
 
-import machine  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main() -> None:
