@@ -93,8 +93,8 @@ def test_flow_matching_2d_runs(quick, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_MNIST, reason=f"MNIST IDX files not found in {MNIST_DIR}")
 def test_mnist_sampling_runs_with_fallback_model(quick, tmp_path, monkeypatch):
-    # never the lead's outputs/mnist_fm: force the tiny in-notebook class-conditional model
-    monkeypatch.setenv("DIFFJAX_MNIST_WORKDIR", str(tmp_path / "no_checkpoint_here"))
+    # DIFFJAX_NB_QUICK=1 (the `quick` fixture) and no work directory: the tiny in-notebook model
+    monkeypatch.delenv("DIFFJAX_MNIST_WORKDIR", raising=False)
     text = outputs(execute("03_mnist_sampling", tmp_path))
     assert "training a tiny class-conditional model" in text
     # dj.load_model rebuilt the fallback from the run record of its temporary work directory
