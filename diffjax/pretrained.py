@@ -130,7 +130,7 @@ def load_pretrained(name_or_path: str, *, seed: int = 0) -> TrainedModel:
         raise ValueError(f"load_pretrained: {npz} does not match the SHA-256 of its card {card_path} "
                          "(a changed or truncated file).")  # fmt: skip
     record = card["record"]
-    graphdef, params = nnx.split(build_model(record["model"], seed))
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(record["model"], seed)))  # shapes only
     with np.load(npz, allow_pickle=False) as f:
         stored = {k: f[k] for k in f.files}
     target = traverse_util.flatten_dict(nnx.to_pure_dict(params))

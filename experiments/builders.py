@@ -415,7 +415,7 @@ def parse_sampler_spec(spec: str, flag: str = "--sampler") -> tuple[str, int | N
 
 
 def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_trajectory=False, x_init=None,
-             latent_space=None):
+             latent_space=None, bad_model=None):
     """n samples from `model` (an NNX network with the parameters to use) with the configured sampler,
     classifier-free guidance for class-conditional models (labels cycle 0..C−1 unless given) and x̂0
     clipped to [−1, 1] when cfg.sample.clip_denoised. Few-step samplers: 'flow_map' jumps with a
@@ -423,23 +423,35 @@ def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_traje
     an ODE sampler runs a two-time network on its diagonal u(x, t, t) = v(x, t). x_init: the initial
     noise (n, *data_shape) at t_noise instead of a prior draw from `key` (e.g. reflow's couplings).
     latent_space: a latent model's `diffjax.latent.LatentSpace` (`TrainedModel.latent_space`): the
-    samples are decoded to images (the trajectory stays in latent space)."""
+    samples are decoded to images (the trajectory stays in latent space). bad_model: autoguidance
+    (Karras et al. 2024) — D_bad + w·(D − D_bad) with this weaker model of the same process, prediction
+    and conditioning (e.g. an earlier checkpoint of the run) and w = cfg.sample.guidance_scale, in place
+    of classifier-free guidance (a class-conditional pair gets the labels on both sides)."""
     res = _generate(cfg, model, process, key, n, data_shape, labels=labels, save_trajectory=save_trajectory,
-                    x_init=x_init)  # fmt: skip
+                    x_init=x_init, bad_model=bad_model)  # fmt: skip
     if latent_space is None:
         return res
     return res._replace(samples=jnp.asarray(dj.decode_latents(latent_space, res.samples)))
 
 
-def _generate(cfg, model, process, key, n, data_shape, *, labels, save_trajectory, x_init):
+def _generate(cfg, model, process, key, n, data_shape, *, labels, save_trajectory, x_init, bad_model):
     n_cls = num_classes(cfg)
     if cfg.sample.sampler in FEW_STEP_SAMPLERS:
+        if bad_model is not None:
+            raise ConfigError(f"autoguidance needs an ODE/SDE sampler, not {cfg.sample.sampler!r}.")
         return generate_few_step(cfg, model, process, key, n, data_shape, labels=labels, x_init=x_init)
     if cfg.model.kwargs.get("second_time", False):
         model = dj.flow_map.InstantaneousVelocity(model)
+        bad_model = None if bad_model is None else dj.flow_map.InstantaneousVelocity(bad_model)
     if n_cls is not None:
-        labels = np.arange(n) % n_cls if labels is None else np.asarray(labels)
-        model = dj.cfg_model(model, jnp.asarray(labels), cfg.sample.guidance_scale, n_cls)
+        labels = jnp.asarray(np.arange(n) % n_cls if labels is None else np.asarray(labels))
+        if bad_model is None:
+            model = dj.cfg_model(model, labels, cfg.sample.guidance_scale, n_cls)
+        else:
+            model = dj.autoguidance(dj.bind_labels(model, labels), dj.bind_labels(bad_model, labels),
+                                    cfg.sample.guidance_scale)  # fmt: skip
+    elif bad_model is not None:
+        model = dj.autoguidance(model, bad_model, cfg.sample.guidance_scale)
     elif labels is not None:
         raise ConfigError("labels were given for a model that is not class-conditional.")
     if cfg.sample.clip_denoised:
@@ -509,16 +521,31 @@ def config_changes(saved: dict, new: dict, prefix: str = "") -> list[str]:
 PRETRAINED = "pretrained:"  # a source 'pretrained:NAME' is a network shipped with diffjax (diffjax/weights)
 
 
+def split_step(source: str) -> tuple[str, int | None]:
+    """('W', 500) of a source 'W@500' (the checkpoint of training step 500 of work directory W), or
+    (source, None) — also for a path whose '@' is not followed by digits only."""
+    path, sep, step = source.rpartition("@")
+    if not sep or not step.isdigit() or os.path.isdir(source):
+        return source, None
+    if path.startswith(PRETRAINED):
+        raise ConfigError(f"{source!r}: a pretrained network has one set of parameters, no steps.")
+    return path, int(step)
+
+
 def load_run(source: str, sigma_rel: float | None = None) -> tuple[ml_collections.ConfigDict, TrainedModel]:
     """(config, trained model with EMA parameters — or the post-hoc EMA of width sigma_rel) of a work
-    directory written by experiments.train, or of 'pretrained:NAME' (`dj.load_pretrained`: the config
-    and record in its card)."""
+    directory written by experiments.train (WORKDIR@STEP: its checkpoint of that step), or of
+    'pretrained:NAME' (`dj.load_pretrained`: the config and record in its card)."""
+    source, step = split_step(source)
+    if step is not None and sigma_rel is not None:
+        raise ConfigError(f"{source}@{step}: post-hoc EMA widths are reconstructed at the last snapshot, "
+                          "not at an earlier checkpoint.")  # fmt: skip
     if source.startswith(PRETRAINED):
         if sigma_rel is not None:
             raise ConfigError(f"{source} stores one EMA; post-hoc EMA widths need a work directory.")
         name = source[len(PRETRAINED):]
         return ml_collections.ConfigDict(dj.pretrained_card(name)["config"]), dj.load_pretrained(name)
-    trained = dj.load_model(workdir=source, sigma_rel=sigma_rel)
+    trained = dj.load_model(workdir=source, sigma_rel=sigma_rel, step=step)
     return saved_config(source), trained
 
 
@@ -527,6 +554,7 @@ def source_record(source: str) -> dict:
     read without restoring any parameters: a clear error for a source that does not exist."""
     from diffjax.training.workdir import read_record
 
+    source, step = split_step(source)
     if source.startswith(PRETRAINED):
         return dj.pretrained_card(source[len(PRETRAINED):])["record"]
     if not os.path.isdir(os.path.join(source, "checkpoints")):
@@ -534,12 +562,31 @@ def source_record(source: str) -> dict:
         raise ConfigError(f"{source!r} is not a work directory with checkpoints: train a model there "
                           f"first, or name a pretrained network ({PRETRAINED}NAME, NAME in {known})."
                           )  # fmt: skip
-    return read_record(source)
+    try:
+        return read_record(source, step)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_guide(source: str, record: dict, guide: str) -> None:
+    """Autoguidance's weaker model must generate the same thing as the model it guides: the same
+    process, prediction, data (or latent space) and classes."""
+    bad = source_record(guide)
+    for what, get in (("process", lambda r: r["process"]), ("data shape", lambda r: r["data_shape"]),
+                      ("prediction", lambda r: r["model"].get("prediction")),
+                      ("preconditioning", lambda r: r["model"].get("preconditioning")),
+                      ("classes", lambda r: r.get("num_classes")),
+                      ("latent space", lambda r: r.get("latent"))):
+        if get(bad) != get(record):
+            raise ConfigError(f"--guide_by {guide}: its {what} {get(bad)!r} differs from {source}'s "
+                              f"{get(record)!r}; autoguidance needs a weaker model of the same kind.")
 
 
 def train_wall_time(workdir) -> float | None:
     """Wall time in seconds of the training run (its summary.json, or a pretrained network's card), or
-    None if it has none."""
+    None if it has none (or the source is an earlier checkpoint WORKDIR@STEP)."""
+    if split_step(workdir)[1] is not None:
+        return None
     if workdir.startswith(PRETRAINED):
         return dj.pretrained_card(workdir[len(PRETRAINED):]).get("training", {}).get("wall_time_s")
     path = os.path.join(workdir, "summary.json")

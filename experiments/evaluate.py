@@ -12,6 +12,11 @@ steps near the data end (on mnist_fm, 8 images: Heun 50 steps −0.16, 200 steps
 (`diffjax.continuous_elbo`, VDM's 8-bit decoder, 64 stratified times per image); the variational
 bound (Ho et al. eq. 5, all 1000 terms) for the DDPM chain.
 
+Autoguidance (Karras et al. 2024): `--guide_by outputs/mnist_edm@500 --samplers edm:17:2` samples
+D_bad + w·(D − D_bad) with the run's own checkpoint of step 500 as the weaker model D_bad (any work
+directory of the same process and conditioning works; WORKDIR@STEP names any kept checkpoint, also in
+--workdirs) at w = 2; two network evaluations per sampler evaluation, counted in the NFE column.
+
 Post-hoc EMA (EDM2): `--sigma_rels 0.02,0.05,0.1,0.2` evaluates, for a run trained with
 `train.posthoc_ema`, the EMA of each width reconstructed from its snapshots (one row per width, with
 the profile's least-squares residual), next to the run's own EMA ('ema' column).
@@ -44,6 +49,7 @@ from diffjax.evaluation.classifier import RECIPE
 from diffjax.likelihood import bits_per_dim, continuous_elbo, variational_bound
 from experiments.builders import (
     ConfigError,
+    check_guide,
     generate,
     load_run,
     num_classes,
@@ -72,6 +78,9 @@ flags.DEFINE_string("data_dir", None, "MNIST IDX directory (else DIFFJAX_DATA_DI
 flags.DEFINE_string("cache_dir", "outputs/cache", "Where the evaluation classifier is cached.")
 flags.DEFINE_string("out", "outputs/results.jsonl", "JSON lines file each row is appended to as soon as it "
                     "is computed.")
+flags.DEFINE_string("guide_by", None, "Autoguidance (Karras et al. 2024): guide every model by this weaker "
+                    "one of the same process and conditioning — a work directory, or WORKDIR@STEP for an "
+                    "earlier checkpoint of the run; the w of each sampler spec is its scale.")
 flags.DEFINE_string("grid_file", None, "Also evaluate the grid of experiments.optimize_grid (JSON): "
                     "its solver and steps on its optimised times (row grid='optimized').")
 FLAGS = flags.FLAGS
@@ -92,10 +101,13 @@ def check_inputs(sources: list[str]) -> None:
                               f"one generates {shape} (2-D: experiments.evaluate_2d).")
         if FLAGS.sigma_rels and not record.get("posthoc_ema"):
             raise ConfigError(f"{source}: --sigma_rels needs a run trained with train.posthoc_ema.")
+        if FLAGS.guide_by:
+            check_guide(source, record, FLAGS.guide_by)
 
 
-def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None, out=None):
-    """Rows of one model (× EMA), each appended to the JSON lines file `out` as soon as it is computed."""
+def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None, out=None, bad=None):
+    """Rows of one model (× EMA), each appended to the JSON lines file `out` as soon as it is computed;
+    bad: autoguidance's weaker model (`--guide_by`)."""
     cfg, trained = load_run(workdir, sigma_rel)
     process, step, model = trained.process, trained.step, trained.model
     if FLAGS.clip_denoised is not None:
@@ -135,21 +147,25 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
         grid = "optimized" if spec == "grid_file" else cfg.sample.get("grid", "uniform")
         labels = np.arange(FLAGS.num) % 10 if num_classes(cfg) is not None else None
         res = generate(cfg, model, process, jax.random.key(1), FLAGS.num, trained.record["data_shape"],
-                       labels=labels, latent_space=trained.latent_space)  # fmt: skip
+                       labels=labels, latent_space=trained.latent_space, bad_model=bad)  # fmt: skip
         samples = np.clip(np.asarray(res.samples), -1, 1)
         fd = frechet_distance(*feature_statistics(clf.features(samples)), *test_stats)
         hist = class_histogram(clf, samples)
         ema = (f"σ_rel {sigma_rel} (residual {trained.residual:.3f})" if sigma_rel
                else f"decay {cfg.train.ema_decay}")  # fmt: skip
+        nfe = int(res.nfe) * (2 if bad is not None else 1)  # autoguidance: two networks per evaluation
         row = dict(model=os.path.basename(os.path.normpath(workdir)), ema=ema, sampler=name, steps=int(steps),
-                   grid=grid, nfe=int(res.nfe), fd_mnist=round(fd, 3), train_steps=step,
+                   grid=grid, nfe=nfe, fd_mnist=round(fd, 3), train_steps=step,
                    train_time_s=train_wall_time(workdir), bits_per_dim=bpd, bits_per_dim_se=bpd_se,
                    elbo_bits_per_dim=elbo, elbo_bits_per_dim_se=elbo_se,
                    clip_denoised=clip, num_samples=FLAGS.num, class_tv=round(class_tv(hist, test_freq), 4),
                    class_histogram=[round(float(v), 3) for v in hist])  # fmt: skip
         if labels is not None:
             row["conditional_accuracy"] = round(conditional_accuracy(clf, samples, labels), 4)
+        if labels is not None or bad is not None:
             row["guidance_scale"] = cfg.sample.guidance_scale
+        if bad is not None:
+            row["guided_by"] = FLAGS.guide_by
         rows.append(row)
         print(json.dumps(row), flush=True)
         if out:
@@ -181,10 +197,11 @@ def main(argv):
           f"class TV {tv_ref:.3f}")  # fmt: skip
     rows = []
     with user_errors():
+        bad = load_run(FLAGS.guide_by)[1].model if FLAGS.guide_by else None
         for workdir in sources:
             for sigma_rel in [None] + [float(s) for s in FLAGS.sigma_rels]:
                 rows += evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel,
-                                         out=FLAGS.out)
+                                         out=FLAGS.out, bad=bad)
     print(f"\nappended {len(rows)} rows to {FLAGS.out}\n\n" + markdown_table(rows))
 
 

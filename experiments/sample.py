@@ -25,7 +25,16 @@ from absl import app, flags, logging
 import diffjax as dj
 from diffjax.reflow import Couplings, save_couplings
 from diffjax.viz import save_image_grid, save_samples_2d
-from experiments.builders import ConfigError, generate, load_run, parse_flags, parse_sampler_spec, user_errors
+from experiments.builders import (
+    ConfigError,
+    check_guide,
+    generate,
+    load_run,
+    parse_flags,
+    parse_sampler_spec,
+    source_record,
+    user_errors,
+)
 from experiments.optimize_grid import use_grid_file
 
 flags.DEFINE_string("workdir", None, "A work directory written by experiments.train.")
@@ -35,6 +44,8 @@ flags.DEFINE_string("sampler", None, f"Sampler spec name[:steps[:w]] (as experim
 flags.DEFINE_integer("steps", None, "Number of sampler steps (default: the config's).")
 flags.DEFINE_float("guidance", None, "Classifier-free guidance scale w (class-conditional models).")
 flags.DEFINE_bool("clip_denoised", None, "Clip x̂0 to [−1, 1] while sampling (default: the config's).")
+flags.DEFINE_string("guide_by", None, "Autoguidance: a weaker model of the same process and conditioning "
+                    "(a work directory, or WORKDIR@STEP: an earlier checkpoint); --guidance is its scale w.")
 flags.DEFINE_string("labels", "", "Comma-separated class labels, cycled over the samples.")
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -71,6 +82,10 @@ def main(argv):
             if FLAGS[name].value is not None and FLAGS[name].value < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {FLAGS[name].value}.")
         name, steps, w = parse_sampler_spec(FLAGS.sampler) if FLAGS.sampler else (None, None, None)
+        record = source_record(FLAGS.workdir)  # checked before any parameters are restored
+        labels = parse_labels(FLAGS.labels, FLAGS.num, record.get("num_classes"))
+        if FLAGS.guide_by:
+            check_guide(FLAGS.workdir, record, FLAGS.guide_by)
         cfg, trained = load_run(FLAGS.workdir)
         cfg.sample.sampler = name or cfg.sample.sampler
         cfg.sample.num_steps = steps or FLAGS.steps or cfg.sample.num_steps
@@ -87,7 +102,7 @@ def main(argv):
         if FLAGS.couplings and os.path.abspath(FLAGS.couplings) == os.path.abspath(out + ".npz"):
             raise ConfigError(f"--couplings {FLAGS.couplings!r} is the samples' file {out}.npz: "
                               "name another.")
-        labels = parse_labels(FLAGS.labels, FLAGS.num, trained.num_classes)
+        bad = load_run(FLAGS.guide_by)[1].model if FLAGS.guide_by else None
         data_shape = tuple(trained.record["data_shape"])
         k_prior, k_steps = jax.random.split(jax.random.key(FLAGS.seed))
         noise = trained.process.prior_sample(k_prior, (FLAGS.num, *data_shape))
@@ -96,7 +111,7 @@ def main(argv):
             hi = min(lo + FLAGS.batch, FLAGS.num)
             res = generate(cfg, trained.model, trained.process, jax.random.fold_in(k_steps, i), hi - lo,
                            data_shape, labels=None if labels is None else labels[lo:hi],
-                           x_init=noise[lo:hi], latent_space=trained.latent_space)  # fmt: skip
+                           x_init=noise[lo:hi], latent_space=trained.latent_space, bad_model=bad)  # fmt: skip
             chunks.append(np.asarray(res.samples))
     samples = np.concatenate(chunks)
     if FLAGS.couplings:

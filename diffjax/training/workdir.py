@@ -127,11 +127,12 @@ def _checkpointer(workdir: str) -> Checkpointer:
     return Checkpointer(directory, save_every=1)
 
 
-def read_record(workdir: str) -> dict:
-    """The run record of the newest checkpoint in `workdir`."""
+def read_record(workdir: str, step: int | None = None) -> dict:
+    """The run record of the newest checkpoint in `workdir` (or of checkpoint `step`)."""
     ckpt = _checkpointer(workdir)
     try:
-        meta = ckpt.metadata()
+        _check_step(ckpt, workdir, step)
+        meta = ckpt.metadata(step)
     finally:
         ckpt.close()
     if meta is None or "run" not in meta:
@@ -139,21 +140,34 @@ def read_record(workdir: str) -> dict:
     return meta["run"]
 
 
+def _check_step(ckpt, workdir: str, step: int | None) -> None:
+    if step is not None and step not in ckpt.all_steps():
+        raise FileNotFoundError(f"{workdir} has no checkpoint of step {step}; it keeps steps "
+                                f"{ckpt.all_steps()} (train.keep and train.checkpoint_every choose which).")
+
+
 def restore_network(
-    workdir: str, *, ema: bool = True, seed: int = 0, sigma_rel: float | None = None
-) -> tuple[nnx.Module, int, dict, float | None]:
-    """(network, step, run record, residual) of the newest good checkpoint in `workdir`: the network of
-    the record with its EMA parameters (the raw ones if ema=False; with `sigma_rel` the post-hoc EMA of
-    that width reconstructed from `<workdir>/ema_snapshots` at its last snapshot, and the relative
+    workdir: str, *, ema: bool = True, seed: int = 0, sigma_rel: float | None = None,
+    step: int | None = None,
+) -> tuple[nnx.Module, int, dict, float | None]:  # fmt: skip
+    """(network, step, run record, residual) of the newest good checkpoint in `workdir` (or of the
+    checkpoint of training step `step`, e.g. an earlier one as autoguidance's weaker model): the network
+    of the record with its EMA parameters (the raw ones if ema=False; with `sigma_rel` the post-hoc EMA
+    of that width reconstructed from `<workdir>/ema_snapshots` at its last snapshot, and the relative
     residual of that reconstruction), unwrapped (no preconditioning)."""
-    record = read_record(workdir)
-    graphdef, params = nnx.split(build_model(record["model"], seed))
+    if step is not None and sigma_rel is not None:
+        raise ValueError("give sigma_rel (a post-hoc EMA at the last snapshot) or step, not both.")
+    record = read_record(workdir, step)
+    # shapes only: initialising the network op by op would compile every initializer (seconds)
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(record["model"], seed)))
     optimizer, _ = make_optimizer(**record["optimizer"])
     tracked = tuple(record.get("posthoc_ema") or ())
-    target = create_train_state(params, optimizer, jax.random.key(0), num_posthoc=len(tracked))
+    target = jax.eval_shape(
+        lambda p: create_train_state(p, optimizer, jax.random.key(0), len(tracked)), params
+    )
     ckpt = _checkpointer(workdir)
     try:
-        state = ckpt.restore_latest(target)
+        state = ckpt.restore_latest(target) if step is None else ckpt.restore(step, target)
     finally:
         ckpt.close()
     if state is None:
@@ -172,13 +186,16 @@ def restore_network(
 
 
 def load_model(
-    workdir: str, *, ema: bool = True, seed: int = 0, sigma_rel: float | None = None
-) -> TrainedModel:
+    workdir: str, *, ema: bool = True, seed: int = 0, sigma_rel: float | None = None,
+    step: int | None = None,
+) -> TrainedModel:  # fmt: skip
     """The trained network of a work directory (EMA parameters unless ema=False; with `sigma_rel` the
     post-hoc EMA of that width reconstructed from `<workdir>/ema_snapshots` at its last snapshot), its
-    process and step, from the newest good checkpoint and its run record (module docstring). A model of
-    latents comes with the latent space its samples decode through (`latent_space`)."""
-    network, step, record, residual = restore_network(workdir, ema=ema, seed=seed, sigma_rel=sigma_rel)
+    process and step, from the newest good checkpoint (or the checkpoint of `step`, one the run kept)
+    and its run record (module docstring). A model of latents comes with the latent space its samples
+    decode through (`latent_space`)."""
+    network, step, record, residual = restore_network(workdir, ema=ema, seed=seed, sigma_rel=sigma_rel,
+                                                      step=step)  # fmt: skip
     if record["model"].get("kind") == "autoencoder":
         raise ValueError(f"{workdir} holds an autoencoder, not a diffusion model: load it with "
                          "dj.load_latent_space, or load the latent model trained on it.")  # fmt: skip
