@@ -181,10 +181,10 @@ def main(argv):
     if not FLAGS.workdirs:
         raise app.UsageError("give --workdirs (work directories to evaluate) or --table (a results file)")
     sources = FLAGS.workdirs.split(",")
+    logging.set_verbosity(logging.WARNING)
     with user_errors():
         check_inputs(sources)
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    logging.set_verbosity(logging.WARNING)
     clf = load_or_train_classifier(FLAGS.cache_dir, FLAGS.data_dir, steps=FLAGS.classifier_steps)
     print(f"evaluation classifier: MNIST test accuracy {100 * clf.test_accuracy:.2f}%")
     test_x, test_y = load_dataset("mnist", "test", FLAGS.data_dir)

@@ -267,6 +267,7 @@ def test_an_earlier_checkpoint_loads_and_guides_its_run(tmp_path):
 
     import diffjax as dj
     from experiments.builders import check_guide, generate, load_run, source_record
+    from experiments.tables import markdown_table
 
     workdir = str(tmp_path / "run")
     train_and_evaluate(tiny_checkerboard(10, **{"train.checkpoint_every": 5, "train.keep": 3}), workdir)
@@ -287,14 +288,25 @@ def test_an_earlier_checkpoint_loads_and_guides_its_run(tmp_path):
                       bad_model=early.model).samples  # fmt: skip
     t = jnp.full((64,), latest.process.t_noise)
     v_good, v_bad = latest.model(x1, t), early.model(x1, t)
-    by_hand = x1 + (latest.process.t_data - latest.process.t_noise) * (v_bad + 2.5 * (v_good - v_bad))
+    dt = latest.process.t_data - latest.process.t_noise
+    by_hand = x1 + dt * (v_bad + 2.5 * (v_good - v_bad))
     np.testing.assert_allclose(guided, by_hand, atol=1e-5)
-    assert float(jnp.abs(guided - (x1 - v_good)).max()) > 1e-3  # the guidance did something
+    assert float(jnp.abs(guided - (x1 + dt * v_good)).max()) > 1e-3  # the guidance did something
     cfg.sample.update(num_steps=4, guidance_scale=1.0)
     plain = generate(cfg, latest.model, latest.process, jax.random.key(1), 64, (2,), x_init=x1).samples
     at_one = generate(cfg, latest.model, latest.process, jax.random.key(1), 64, (2,), x_init=x1,
                       bad_model=early.model).samples  # fmt: skip
     np.testing.assert_allclose(at_one, plain, atol=1e-5)
+
+    run("sample", "--workdir", workdir, "--guide_by", workdir + "@5", "--sampler", "euler:1:2.5",
+        "--num", "64", "--out", str(tmp_path / "guided"))  # fmt: skip
+    x1 = latest.process.prior_sample(jax.random.split(jax.random.key(0))[0], (64, 2))  # sample.py's noise
+    v_good, v_bad = latest.model(x1, t), early.model(x1, t)
+    by_hand = x1 + dt * (v_bad + 2.5 * (v_good - v_bad))
+    np.testing.assert_allclose(np.load(str(tmp_path / "guided.npz"))["samples"], by_hand, atol=1e-5)
+    row = dict(model="run", ema="decay 0.999", sampler="euler", nfe=2, guidance_scale=2.5, fd_mnist=50.0,
+               train_steps=10, guided_by=workdir + "@5")  # fmt: skip
+    assert f"| run | decay 0.999 | euler, autoguided by {workdir}@5 | 2 | 2.5 |" in markdown_table([row])
 
     other = str(tmp_path / "other")  # another process: not a weaker version of this model
     train_and_evaluate(tiny_checkerboard(3, **{"process.name": "cosine_path"}), other)

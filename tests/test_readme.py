@@ -8,6 +8,7 @@ it is trained first with a short run of the same config (the README's `make demo
 """
 
 import functools
+import os
 import re
 import shlex
 import subprocess
@@ -21,6 +22,13 @@ README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
 PYTHON = [code for lang, code in BLOCKS if lang == "python"]
 SHELL = [code for lang, code in BLOCKS if lang == "bash"]
+
+
+def bare_env() -> dict:
+    """A fresh shell's environment: the repository on the path, nothing else of this process's but
+    the compilation cache the tests share (conftest)."""
+    cache = {k: v for k, v in os.environ.items() if k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT"))}
+    return {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **cache}
 
 
 def test_the_readme_has_python_and_shell_blocks():
@@ -38,7 +46,7 @@ def test_every_python_block_runs_as_written(tmp_path, monkeypatch):
     train_and_evaluate(cfg, str(demo))
     script = "\n\n".join(PYTHON)
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=900, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})  # fmt: skip
+                          timeout=900, env=bare_env())  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -91,9 +99,8 @@ def test_commands_that_need_a_trained_run_fail_with_a_clear_message(line, tmp_pa
     """Run as written where nothing has been trained (an empty directory): a one-line error naming the
     missing work directory or file and a non-zero status, no traceback."""
     words = shlex.split(line)
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, *words[words.index("-m"):]], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env=env)  # fmt: skip
+                          text=True, timeout=300, env=bare_env())  # fmt: skip
     missing = next(w for w in words if w.startswith("outputs/")).split(",")[0]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert missing in proc.stderr + proc.stdout, proc.stderr[-3000:]
