@@ -197,6 +197,9 @@ def validate_config(cfg) -> None:
     need(cfg.model.sigma_data > 0,
          f"model.sigma_data must be > 0 (the data's std), got {cfg.model.sigma_data}")
     need(s.grid in GRIDS, f"sample.grid {s.grid!r} is not one of {GRIDS}")
+    interval = tuple(s.get("guidance_interval", ()) or ())
+    need(interval == () or (len(interval) == 2 and 0 <= float(interval[0]) <= float(interval[1])),
+         f"sample.guidance_interval must be () or (σ_lo, σ_hi) with 0 <= σ_lo <= σ_hi, got {interval}")
     need(cfg.loss.time in TIME_SAMPLERS, f"loss.time {cfg.loss.time!r} is not one of {tuple(TIME_SAMPLERS)}")
     need(cfg.model.kind in MODELS, f"model.kind {cfg.model.kind!r} is not one of {tuple(MODELS)}")
     need(cfg.model.prediction in dj.PREDICTIONS,
@@ -423,7 +426,8 @@ def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_traje
     an ODE sampler runs a two-time network on its diagonal u(x, t, t) = v(x, t). x_init: the initial
     noise (n, *data_shape) at t_noise instead of a prior draw from `key` (e.g. reflow's couplings).
     latent_space: a latent model's `diffjax.latent.LatentSpace` (`TrainedModel.latent_space`): the
-    samples are decoded to images (the trajectory stays in latent space). bad_model: autoguidance
+    samples are decoded to images (the trajectory stays in latent space). cfg.sample.guidance_interval
+    (σ_lo, σ_hi) limits the guidance to those noise levels σ/α. bad_model: autoguidance
     (Karras et al. 2024) — D_bad + w·(D − D_bad) with this weaker model of the same process, prediction
     and conditioning (e.g. an earlier checkpoint of the run) and w = cfg.sample.guidance_scale, in place
     of classifier-free guidance (a class-conditional pair gets the labels on both sides)."""
@@ -454,6 +458,12 @@ def _generate(cfg, model, process, key, n, data_shape, *, labels, save_trajector
         model = dj.autoguidance(model, bad_model, cfg.sample.guidance_scale)
     elif labels is not None:
         raise ConfigError("labels were given for a model that is not class-conditional.")
+    interval = tuple(cfg.sample.get("guidance_interval", ()) or ())
+    if interval and n_cls is None and bad_model is None:
+        raise ConfigError("sample.guidance_interval limits guidance: this model is neither class-conditional "
+                          "nor autoguided.")  # fmt: skip
+    if interval:
+        model = dj.guidance_interval(model, process, float(interval[0]), float(interval[1]))
     if cfg.sample.clip_denoised:
         model = dj.clip_denoised(model, process, cfg.model.prediction)
     shape = None if x_init is not None else (n, *data_shape)
@@ -567,6 +577,17 @@ def source_record(source: str) -> dict:
     except FileNotFoundError as err:
         raise ConfigError(str(err)) from None
 
+
+
+def guidance_interval_flag(values: list[str], flag: str = "--guidance_interval") -> tuple[float, float]:
+    """(σ_lo, σ_hi) of a flag 'lo,hi' (σ_hi may be inf), or a ConfigError."""
+    try:
+        lo, hi = (float(v) for v in values)
+    except ValueError:
+        raise ConfigError(f"{flag}: {','.join(values)!r} is not σ_lo,σ_hi (e.g. 0.3,5 or 0.3,inf).") from None
+    if not 0 <= lo <= hi:
+        raise ConfigError(f"{flag}: need 0 <= σ_lo <= σ_hi, got ({lo}, {hi}].")
+    return lo, hi
 
 def check_guide(source: str, record: dict, guide: str) -> None:
     """Autoguidance's weaker model must generate the same thing as the model it guides: the same

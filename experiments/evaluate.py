@@ -51,6 +51,7 @@ from experiments.builders import (
     ConfigError,
     check_guide,
     generate,
+    guidance_interval_flag,
     load_run,
     num_classes,
     parse_flags,
@@ -81,6 +82,8 @@ flags.DEFINE_string("out", "outputs/results.jsonl", "JSON lines file each row is
 flags.DEFINE_string("guide_by", None, "Autoguidance (Karras et al. 2024): guide every model by this weaker "
                     "one of the same process and conditioning — a work directory, or WORKDIR@STEP for an "
                     "earlier checkpoint of the run; the w of each sampler spec is its scale.")
+flags.DEFINE_list("guidance_interval", [], "σ_lo,σ_hi: guide (CFG or autoguidance) only where σ/α lies in "
+                  "(σ_lo, σ_hi] (Kynkäänniemi et al. 2024); default: everywhere.")
 flags.DEFINE_string("grid_file", None, "Also evaluate the grid of experiments.optimize_grid (JSON): "
                     "its solver and steps on its optimised times (row grid='optimized').")
 FLAGS = flags.FLAGS
@@ -103,6 +106,8 @@ def check_inputs(sources: list[str]) -> None:
             raise ConfigError(f"{source}: --sigma_rels needs a run trained with train.posthoc_ema.")
         if FLAGS.guide_by:
             check_guide(source, record, FLAGS.guide_by)
+    if FLAGS.guidance_interval:
+        guidance_interval_flag(FLAGS.guidance_interval)
 
 
 def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None, out=None, bad=None):
@@ -112,6 +117,8 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
     process, step, model = trained.process, trained.step, trained.model
     if FLAGS.clip_denoised is not None:
         cfg.sample.clip_denoised = FLAGS.clip_denoised
+    if FLAGS.guidance_interval:
+        cfg.sample.guidance_interval = guidance_interval_flag(FLAGS.guidance_interval)
     clip = bool(cfg.sample.get("clip_denoised", False))
     rows = []
     bpd = bpd_se = elbo = elbo_se = None
@@ -166,6 +173,8 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
             row["guidance_scale"] = cfg.sample.guidance_scale
         if bad is not None:
             row["guided_by"] = FLAGS.guide_by
+        if FLAGS.guidance_interval:
+            row["guidance_interval"] = list(cfg.sample.guidance_interval)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if out:

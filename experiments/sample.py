@@ -29,6 +29,7 @@ from experiments.builders import (
     ConfigError,
     check_guide,
     generate,
+    guidance_interval_flag,
     load_run,
     parse_flags,
     parse_sampler_spec,
@@ -46,6 +47,7 @@ flags.DEFINE_float("guidance", None, "Classifier-free guidance scale w (class-co
 flags.DEFINE_bool("clip_denoised", None, "Clip x̂0 to [−1, 1] while sampling (default: the config's).")
 flags.DEFINE_string("guide_by", None, "Autoguidance: a weaker model of the same process and conditioning "
                     "(a work directory, or WORKDIR@STEP: an earlier checkpoint); --guidance is its scale w.")
+flags.DEFINE_list("guidance_interval", [], "σ_lo,σ_hi: guide only where σ/α lies in (σ_lo, σ_hi].")
 flags.DEFINE_string("labels", "", "Comma-separated class labels, cycled over the samples.")
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -93,6 +95,8 @@ def main(argv):
             cfg.sample.guidance_scale = w if w is not None else FLAGS.guidance
         if FLAGS.clip_denoised is not None:
             cfg.sample.clip_denoised = FLAGS.clip_denoised
+        if FLAGS.guidance_interval:
+            cfg.sample.guidance_interval = guidance_interval_flag(FLAGS.guidance_interval)
         if FLAGS.grid_file:
             use_grid_file(cfg, FLAGS.grid_file)
         if FLAGS.couplings and (not FLAGS.couplings.endswith(".npz") or trained.num_classes is not None):
@@ -126,7 +130,8 @@ def main(argv):
         save_image_grid(out + ".png", samples[:400], ncol=10 if labels is not None else None)
     else:
         save_samples_2d(out + ".png", samples, title=f"{cfg.sample.sampler}, {cfg.sample.num_steps} steps")
-    print(f"step {trained.step}: wrote {out}.png and {out}.npz ({int(res.nfe)} evaluations per sample)")
+    evals = f"{int(res.nfe)} evaluations" + (" of each of two networks" if bad is not None else "")
+    print(f"step {trained.step}: wrote {out}.png and {out}.npz ({evals} per sample)")
 
 
 if __name__ == "__main__":

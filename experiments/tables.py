@@ -12,7 +12,8 @@ from experiments.builders import user_errors
 def markdown_table(rows) -> str:
     """One line per row; a later row for the same model × sampler × NFE × w replaces an earlier one."""
     latest = {(r["model"], r.get("ema"), r["sampler"], r["nfe"], r.get("guidance_scale"),
-               r.get("clip_denoised", False), r.get("grid"), r.get("guided_by")): r
+               r.get("clip_denoised", False), r.get("grid"), r.get("guided_by"),
+               str(r.get("guidance_interval"))): r
               for r in rows}  # fmt: skip
     header = ["model", "EMA", "sampler", "NFE", "w", "clip x̂0", "FD-MNIST", "class TV", "cond. acc.",
               "bits/dim (PF-ODE)", "ELBO bits/dim", "train steps", "train time"]  # fmt: skip
@@ -32,6 +33,8 @@ def markdown_table(rows) -> str:
         sampler = r["sampler"] + (" (optimized grid)" if r.get("grid") == "optimized" else "")
         if r.get("guided_by"):
             sampler += f", autoguided by {r['guided_by']}"
+        if r.get("guidance_interval"):
+            sampler += ", guided in σ ∈ ({}, {}]".format(*r["guidance_interval"])
         cells = [r["model"], r.get("ema", "–"), sampler, r["nfe"], w, clip, f"{r['fd_mnist']:.2f}", tv,
                  acc, bpd, elbo, r["train_steps"], t]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")

@@ -297,6 +297,18 @@ def test_an_earlier_checkpoint_loads_and_guides_its_run(tmp_path):
     at_one = generate(cfg, latest.model, latest.process, jax.random.key(1), 64, (2,), x_init=x1,
                       bad_model=early.model).samples  # fmt: skip
     np.testing.assert_allclose(at_one, plain, atol=1e-5)
+    cfg.sample.guidance_scale = 2.5  # sample.guidance_interval: (0, ∞] is the guidance, an empty one none
+    full = generate(cfg, latest.model, latest.process, jax.random.key(1), 64, (2,), x_init=x1,
+                    bad_model=early.model).samples  # fmt: skip
+    for interval, expected in (((0.0, float("inf")), full), ((0.5, 0.5), plain)):
+        cfg.sample.guidance_interval = interval
+        got = generate(cfg, latest.model, latest.process, jax.random.key(1), 64, (2,), x_init=x1,
+                       bad_model=early.model).samples  # fmt: skip
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert float(jnp.abs(full - plain).max()) > 1e-3
+    with pytest.raises(ConfigError, match="neither class-conditional nor autoguided"):
+        generate(cfg, latest.model, latest.process, jax.random.key(1), 64, (2,), x_init=x1)
+    cfg.sample.guidance_interval = ()
 
     run("sample", "--workdir", workdir, "--guide_by", workdir + "@5", "--sampler", "euler:1:2.5",
         "--num", "64", "--out", str(tmp_path / "guided"))  # fmt: skip

@@ -160,3 +160,30 @@ def test_scripts_take_a_pretrained_source(tmp_path):
     assert np.load(tmp_path / "s.npz")["samples"].shape == (4, 28, 28, 1)
     out = run("sample", "--workdir", "pretrained:nothing", expect=2)
     assert "No pretrained network 'nothing'" in out and "Traceback" not in out
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz")),
+                    reason="MNIST IDX files not found in ../shared/data/mnist")  # fmt: skip
+def test_shipped_edm_model_autoguided_by_its_early_checkpoint_lands_closer_to_real_digits():
+    """The shipped EDM pair: the run (step 1500) and its own step-500 checkpoint, the weaker model of
+    autoguidance. From the same 64 noises (DPM-Solver++ 10 steps on the EDM grid), autoguided samples
+    (w = 2.5) lie closer to their nearest MNIST test digit than unguided ones — a paired z-test
+    (measured: mean L2 distance 11.89 → 10.46, z = −6.8); FD-MNIST 79.4 → 39.8 (README)."""
+    from diffjax.data import load_dataset
+
+    good, bad = dj.load_pretrained("mnist_edm"), dj.load_pretrained("mnist_edm_step500")
+    assert (good.step, bad.step) == (1500, 500) and good.record["process"] == bad.record["process"]
+    x, _ = load_dataset("mnist", "test", MNIST)
+    real = x.reshape(-1, 784).astype(np.float32)
+    noise = good.process.prior_sample(jax.random.key(0), (64, 28, 28, 1))
+    nearest = {}
+    for w in (1.0, 2.5):
+        model = good.model if w == 1.0 else dj.autoguidance(good.model, bad.model, w)
+        s = dj.sample("dpm_solver_pp", model, good.process, jax.random.key(1), None, 10, x_init=noise,
+                      grid="edm").samples  # fmt: skip
+        s = np.clip(np.asarray(s).reshape(64, 784), -1, 1)
+        d2 = (s**2).sum(1)[:, None] - 2 * s @ real.T + (real**2).sum(1)[None]
+        nearest[w] = np.sqrt(np.maximum(d2.min(1), 0))
+    d = nearest[2.5] - nearest[1.0]
+    z = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+    assert z < -3, (nearest[1.0].mean(), nearest[2.5].mean(), z)

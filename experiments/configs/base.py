@@ -58,8 +58,10 @@ def get_config():
                    posthoc_ema=(), snapshot_every=0)
     # sample.sampler: a name of diffjax.solvers.SOLVERS; options: its keyword options
     # sample.grid: uniform | edm | logsnr (diffjax.grids), the times the sampler steps through
+    # sample.guidance_interval: (σ_lo, σ_hi) — guidance (classifier-free or autoguidance) only where the
+    # noise level σ/α lies in (σ_lo, σ_hi] (Kynkäänniemi et al. 2024); () everywhere
     c.sample = dict(sampler="heun", num_steps=32, num_samples=4000, guidance_scale=1.0,
-                    clip_denoised=False, options={}, grid="uniform")
+                    clip_denoised=False, options={}, grid="uniform", guidance_interval=())
     # timeout_s: how long a process waits for the coordinator (process 0) before a clear error
     c.distributed = dict(coordinator_address="", num_processes=1, process_id=0, timeout_s=300.0)
     # parallel.fsdp: split the parameters, optimizer state and EMA F ways (FSDP / ZeRO-3) over a
