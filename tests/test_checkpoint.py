@@ -206,3 +206,27 @@ def test_eight_device_checkpoint_restores_and_continues_on_one_device(tmp_path, 
     result = train(_config(tmp_path, 28), train_step, state, batches)
     assert result.start_step == 24 and result.step == 28
     assert np.isfinite(result.last_metrics["loss"])
+
+
+def test_host_checksums_equal_the_compiled_ones_on_every_dtype():
+    """`tree_checksums` sums arrays a process holds whole on the host (numpy, uint64 wrapping) and
+    split ones with the compiled `_checksums`: both must give the same numbers for every dtype a state
+    holds, or a checkpoint written by one path would be refused by the other."""
+    import jax.numpy as jnp
+    from conftest import x64
+
+    from diffjax.training.checkpoint import _checksums, tree_checksums
+
+    rng = np.random.default_rng(0)
+    with x64():
+        tree = [rng.normal(size=(300, 301)).astype(np.float32), rng.normal(size=(7,)).astype(jnp.bfloat16),
+                rng.integers(0, 2**31, size=(5, 3), dtype=np.int32), np.array([True, False, True]),
+                rng.integers(0, 255, size=(9,), dtype=np.uint8), rng.normal(size=(30, 31)),
+                rng.integers(0, 2**62, size=(5,), dtype=np.int64), jnp.zeros((), jnp.int32),
+                jax.random.key_data(jax.random.key(3)), rng.normal(size=(2100, 1000)).astype(np.float32)]
+        tree = [jnp.asarray(x) for x in tree]
+        compiled = [[int(v) for v in np.asarray(c)] for c in _checksums(tree)]
+        assert tree_checksums(tree) == compiled
+        changed = list(tree)
+        changed[-1] = changed[-1].at[1234, 5].add(1e-3)  # one word of the largest leaf (i·w sums wrap)
+        assert tree_checksums(changed)[-1] != compiled[-1]

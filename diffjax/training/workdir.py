@@ -154,7 +154,8 @@ def restore_network(
     checkpoint of training step `step`, e.g. an earlier one as autoguidance's weaker model): the network
     of the record with its EMA parameters (the raw ones if ema=False; with `sigma_rel` the post-hoc EMA
     of that width reconstructed from `<workdir>/ema_snapshots` at its last snapshot, and the relative
-    residual of that reconstruction), unwrapped (no preconditioning)."""
+    residual of that reconstruction), unwrapped (no preconditioning). The network is built from shapes
+    only, so `seed` changes nothing (kept for callers that pass it)."""
     if step is not None and sigma_rel is not None:
         raise ValueError("give sigma_rel (a post-hoc EMA at the last snapshot) or step, not both.")
     record = read_record(workdir, step)
