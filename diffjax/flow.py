@@ -18,7 +18,9 @@ new parameters, labels or guidance scales inside the model reuse compiled sample
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 from jaxtyping import Array
@@ -27,6 +29,7 @@ from diffjax._array import expand
 from diffjax._pytree import pytree_dataclass, static_field
 from diffjax.parameterization import PREDICTIONS, from_x0_eps, to_x0_eps
 from diffjax.processes.base import Coefficients, GaussianProcess
+from diffjax.solvers.base import Solver
 
 
 def check_model_output(out: Array, x: Array, owner: str) -> None:
@@ -114,11 +117,64 @@ class ProbabilityFlow:
         return drift, jnp.sqrt(g2)
 
 
+@pytree_dataclass
+class Evaluated:
+    """A model whose output at the point where it is called was computed beforehand (`out`)."""
+
+    out: Array
+
+    def __call__(self, x, t):
+        return self.out
+
+
+def evaluate_with_state(flow: ProbabilityFlow, x: Array, t, state) -> tuple[ProbabilityFlow, Any]:
+    """Evaluate a stateful model (`model.call_with_state(x, t, state) -> (prediction, state)`) at
+    (x, t): the flow with that prediction fixed (valid at (x, t) only) and the new state."""
+    t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
+    out, state = flow.model.call_with_state(x, t, state)
+    check_model_output(out, x, "sampling")
+    return dataclasses.replace(flow, model=Evaluated(out)), state
+
+
+@pytree_dataclass
+class ThreadModelState(Solver):
+    """`solver` on the flow of a model with state across steps (APG's momentum): each step evaluates
+    the model once at (y, t) with the carried state, then takes the inner step with that prediction.
+    Only solvers of one evaluation per step, all at (y, t), qualify (`diffjax.sample` checks);
+    the model's state rides in the carry, so the whole sampler stays one `lax.scan`."""
+
+    solver: Solver
+
+    @property
+    def order(self) -> int:
+        return self.solver.order
+
+    @property
+    def needs_rates(self) -> bool:
+        return self.solver.needs_rates
+
+    def num_evaluations(self, num_steps, *, ends_at_data=False, starts_at_zero_alpha=False):
+        return self.solver.num_evaluations(num_steps, ends_at_data=ends_at_data,
+                                           starts_at_zero_alpha=starts_at_zero_alpha)  # fmt: skip
+
+    def init(self, term, y0, ts):
+        return self.solver.init(term, y0, ts), term.model.init_state(y0)
+
+    def step(self, term, y, carry, t, t_next, key):
+        inner, state = carry
+        fixed, state = evaluate_with_state(term, y, t, state)
+        y, inner = self.solver.step(fixed, y, inner, t, t_next, key)
+        return y, (inner, state)
+
+
 def as_flow(model, process: GaussianProcess, prediction: str | None = None) -> ProbabilityFlow:
     """The `ProbabilityFlow` of a model (any callable (x, t) -> prediction: an NNX module, a pytree
     such as `jax.tree_util.Partial`, or a plain function); prediction defaults to the model's own."""
     return ProbabilityFlow(model, process, prediction or model_prediction(model))
 
 
-__all__ = ["ProbabilityFlow", "as_flow", "check_model_output", "model_prediction"]
+__all__ = [
+    "Evaluated", "ProbabilityFlow", "ThreadModelState", "as_flow", "check_model_output",
+    "evaluate_with_state", "model_prediction",
+]
 

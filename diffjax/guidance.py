@@ -19,7 +19,8 @@ call (`predictions`) and then combines (`combine`), so they stack without extra 
 
     guide            D_bad + w·(D_good − D_bad): the one linear formula (CFG: (cond, uncond))
     autoguidance     the same with a good and a bad network (Karras et al. 2024)
-    apg              adaptive projected guidance on x̂0 (Sadat et al. 2024), momentum not included
+    apg              adaptive projected guidance on x̂0 (Sadat et al. 2024), with momentum: a
+                     rule with state across sampler steps (`diffjax.sample` threads it)
     guidance_interval  the rule only where σ/α ∈ (σ_lo, σ_hi], D_good elsewhere
                      (Kynkäänniemi et al. 2024); e.g. guidance_interval(apg(cfg_model(...)), ...)
     cfgpp_sample     CFG++ (Chung et al. 2024): a DDIM rule with the guided x̂0 and the unguided ε̂,
@@ -154,9 +155,21 @@ class PairGuidance:
     """A guidance rule that evaluates a pair of predictions (D_good, D_bad) at (x, t) and combines
     them: `predictions(x, t)` (the network evaluations), `combine(x, t, good, bad)` (no network) and
     `guidance_scale` (w). Transforms (`apg`, `guidance_interval`) reuse `predictions` and replace or
-    restrict `combine`, so a stack evaluates the networks once."""
+    restrict `combine`, so a stack evaluates the networks once.
+
+    A rule may carry state from one sampler step to the next (APG's momentum): then `stateful` is
+    True, `init_state(x)` gives the state before the first step and `call_with_state(x, t, state)`
+    -> (prediction, state) is what `diffjax.sample` calls (`diffjax.flow.ThreadModelState`); calling
+    such a rule as a plain model (x, t) raises. Stateless rules have the state ()."""
 
     guidance_scale: Array
+
+    @property
+    def stateful(self) -> bool:
+        return False
+
+    def init_state(self, x: Array) -> PyTree:
+        return ()
 
     def predictions(self, x: Array, t: Array) -> tuple[Array, Array]:
         raise NotImplementedError
@@ -164,7 +177,20 @@ class PairGuidance:
     def combine(self, x: Array, t: Array, good: Array, bad: Array) -> Array:
         return guide(good, bad, self.guidance_scale)
 
+    def combine_with_state(self, x, t, good, bad, state) -> tuple[Array, PyTree]:
+        return self.combine(x, t, good, bad), state
+
+    def call_with_state(self, x: Array, t, state: PyTree) -> tuple[Array, PyTree]:
+        t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
+        return self.combine_with_state(x, t, *self.predictions(x, t), state)
+
     def __call__(self, x, t):
+        if self.stateful:
+            raise ValueError(
+                f"{type(self).__name__} carries state across sampler steps (APG momentum), so it is "
+                "not a plain model (x, t): sample it with `diffjax.sample` and a one-evaluation "
+                "solver ('ddim', 'dpm_solver_pp', 'unipc', 'deis', 'euler', ...), or use momentum=0."
+            )
         t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
         return self.combine(x, t, *self.predictions(x, t))
 
@@ -311,18 +337,36 @@ class APG(PairGuidance):
     eta: Array
     norm_threshold: Array
     prediction: str = static_field(default="eps")
+    momentum: float = static_field(default=0.0)
 
     @property
     def guidance_scale(self) -> Array:
         return self.guided.guidance_scale
 
+    @property
+    def stateful(self) -> bool:
+        return self.momentum != 0.0
+
+    def init_state(self, x):
+        """The running average of Δ = x̂0_good − x̂0_bad (zeros like x) with momentum, else ()."""
+        return jnp.zeros_like(x) if self.stateful else ()
+
     def predictions(self, x, t):
         return self.guided.predictions(x, t)
 
     def combine(self, x, t, good, bad):
+        return self._project(x, t, good, bad, ())[0]
+
+    def combine_with_state(self, x, t, good, bad, state):
+        return self._project(x, t, good, bad, state)
+
+    def _project(self, x, t, good, bad, running):
         c = self.process.coefficients(t)
         x0_good = to_x0_eps(good, self.prediction, x, c)[0]
         delta = x0_good - to_x0_eps(bad, self.prediction, x, c)[0]
+        if self.stateful:  # Δ̄ ← Δ + β·Δ̄ (the paper's MomentumBuffer), before the clip
+            delta = delta + self.momentum * running.astype(delta.dtype)
+            running = delta
         r = self.norm_threshold.astype(x.dtype)
         norm = jnp.sqrt(_sum_event(delta**2))
         delta = delta * jnp.minimum(1.0, r / jnp.where(norm > 0, norm, 1.0))
@@ -332,32 +376,40 @@ class APG(PairGuidance):
         dx0 = (w - 1.0) * (delta - parallel + self.eta.astype(x.dtype) * parallel)
         a, s = expand(c.alpha, x), expand(c.sigma, x)
         deps = jnp.where(s > 0, -(a / jnp.where(s > 0, s, 1.0)) * dx0, 0.0)  # keeps x = αx̂0 + σε̂
-        return good + from_x0_eps(dx0, deps, self.prediction, x, c)
+        return good + from_x0_eps(dx0, deps, self.prediction, x, c), running
 
 
 def apg(
     guided: PairGuidance, process: GaussianProcess, eta: float = 0.0,
-    norm_threshold: float = np.inf, prediction: Prediction | None = None,
+    norm_threshold: float = np.inf, prediction: Prediction | None = None, momentum: float = 0.0,
 ) -> APG:  # fmt: skip
-    """Adaptive projected guidance (Sadat et al. 2024, arXiv 2410.02416, Alg. 1 without momentum):
-    on the denoised estimates D_c = x̂0_good, D_u = x̂0_bad of a linear rule (`cfg_model` or
-    `autoguidance`, whose w it uses),
+    """Adaptive projected guidance (Sadat et al. 2024, arXiv 2410.02416, Alg. 1): on the denoised
+    estimates D_c = x̂0_good, D_u = x̂0_bad of a linear rule (`cfg_model` or `autoguidance`, whose w
+    it uses),
 
-        Δ = D_c − D_u,   Δ ← Δ·min(1, r/‖Δ‖)  (per example),
+        Δ = D_c − D_u,   Δ̄ ← Δ + β·Δ̄  (momentum β, carried from step to step; Δ ← Δ̄),
+        Δ ← Δ·min(1, r/‖Δ‖)  (per example),
         Δ∥ = (⟨Δ, D_c⟩/⟨D_c, D_c⟩)·D_c,   Δ⊥ = Δ − Δ∥,
         D = D_c + (w − 1)·(Δ⊥ + η·Δ∥),
 
     returned as the same `prediction` type (default: the rule's declared one) with ε re-derived
     from x = αD + σε (ε̂ moves by −(α/σ)·δD: at α = 0, a flow's noise end, ε̂ = x/σ is untouched;
-    an 'eps' or 'score' network has no finite x̂0 there, as in plain sampling). η = 1, r = ∞ is
-    `guided` itself; η = 0 (the paper's default) drops the parallel part that oversaturates.
-    NOT included: the paper's momentum Δ ← Δ + β·Δ_prev, which needs state across sampler steps.
+    an 'eps' or 'score' network has no finite x̂0 there, as in plain sampling). η = 1, r = ∞, β = 0
+    is `guided` itself; η = 0 (the paper's default) drops the parallel part that oversaturates.
+
+    momentum β ∈ (−1, 1) (the paper uses negative values, e.g. −0.5; static: a new β recompiles):
+    Δ̄ starts at 0 and is updated once per sampler step (inside a `guidance_interval`, only where the
+    interval is active), so the rule is stateful: sample it with `diffjax.sample` and a solver of one
+    evaluation per step; as a plain model (x, t) it raises. β = 0 is stateless.
     A pytree (η, r and the rule's w, labels and parameters are leaves)."""
     owner = "apg"
     _check_pair_rule(guided, owner, linear=True)
     prediction = _declared_prediction(guided, prediction, owner)
+    if not isinstance(momentum, int | float | np.floating | np.integer) or not -1.0 < float(momentum) < 1.0:
+        raise ValueError(f"{owner}: momentum must be a number in (-1, 1) (static), got {momentum!r}.")
     return APG(guided, process, _check_scalar(eta, "eta", owner),
-               _check_scalar(norm_threshold, "norm_threshold", owner, open_low=True), prediction)  # fmt: skip
+               _check_scalar(norm_threshold, "norm_threshold", owner, open_low=True), prediction,
+               float(momentum))  # fmt: skip
 
 
 @pytree_dataclass(eq=False)
@@ -386,9 +438,23 @@ class GuidanceInterval(PairGuidance):
     def predictions(self, x, t):
         return self.guided.predictions(x, t)
 
+    @property
+    def stateful(self) -> bool:
+        return self.guided.stateful
+
+    def init_state(self, x):
+        return self.guided.init_state(x)
+
     def combine(self, x, t, good, bad):
         inside = expand(self.active(t), x)
         return jnp.where(inside, self.guided.combine(x, t, good, bad), good)
+
+    def combine_with_state(self, x, t, good, bad, state):
+        """The rule and its state update where the interval is active; D_good and the state as
+        they were elsewhere."""
+        inside = expand(self.active(t), x)
+        out, new = self.guided.combine_with_state(x, t, good, bad, state)
+        return jnp.where(inside, out, good), jax.tree.map(lambda a, b: jnp.where(inside, a, b), new, state)
 
 
 def guidance_interval(

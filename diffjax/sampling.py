@@ -24,7 +24,7 @@ from jaxtyping import Array, ArrayLike
 
 from diffjax._jit import filter_jit
 from diffjax._validate import check_key, is_concrete
-from diffjax.flow import ProbabilityFlow, as_flow
+from diffjax.flow import ProbabilityFlow, ThreadModelState, as_flow, evaluate_with_state
 from diffjax.grids import GRIDS, make_grid
 from diffjax.processes.base import GaussianProcess
 from diffjax.solvers import SOLVERS, Adaptive, Solver, integrate
@@ -151,6 +151,8 @@ def sample(
         num_steps = steps_for_budget(solver, process, nfe, t_eps=t_eps, denoise_final=denoise_final)
     flow = as_flow(model, process, prediction)
     adaptive = isinstance(solver, Adaptive)
+    if getattr(model, "stateful", False):
+        solver = _thread_model_state(solver)
     if solver.needs_rates and not process.has_rates:
         raise ValueError(
             f"{type(solver).__name__} integrates an ODE/SDE and needs dα/dt, dσ/dt or g²(t), which "
@@ -210,6 +212,20 @@ def sample(
     return SampleResult(x, path, nfe + int(denoise_final))
 
 
+def _thread_model_state(solver: Solver) -> ThreadModelState:
+    """A model with state across steps (APG momentum) runs only on solvers that evaluate it once per
+    step, at the step's start; refused otherwise, before any compute."""
+    if isinstance(solver, Adaptive) or solver.evals_per_step != 1:
+        raise ValueError(
+            f"sample: the model carries state from step to step (e.g. APG momentum), which needs one "
+            f"model evaluation per step; {solver!r} takes "
+            f"{'adaptive steps' if isinstance(solver, Adaptive) else f'{solver.evals_per_step} per step'}. "
+            "Use 'ddim', 'dpm_solver_pp', 'unipc', 'deis', 'euler', 'ancestral', 'euler_maruyama' or "
+            "'dpm_solver_pp_sde'."
+        )
+    return ThreadModelState(solver)
+
+
 @filter_jit
 def _sample_compiled(
     solver: Solver, flow: ProbabilityFlow, key, x_init, ts, *, shape, num_steps, grid, t_eps,
@@ -226,6 +242,8 @@ def _sample_compiled(
     sol = integrate(solver, flow, x_init, ts, k_steps, save_every=int(save_trajectory))
     x = sol.y
     if denoise_final:
+        if isinstance(solver, ThreadModelState):  # the last evaluation sees the carried state too
+            flow = evaluate_with_state(flow, x, ts[-1], sol.carry[1])[0]
         x = flow.denoise(x, ts[-1])[0].astype(x.dtype)
     return x, sol.trajectory, sol.nfe
 

@@ -68,6 +68,8 @@ flags.DEFINE_string("workdirs", None, "Comma-separated work directories written 
 flags.DEFINE_string("table", None, "Only print the markdown table of the rows in this JSON lines file.")
 flags.DEFINE_string("samplers", "euler:20,heun:10,dpm_solver_pp:10", "name:steps[:w], comma-separated.")
 flags.DEFINE_integer("num", 1000, "Samples per model × sampler.")
+flags.DEFINE_integer("seed", 1, "PRNG seed of the samples (the same noise for every model and sampler; "
+                     "another seed measures FD-MNIST's sampling spread).")
 flags.DEFINE_list("sigma_rels", [], "Post-hoc EMA widths σ_rel to evaluate (runs with train.posthoc_ema).")
 flags.DEFINE_bool("clip_denoised", None, "Clip x̂0 to [−1, 1] while sampling (default: the config's).")
 flags.DEFINE_integer("bpd_examples", 64, "Test images for bits/dim (0 to skip).")
@@ -153,8 +155,9 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
                 cfg.sample.guidance_scale = w
         grid = "optimized" if spec == "grid_file" else cfg.sample.get("grid", "uniform")
         labels = np.arange(FLAGS.num) % 10 if num_classes(cfg) is not None else None
-        res = generate(cfg, model, process, jax.random.key(1), FLAGS.num, trained.record["data_shape"],
-                       labels=labels, latent_space=trained.latent_space, bad_model=bad)  # fmt: skip
+        res = generate(cfg, model, process, jax.random.key(FLAGS.seed), FLAGS.num,
+                       trained.record["data_shape"], labels=labels, latent_space=trained.latent_space,
+                       bad_model=bad)  # fmt: skip
         samples = np.clip(np.asarray(res.samples), -1, 1)
         fd = frechet_distance(*feature_statistics(clf.features(samples)), *test_stats)
         hist = class_histogram(clf, samples)
@@ -165,7 +168,8 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
                    grid=grid, nfe=nfe, fd_mnist=round(fd, 3), train_steps=step,
                    train_time_s=train_wall_time(workdir), bits_per_dim=bpd, bits_per_dim_se=bpd_se,
                    elbo_bits_per_dim=elbo, elbo_bits_per_dim_se=elbo_se,
-                   clip_denoised=clip, num_samples=FLAGS.num, class_tv=round(class_tv(hist, test_freq), 4),
+                   clip_denoised=clip, num_samples=FLAGS.num, seed=FLAGS.seed,
+                   class_tv=round(class_tv(hist, test_freq), 4),
                    class_histogram=[round(float(v), 3) for v in hist])  # fmt: skip
         if labels is not None:
             row["conditional_accuracy"] = round(conditional_accuracy(clf, samples, labels), 4)

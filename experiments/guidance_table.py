@@ -13,6 +13,8 @@ Rules, each from the SAME initial noise x_T and labels y = i mod 4 (n per class)
     autoguidance  D_bad + w(D_good − D_bad), D_bad = the exact conditional model of the mixture with
                   every component std × BAD_WIDTH (a deliberately degraded network)
     APG           η = APG_ETA, r = APG_R, no momentum, on the CFG pair
+    APG+momentum  the same with momentum β = APG_MOMENTUM (Sadat et al.'s running average of Δ over
+                  the sampler's steps, threaded by `diffjax.sample`)
     CFG++         λ ∈ LAMBDAS, DDIM with CFGPP_STEPS steps (its own sampler: it is a DDIM rule)
 All but CFG++ sample with DPM-Solver++(2M) on VPSDE, 'eps' prediction, `STEPS` steps of the log-SNR
 grid to t_eps = 1e-3, then x̂0 (`diffjax.sample`); the sampler error is measured as the sliced W2
@@ -68,7 +70,7 @@ SCALES = (1.0, 1.5, 2.0, 3.0, 5.0)
 LAMBDAS = (0.2, 0.4, 0.6, 0.8, 1.0)
 SIGMA_LO, SIGMA_HI = 0.3, 3.0
 BAD_WIDTH = 1.5
-APG_ETA, APG_R = 0.0, 1.0
+APG_ETA, APG_R, APG_MOMENTUM = 0.0, 1.0, -0.5
 STEPS, CFGPP_STEPS, CFGPP_QUICK_STEPS = 200, 50, 10
 PROCESS = dj.VPSDE()
 LABELS8 = [0, 1, 2, 3, 0, 1, 2, 3]
@@ -157,6 +159,7 @@ class Problem:
             "autoguidance": autoguidance(bind_labels(self.model, self.y),
                                          bind_labels(self.bad_model, self.y), w),  # fmt: skip
             "APG": apg(cfg, PROCESS, APG_ETA, APG_R, prediction="eps"),
+            "APG+momentum": apg(cfg, PROCESS, APG_ETA, APG_R, prediction="eps", momentum=APG_MOMENTUM),
         }
 
     def sample(self, model, steps=None):
@@ -277,7 +280,7 @@ def main(argv=None) -> int:
     print(f"\nSampler: DPM-Solver++(2M), VPSDE, eps, log-SNR grid, {steps} steps to t_eps = 1e-3 (CFG++: "
           f"DDIM, {cfgpp_steps} steps, same grid). Interval (σ_lo, σ_hi] = ({SIGMA_LO}, {SIGMA_HI}]; "
           f"autoguidance D_bad: stds × {BAD_WIDTH}; APG η = {APG_ETA}, r = {APG_R}, "
-          "no momentum.")  # fmt: skip
+          f"momentum 0 or β = {APG_MOMENTUM}.")  # fmt: skip
     print("\nCFG++ against the number of DDIM steps (2D ring, log-SNR grid; w_k: the equivalent CFG scale "
           "λ/(1 − e^{−h}) of every step):\n\n| λ | steps | accuracy | SW2 to p(x\\|y) [floor] | w_k |\n"
           "|---|---|---|---|---|")  # fmt: skip

@@ -36,12 +36,14 @@ PyTree = Any
 class Solution(NamedTuple):
     """y: the state at ts[-1]; trajectory: the states at ts[::save_every] (leading axis) or None;
     nfe: model evaluations counted at run time (adaptive solvers) or None (fixed grids: see
-    `Solver.num_evaluations`); success: False if an adaptive solve failed (e.g. hit max_steps)."""
+    `Solver.num_evaluations`); success: False if an adaptive solve failed (e.g. hit max_steps);
+    carry: the solver's carry after the last step (fixed grids; e.g. a model's state)."""
 
     y: PyTree
     trajectory: PyTree | None = None
     nfe: Array | None = None
     success: Array | None = None
+    carry: Any = None
 
 
 class Solver:
@@ -79,17 +81,17 @@ class Solver:
 
         xs = (ts[:-1], ts[1:], keys)
         if not save_every:
-            (y, _), _ = jax.lax.scan(body, (y0, carry0), xs)
-            return Solution(y)
+            (y, carry), _ = jax.lax.scan(body, (y0, carry0), xs)
+            return Solution(y, carry=carry)
 
         def chunk(state, chunk_xs):  # save_every steps, then save the state
             state, _ = jax.lax.scan(body, state, chunk_xs)
             return state, state[0]
 
         chunks = jax.tree.map(lambda a: a.reshape(n // save_every, save_every, *a.shape[1:]), xs)
-        (y, _), saved = jax.lax.scan(chunk, (y0, carry0), chunks)
+        (y, carry), saved = jax.lax.scan(chunk, (y0, carry0), chunks)
         trajectory = jax.tree.map(lambda a, s: jnp.concatenate([a[None], s]), y0, saved)
-        return Solution(y, trajectory)
+        return Solution(y, trajectory, carry=carry)
 
 
 def integrate(
