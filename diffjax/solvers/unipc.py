@@ -22,7 +22,8 @@ predictor alone is of order p. One evaluation per step; needs only α and σ (ru
 runs on pytree states (a likelihood's log-density leaf) and in either direction.
 
 Lower order: warm-up (order ≤ k + 1 on step k), order 1 on steps whose h is infinite (ending at σ = 0
-or α = 0, starting at α = 0), and with `lower_order_final` below 15 steps order 1 on the last step
+or α = 0, starting at α = 0: a flow's first step, whose correction takes UniC-1's limit as h → ∞,
+−B(h)·½ → ½ for bh2; bh1's −B(h) = h diverges, so bh1 leaves that step uncorrected), and with `lower_order_final` below 15 steps order 1 on the last step
 and ≤ 2 on the one before (diffusers' UniPC lowers the final orders at every step count, which costs
 the asymptotic order; this follows its DPM-Solver++ rule instead).
 """
@@ -129,7 +130,11 @@ class UniPC(Solver):
         # each list: q − 1 history coefficients then the new one; align the new node last
         width = self.order
         aligned = [o[:-1] + [0.0] * (width - len(o)) + o[-1:] for o in options]
-        cs = [jnp.where(jnp.isfinite(h), c, 0.0) for c in select(p_prev, aligned)]
+        # a previous step from α = 0 (l = −∞, a flow's noise end; always order 1) has h = +∞: UniC-1's
+        # coefficient −B(h)ρ = (1 − e^{−h})/2 tends to ½ for bh2 (bh1's −h·… diverges: no correction)
+        at_inf = [0.0] * (width - 1) + [0.5 if self.variant == "bh2" else 0.0]
+        cs = [jnp.where(jnp.isfinite(h), c, jnp.where(h == jnp.inf, c_inf, 0.0))
+              for c, c_inf in zip(select(p_prev, aligned), at_inf, strict=True)]  # fmt: skip
         y_c = semilinear_update(term, y_prev, ms[0], [*ms[1:], m_new], cs, t_prev, t, h)
         return tree_where(k > 0, y_c, y)
 
