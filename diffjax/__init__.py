@@ -116,6 +116,7 @@ from diffjax.solvers import (
     Heun,
     Midpoint,
     PredictorCorrector,
+    SASolver,
     UniPC,
     integrate,
 )
@@ -163,7 +164,7 @@ __all__ = [
     "denoising_loss", "dsm_loss", "edm_grid", "flow_path_from_sde", "gaussian", "integrate",
     "langevin_dynamics", "load_model", "log_likelihood", "logit_normal_time", "logsnr_grid",
     "make_grid", "make_solver", "ring_mixture", "sample", "sde_from_flow_path", "steps_for_budget",
-    "uniform_grid", "SampleLogProb", "sample_with_log_prob", "UniPC", "DEIS", "DPMSolverPPSDE",
+    "uniform_grid", "SampleLogProb", "sample_with_log_prob", "UniPC", "DEIS", "DPMSolverPPSDE", "SASolver",
     "OptimizedGrid", "optimize_grid", "apg", "autoguidance", "bind_labels", "cfgpp_equivalent_scales",
     "cfgpp_sample", "guidance_interval",
     "uniform_time", "variational_bound",

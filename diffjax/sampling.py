@@ -123,8 +123,8 @@ def sample(
     Args:
       solver: a name in `diffjax.solvers.SOLVERS` ('euler', 'heun', 'midpoint', 'rk4', 'ddim',
         'dpm_solver_pp', 'unipc', 'deis', 'tsit5', 'dopri5', 'euler_maruyama', 'ancestral', 'pc',
-        'edm', 'dpm_solver_pp_sde'), with its options as keyword arguments, or a solver object
-        (e.g. `DPMSolverPP(order=3)`).
+        'edm', 'dpm_solver_pp_sde', 'sa_solver'), with its options as keyword arguments, or a solver
+        object (e.g. `DPMSolverPP(order=3)`).
       model: model(x (batch, *event), t (batch,)) -> prediction of type `prediction`.
       process: any `GaussianProcess` (diffusion SDE, flow path, DDPM chain).
       key: PRNG key for the prior and the solver's noise.
@@ -220,8 +220,8 @@ def _thread_model_state(solver: Solver) -> ThreadModelState:
             f"sample: the model carries state from step to step (e.g. APG momentum), which needs one "
             f"model evaluation per step; {solver!r} takes "
             f"{'adaptive steps' if isinstance(solver, Adaptive) else f'{solver.evals_per_step} per step'}. "
-            "Use 'ddim', 'dpm_solver_pp', 'unipc', 'deis', 'euler', 'ancestral', 'euler_maruyama' or "
-            "'dpm_solver_pp_sde'."
+            "Use 'ddim', 'dpm_solver_pp', 'unipc', 'deis', 'euler', 'ancestral', 'euler_maruyama', "
+            "'dpm_solver_pp_sde' or 'sa_solver'."
         )
     return ThreadModelState(solver)
 

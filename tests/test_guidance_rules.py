@@ -195,7 +195,9 @@ def test_apg_momentum_matches_the_papers_algorithm_step_by_step(interval):
     assert np.abs(np.asarray(no_momentum) - ref).max() > 100 * TOL
 
 
-@pytest.mark.parametrize("solver", ["dpm_solver_pp", "unipc", "deis", "ddim", "euler", "ancestral"])
+@pytest.mark.parametrize(
+    "solver", ["dpm_solver_pp", "unipc", "deis", "ddim", "euler", "ancestral", "sa_solver"]
+)
 def test_a_stateful_model_leaves_every_one_evaluation_solver_unchanged(solver):
     """`dj.sample` threads a model's state through any solver of one evaluation per step: a model
     that only counts its calls in that state gives bit-identical samples to the stateless model on

@@ -5,6 +5,7 @@ pytree states integrated towards the noise (a likelihood's log-density leaf)."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from conftest import x64
 from samplers_util import (
@@ -24,7 +25,7 @@ from diffjax.flow import as_flow
 from diffjax.likelihood import LogDensityFlow
 from diffjax.oracle import gaussian
 from diffjax.processes import VPSDE, CondOTPath, DDPMChain
-from diffjax.solvers import DEIS, DPMSolverPP, DPMSolverPPSDE, UniPC
+from diffjax.solvers import DEIS, DPMSolverPP, DPMSolverPPSDE, SASolver, UniPC
 
 KEY = jax.random.PRNGKey(0)
 
@@ -58,10 +59,12 @@ ORDER_CASES = [
     (DEIS(order=2), 2, True),
     (DEIS(order=3), 3, False),
     (DPMSolverPP(order=3), 3, False),
+    (SASolver(predictor_order=1, corrector_order=2, tau=0.0), 2, True),  # SA-Corrector: order q
+    (SASolver(predictor_order=2, corrector_order=3, tau=0.0), 3, True),
 ]
 # on CondOT (runtime budget) the two B(h) variants, DEIS and 3M; not UniPC-3 (see the docstring)
 CONDOT_CASES = (UniPC(order=2, variant="bh1"), UniPC(order=2, variant="bh2"), DEIS(order=2), DEIS(order=3),
-                DPMSolverPP(order=3))  # fmt: skip
+                DPMSolverPP(order=3), SASolver(predictor_order=2, corrector_order=3, tau=0.0))  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -77,7 +80,9 @@ def test_multistep_solvers_converge_at_their_order_on_gaussian_data(process, pre
     its fitted order is within ±0.4 of 2 and at least 1 below ours (all on VP; on CondOT the subset
     `CONDOT_CASES`, for the runtime budget). Measured (VP / CondOT, 32–128 steps): UniPC-1 1.99,
     UniPC-2 bh1 3.06/3.09, bh2 2.97/2.93, UniP-2 alone 1.98, DEIS-2 2.02/2.03, DEIS-3 4.00/4.08,
-    DPM-Solver++ 3M 4.00/4.08 vs reference 2.14/2.28. UniPC-3 with the corrector (expected 4) measures
+    DPM-Solver++ 3M 4.00/4.08 vs reference 2.14/2.28, SA-Solver (τ = 0) predictor 1 + corrector 2
+    2.01/2.00, 2 + 3 3.01/3.00 (2 + 2 is second order with a ~50× smaller constant, so 32–256 steps are
+    pre-asymptotic: 2.4/2.8; 3 + 4 3.3–3.7 like UniPC-3). UniPC-3 with the corrector (expected 4) measures
     only 3.31 on VP and is asserted > 2.7; on CondOT, whose last step ends at σ = 0 and returns x̂0 of
     the uncorrected state, its error stalls between 32 and 64 steps and then falls at ≈ 2.6–3.2
     (64–256 steps), above UniP-3 alone — an open point, not asserted there."""
@@ -274,3 +279,75 @@ def test_unipc_corrects_a_first_step_from_alpha_zero_by_its_limit(variant):
             assert moved > 1e-2, moved  # and the correction is not vacuous
         else:
             assert moved == 0.0
+
+
+@pytest.mark.parametrize(
+    "process,prediction", [(VPSDE(), "eps"), (CondOTPath(), "velocity")], ids=["VP", "CondOT"]
+)
+def test_sa_solver_reduces_to_deis_and_to_sde_dpm_solver_pp(process, prediction):
+    """Without its corrector SA-Solver's predictor is the exponential Adams–Bashforth step of the SDE
+    family: at τ = 0 it is DEIS-tAB-p (p = 1, 2, 3), at τ = 1 and p = 2 SDE-DPM-Solver++ 2M with the
+    exact ('heun') coefficient, at p = 1 SDE-DPM-Solver++ 1 — same noise (the step keys are drawn
+    alike), float64, measured ≤ 1e-14 on samples of size ≈ 4."""
+    mix = mixture_2d()
+    with x64():
+        model = mix.model(process, prediction)
+        x = process.prior_sample(jax.random.key(0), (128, 2), jnp.float64)
+
+        def draw(solver):
+            return dj.sample(solver, model, process, jax.random.key(1), num_steps=12, x_init=x).samples
+
+        for p in (1, 2, 3):
+            a, b = draw(SASolver(predictor_order=p, corrector_order=0, tau=0.0)), draw(DEIS(order=p))
+            assert float(jnp.max(jnp.abs(a - b))) < 1e-10, p
+        for p in (1, 2):
+            a = draw(SASolver(predictor_order=p, corrector_order=0, tau=1.0))
+            b = draw(DPMSolverPPSDE(order=p, second_order="heun"))
+            assert float(jnp.max(jnp.abs(a - b))) < 1e-10, p
+        corrected = draw(SASolver(tau=1.0))
+        assert float(jnp.max(jnp.abs(corrected - b))) > 1e-3  # the corrector is not vacuous
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
+def test_sa_solver_is_exact_in_distribution_for_a_point_mass(tau):
+    """Data = a point mass at m: x̂0 ≡ m, every Adams correction vanishes and each stochastic step is
+    the exact transition of the SDE family, for any step size: from the exact marginal at t_noise, 6
+    steps (predictor 2, corrector 2) on VP must give x ~ N(α m, σ² I) at t_end. z-tests on the mean
+    (per coordinate) and the variance (pooled; its s.e. √(2/(n − 1))·σ²), |z| < 4.5 over n = 20000;
+    a wrong noise scale √(1 − e^{−2τ²h}) or decay e^{−τ²h} shifts the variance by ≫ 4.5 s.e."""
+    process, n = VPSDE(), 20000
+    m = jnp.asarray([1.5, -0.5])
+    model = lambda x, t: jnp.broadcast_to(m, x.shape)  # noqa: E731  (an 'x0' prediction)
+    t_end = process.data_end(1e-2)
+    c0, c1 = process.coefficients(jnp.asarray(process.t_noise)), process.coefficients(jnp.asarray(t_end))
+    x = c0.alpha * m + c0.sigma * jax.random.normal(jax.random.key(5), (n, 2))
+    out = dj.sample(SASolver(tau=tau), model, process, jax.random.key(6), num_steps=6, x_init=x,
+                    prediction="x0", t_eps=1e-2, denoise_final=False).samples  # fmt: skip
+    out = np.asarray(out, np.float64)
+    z_mean = (out.mean(0) - np.asarray(c1.alpha * m)) / (float(c1.sigma) / np.sqrt(n))
+    var = out.var(0, ddof=1).mean()
+    z_var = (var - float(c1.sigma) ** 2) / (float(c1.sigma) ** 2 * np.sqrt(2.0 / (2 * n - 2)))
+    assert np.all(np.abs(z_mean) < 4.5) and abs(z_var) < 4.5, (z_mean, z_var)
+
+
+def test_sa_solver_samples_the_mixture():
+    """SA-Solver with its defaults (predictor 2, corrector 2, τ = 1: the reverse SDE) samples the 2D ring
+    like SDE-DPM-Solver++ (same criteria and settings as `test_sde_dpm_solver_pp_samples_the_mixture`)."""
+    mix, process = mixture_2d(), VPSDE()
+    res = dj.sample("sa_solver", mix.model(process, "eps"), process, jax.random.PRNGKey(2), (N_SAMPLES, 2),
+                    30, grid="logsnr")  # fmt: skip
+    ratio = sw_ratio(res.samples, mix, jax.random.PRNGKey(102), CHUNKS)
+    gap = log_prob_gap(res.samples, "2d")
+    assert ratio < SW_THRESHOLD and abs(gap) < LOGP_TOL and res.nfe == 31, (ratio, gap, res.nfe)
+
+
+def test_sa_solver_refuses_bad_options_and_a_stochastic_grid_towards_the_noise():
+    for bad in (dict(predictor_order=4), dict(corrector_order=5), dict(tau=-1.0), dict(tau=float("nan")),
+                dict(tau_interval=(2.0, 1.0)), dict(tau_interval=(1.0,))):  # fmt: skip
+        with pytest.raises(ValueError, match="sa_solver"):
+            SASolver(**bad)
+    mix, process = mixture_2d(), VPSDE()
+    term = as_flow(mix.model(process, "eps"), process)
+    with pytest.raises(ValueError, match="towards the data"):
+        dj.integrate(SASolver(), term, jnp.zeros((4, 2)), jnp.linspace(1e-3, 1.0, 5))
+    dj.integrate(SASolver(tau=0.0), term, jnp.zeros((4, 2)), jnp.linspace(1e-3, 1.0, 5))  # τ = 0: an ODE

@@ -17,6 +17,7 @@ from diffjax.solvers.edm import EDM
 from diffjax.solvers.euler_maruyama import EulerMaruyama
 from diffjax.solvers.predictor_corrector import PredictorCorrector
 from diffjax.solvers.runge_kutta import RK4, Euler, Heun, Midpoint, RungeKutta, Tableau
+from diffjax.solvers.sa_solver import SASolver
 from diffjax.solvers.terms import ODE, SDE, Langevin
 from diffjax.solvers.unipc import UniPC
 
@@ -38,11 +39,12 @@ SOLVERS = {
     "pc": PredictorCorrector,
     "edm": EDM,  # s_churn = 0: EDM's deterministic Heun in σ/α
     "dpm_solver_pp_sde": DPMSolverPPSDE,  # SDE-DPM-Solver++ 2M
+    "sa_solver": SASolver,  # stochastic Adams predictor-corrector (tau = 0: deterministic)
 }
 """Solver names of configs, `diffjax.sample` and the CLIs → solver classes."""
 
 __all__ = [
     "DEIS", "EDM", "ODE", "RK4", "SDE", "SOLVERS", "Adaptive", "Ancestral", "DDIM", "DPMSolverPP",
     "DPMSolverPPSDE", "Euler", "EulerMaruyama", "Heun", "Langevin", "Midpoint", "PredictorCorrector",
-    "RungeKutta", "Solution", "Solver", "Tableau", "UniPC", "integrate",
+    "RungeKutta", "SASolver", "Solution", "Solver", "Tableau", "UniPC", "integrate",
 ]  # fmt: skip

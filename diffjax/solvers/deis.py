@@ -46,13 +46,14 @@ _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(12)
 _U, _W = (_NODES + 1.0) / 2.0, _WEIGHTS / 2.0  # on [0, 1]
 
 
-def deis_coefficients(h, taus: list) -> list:
-    """c_j = ∫_0^h e^{−(h−τ)} L_j(τ) dτ, j = 1…len(taus), for the Lagrange basis on the nodes
-    (0, *taus) (Gauss–Legendre on τ = h u)."""
+def deis_coefficients(h, taus: list, kappa=1.0) -> list:
+    """c_j = κ∫_0^h e^{−κ(h−τ)} L_j(τ) dτ, j = 1…len(taus), for the Lagrange basis on the nodes
+    (0, *taus) (Gauss–Legendre on τ = h u; accurate while κ|h| ≤ 20). κ = 1: DEIS; κ = 1 + τ²: the
+    stochastic Adams steps of SA-Solver (`diffjax.solvers.sa_solver`)."""
     nodes = [0.0, *taus]
     u = jnp.asarray(_U, jnp.result_type(h))
     tau = h * u
-    weight = h * jnp.asarray(_W, u.dtype) * jnp.exp(-h * (1.0 - u))
+    weight = kappa * h * jnp.asarray(_W, u.dtype) * jnp.exp(-kappa * h * (1.0 - u))
     cs = []
     for j in range(1, len(nodes)):
         basis = 1.0
