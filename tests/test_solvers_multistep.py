@@ -301,10 +301,10 @@ def test_sa_solver_reduces_to_deis_and_to_sde_dpm_solver_pp(process, prediction)
             a, b = draw(SASolver(predictor_order=p, corrector_order=0, tau=0.0)), draw(DEIS(order=p))
             assert float(jnp.max(jnp.abs(a - b))) < 1e-10, p
         for p in (1, 2):
-            a = draw(SASolver(predictor_order=p, corrector_order=0, tau=1.0))
+            a = draw(SASolver(predictor_order=p, corrector_order=0, tau=1.0, tau_interval=(0.0, np.inf)))
             b = draw(DPMSolverPPSDE(order=p, second_order="heun"))
             assert float(jnp.max(jnp.abs(a - b))) < 1e-10, p
-        corrected = draw(SASolver(tau=1.0))
+        corrected = draw(SASolver(tau=1.0, tau_interval=(0.0, np.inf)))
         assert float(jnp.max(jnp.abs(corrected - b))) > 1e-3  # the corrector is not vacuous
 
 
@@ -321,8 +321,9 @@ def test_sa_solver_is_exact_in_distribution_for_a_point_mass(tau):
     t_end = process.data_end(1e-2)
     c0, c1 = process.coefficients(jnp.asarray(process.t_noise)), process.coefficients(jnp.asarray(t_end))
     x = c0.alpha * m + c0.sigma * jax.random.normal(jax.random.key(5), (n, 2))
-    out = dj.sample(SASolver(tau=tau), model, process, jax.random.key(6), num_steps=6, x_init=x,
-                    prediction="x0", t_eps=1e-2, denoise_final=False).samples  # fmt: skip
+    solver = SASolver(tau=tau, tau_interval=(0.0, np.inf))
+    out = dj.sample(solver, model, process, jax.random.key(6), num_steps=6, x_init=x, prediction="x0",
+                    t_eps=1e-2, denoise_final=False).samples  # fmt: skip
     out = np.asarray(out, np.float64)
     z_mean = (out.mean(0) - np.asarray(c1.alpha * m)) / (float(c1.sigma) / np.sqrt(n))
     var = out.var(0, ddof=1).mean()
@@ -331,7 +332,7 @@ def test_sa_solver_is_exact_in_distribution_for_a_point_mass(tau):
 
 
 def test_sa_solver_samples_the_mixture():
-    """SA-Solver with its defaults (predictor 2, corrector 2, τ = 1: the reverse SDE) samples the 2D ring
+    """SA-Solver with its defaults (predictor 2, corrector 2, τ = 1 on σ/α ∈ (0.72, 25]) samples the 2D ring
     like SDE-DPM-Solver++ (same criteria and settings as `test_sde_dpm_solver_pp_samples_the_mixture`)."""
     mix, process = mixture_2d(), VPSDE()
     res = dj.sample("sa_solver", mix.model(process, "eps"), process, jax.random.PRNGKey(2), (N_SAMPLES, 2),

@@ -26,8 +26,13 @@ constant (a point mass) for any step size — tested by z-tests on the moments.
 
 Options (static): predictor_order p ∈ {1, 2, 3}; corrector_order q ∈ {0 (off), 1, 2, 3, 4} (≤ p + 1
 is used; the number of nodes, the new one included); tau ≥ 0 and tau_interval = (lo, hi): τ where the
-step starts with σ/α ∈ (lo, hi], 0 elsewhere (diffusers' SASolverScheduler uses τ = 1 on its middle
-timesteps 200–800 and 0 outside); lower_order_final as in `multistep.step_order`.
+step starts with σ/α ∈ (lo, hi], 0 elsewhere. Default τ = 1 on (0.72, 25]: diffusers' SASolverScheduler
+uses τ = 1 on its middle timesteps 200–800 of the linear β schedule, which are σ/α ∈ [0.72, 25] (VP);
+(0, inf) is the whole reverse SDE. Measured on the 2D ring (VP, log-SNR grid, mean log-density gap to
+the exact samples, 3 seeds × 4000): 10 steps τ = 0 −0.050, the default −0.285, τ = 1 everywhere
+−0.806 (its predictor alone, = SDE-DPM-Solver++ 2M 'heun', −1.052; 'midpoint' −0.322); 20 steps
+−0.020 / −0.035 / −0.050 / −0.089 — noise pays off only with enough steps, as the paper reports.
+lower_order_final as in `multistep.step_order`.
 
 Ends: a step to σ = 0 (h = ∞) is first order and returns α x̂0 (no noise); a first step from α = 0
 (a flow's noise end, h = ∞) is first order, and its correction takes the limit h → ∞ of the
@@ -74,7 +79,7 @@ class SASolver(Solver):
     predictor_order: int = static_field(default=2)
     corrector_order: int = static_field(default=2)
     tau: float = static_field(default=1.0)
-    tau_interval: tuple = static_field(default=(0.0, float("inf")))
+    tau_interval: tuple = static_field(default=(0.72, 25.0))
     lower_order_final: bool = static_field(default=True)
     needs_rates: ClassVar[bool] = False
     __repr__ = compact_repr
