@@ -123,7 +123,7 @@ SKIP: set[str] = set()  # diffjax solver names left out (--skip)
 OPTIMIZE_BUDGETS: set[int] = set()  # budgets at which optimised grids are run (--optimize)
 
 
-EXPONENTIAL = ("dpm_solver_pp", "unipc", "deis")
+EXPONENTIAL = ("dpm_solver_pp", "unipc", "deis", "sa_solver")
 
 
 def diffjax_configs(family: str) -> list[tuple[str, str, dict, str, float | None]]:
@@ -135,6 +135,9 @@ def diffjax_configs(family: str) -> list[tuple[str, str, dict, str, float | None
                        ("deis", {"order": 3})):  # fmt: skip
         if name in dj.SOLVERS:
             names.append((f"{name} {opts['order']}", name, opts))
+    if "sa_solver" in dj.SOLVERS:  # deterministic (τ = 0) stochastic-Adams predictor–corrector
+        names += [(f"sa_solver {p}+{q}", "sa_solver", dict(predictor_order=p, corrector_order=q, tau=0.0))
+                  for p, q in ((2, 2), (2, 3))]  # fmt: skip
     names += [("heun", "heun", {}), ("rk4", "rk4", {})]
     if family == "CondOT":
         names += [("midpoint", "midpoint", {}), ("euler", "euler", {})]
