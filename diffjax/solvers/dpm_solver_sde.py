@@ -27,7 +27,14 @@ import numpy as np
 from diffjax._pytree import pytree_dataclass, static_field
 from diffjax._validate import is_concrete
 from diffjax.solvers.base import Solver
-from diffjax.solvers.multistep import compact_repr, half_log_snr, init_history, push, step_order
+from diffjax.solvers.multistep import (
+    compact_repr,
+    half_log_snr,
+    init_history,
+    normal_like,
+    push,
+    step_order,
+)
 
 SECOND_ORDER = ("midpoint", "heun")
 
@@ -71,10 +78,7 @@ class DPMSolverPPSDE(Solver):
         else:
             c2 = 1.0 + one_minus / (-2.0 * h)
         c2 = jnp.where(eff == 2, c2 * h / (l_t - l1), 0.0)  # times (x̂0_t − x̂0_prev)
-        leaves, treedef = jax.tree.flatten(y)
-        keys = list(jax.random.split(key, len(leaves)))
-        noise = jax.tree.unflatten(treedef, [jax.random.normal(kk, a.shape, a.dtype) for kk, a in
-                                             zip(keys, leaves, strict=True)])  # fmt: skip
+        noise = normal_like(key, y)
 
         def leaf(y_, m0_, m1_, s_t_, s_n_, w_n_, z_):
             out = (s_n_ / s_t_) * decay * y_ + w_n_ * one_minus * m0_ + s_n_ * jnp.sqrt(one_minus) * z_

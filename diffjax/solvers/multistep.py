@@ -129,6 +129,15 @@ def compact_repr(solver) -> str:
     return f"{type(solver).__name__}({', '.join(opts)})"
 
 
+def normal_like(key, y):
+    """Standard normal noise like the pytree y: one key per leaf, split from `key` (the stochastic
+    multistep solvers draw their ξ this way)."""
+    leaves, treedef = jax.tree.flatten(y)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [jax.random.normal(k, a.shape, a.dtype) for k, a in
+                                        zip(keys, leaves, strict=True)])  # fmt: skip
+
+
 def tree_where(cond, a, b):
     """Leafwise jnp.where(cond, a, b) of two pytrees of the same structure (cond a scalar)."""
     return jax.tree.map(lambda x, z: jnp.where(cond, x, z), a, b)

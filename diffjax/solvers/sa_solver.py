@@ -57,18 +57,12 @@ from diffjax.solvers.multistep import (
     compact_repr,
     half_log_snr,
     init_history,
+    normal_like,
     push,
     select,
     step_order,
     usable_nodes,
 )
-
-
-def _normal_like(key, y):
-    leaves, treedef = jax.tree.flatten(y)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [jax.random.normal(k, a.shape, a.dtype) for k, a in
-                                        zip(keys, leaves, strict=True)])  # fmt: skip
 
 
 @pytree_dataclass
@@ -185,7 +179,7 @@ class SASolver(Solver):
         h_ok, deltas = usable_nodes(h, [l_j - l_t for l_j in ls[: p - 1]], k)
         options = [deis_coefficients(h_ok, deltas[: e - 1], 1.0 + tau2) for e in range(1, p + 1)]
         cs = select(eff, options) if p > 1 else []
-        noise = _normal_like(key, y) if self.tau > 0 else jax.tree.map(jnp.zeros_like, y)
+        noise = normal_like(key, y) if self.tau > 0 else jax.tree.map(jnp.zeros_like, y)
         y_next = self._update(term, y, m0, list(ms[: p - 1]), cs, t, t_next, h, tau2, noise)
         return y_next, (y, t, eff, tau2.astype(jnp.result_type(t)), noise, push(ms, m0), push(ls, l_t),
                         k + 1, n)  # fmt: skip
