@@ -266,9 +266,10 @@ def few_step_checks(cfg, need) -> None:
 
 
 def teacher_flow_velocity(cfg, process):
-    """v(x, t) of the teacher run's probability flow (its EMA model), checked to share the process."""
-    trained = dj.load_model(cfg.teacher.workdir)
-    if process_spec(saved_config(cfg.teacher.workdir)) != process_spec(cfg):
+    """v(x, t) of the teacher's probability flow (the EMA model of a work directory, or a network
+    'pretrained:NAME'), checked to share the process."""
+    teacher_config, trained = load_run(cfg.teacher.workdir)
+    if process_spec(teacher_config) != process_spec(cfg):
         raise ConfigError(f"teacher.workdir={cfg.teacher.workdir!r} was trained on another process "
                           f"({trained.record['process']}); distil on the same one.")  # fmt: skip
     return trained.model, dj.ProbabilityFlow(trained.model, process, trained.model.prediction).velocity

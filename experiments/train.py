@@ -56,6 +56,7 @@ from experiments.builders import (
     generate,
     latents_workdir,
     load_latents,
+    load_run,
     model_spec,
     network_spec,
     num_classes,
@@ -196,12 +197,12 @@ def training_mesh(cfg):
 
 
 def initial_parameters(source: str, params):
-    """The EMA parameters of the work directory `source`, to start (fine-tune) a new run whose network
-    has the same parameter shapes; ConfigError naming the parameters whose shapes differ. Parameters
-    the source does not have keep their initialisation and are listed: the interval embedding of a
-    two-time network fine-tuned from a one-time one (MeanFlow from a flow-matching run), whose output
-    layer starts at zero so that the new network starts as the source, u(x, t, s) = v(x, t)."""
-    model = dj.load_model(source).model
+    """The EMA parameters of the work directory (or 'pretrained:NAME') `source`, to start (fine-tune) a
+    new run whose network has the same parameter shapes; ConfigError naming the parameters whose shapes
+    differ. Parameters the source does not have keep their initialisation and are listed: the interval
+    embedding of a two-time network fine-tuned from a one-time one (MeanFlow from a flow-matching run),
+    whose output layer starts at zero so that the new network starts as the source, u(x, t, s) = v(x, t)."""
+    model = load_run(source)[1].model
     theirs = nnx.state(model.network if isinstance(model, dj.Preconditioned) else model, nnx.Param)
     mine = jax.tree_util.tree_flatten_with_path(params)
     other = dict(jax.tree_util.tree_flatten_with_path(theirs)[0])

@@ -47,15 +47,18 @@ def test_too_late_in_a_started_process_warns_and_changes_nothing(monkeypatch):
 
 
 _FORWARD_AND_GRADIENT = """
-import json, jax, jax.numpy as jnp, numpy as np
+import json, jax, jax.flatten_util, jax.numpy as jnp, numpy as np
 from flax import nnx
-from diffjax.models import UNet, UNetConfig
+from diffjax.models import UNet, UNetConfig, initialise
 jax.config.update("jax_platforms", "cpu")
 cfg = UNetConfig(in_channels=1, image_size=8, channels=8, channel_mults=(1, 2), num_res_blocks=1,
                  attention_resolutions=(), num_groups=4)
-model = UNet(cfg, rngs=nnx.Rngs(0))
+model = initialise(lambda: UNet(cfg, rngs=nnx.Rngs(0)))
 graphdef, params = nnx.split(model)
-params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
+def perturb(p):  # one compiled program, not one per parameter shape
+    flat, unravel = jax.flatten_util.ravel_pytree(p)
+    return unravel(flat + 0.05 * jax.random.normal(jax.random.key(1), flat.shape))
+params = jax.jit(perturb)(params)
 x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
 t = jnp.linspace(0.1, 0.9, 4)
 def loss(p):

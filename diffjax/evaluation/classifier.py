@@ -120,7 +120,7 @@ def load_or_train_classifier(
     train = load_dataset("mnist", "train", data_dir)
     test = load_dataset("mnist", "test", data_dir)
     path = os.path.join(cache_dir, f"mnist_classifier_{_digest(train[0], steps)}.npz")
-    graphdef, params = nnx.split(MnistCNN(nnx.Rngs(0)))
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: MnistCNN(nnx.Rngs(0))))  # shapes: no compute
     if os.path.exists(path):
         stored = np.load(path)
         leaves = [jnp.asarray(stored[f"p{i}"]) for i in range(len(jax.tree_util.tree_leaves(params)))]

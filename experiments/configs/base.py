@@ -46,13 +46,14 @@ def get_config():
     # into a two-time network; options num_steps, grid). Two-time networks sample with 'flow_map'.
     c.loss = dict(name="cfm", weighting="none", weighting_kwargs={}, time="uniform", time_kwargs={},
                   t_eps=0.0, learned_weighting=False, options={})
-    # teacher.workdir: a finished run whose EMA model a distillation loss follows (its process must be
-    # this run's); with loss.name='meanflow' it replaces the conditional velocity by the teacher's
+    # teacher.workdir: a finished run (or 'pretrained:NAME') whose EMA model a distillation loss follows
+    # (its process must be this run's); with loss.name='meanflow' it replaces the conditional velocity by
+    # the teacher's
     c.teacher = dict(workdir="")
     c.train = dict(num_steps=6000, batch_size=512, learning_rate=2e-3, warmup_steps=200,
                    weight_decay=0.0, clip_norm=1.0, ema_decay=0.999, checkpoint_every=2000,
                    keep=2, log_every=200, sample_every=0, label_dropout=0.0,
-                   init_from="",  # a work directory whose (EMA) parameters start a new run: fine-tuning
+                   init_from="",  # a work directory / pretrained:NAME whose EMA parameters start a run
                    # post-hoc EMA (EDM2): widths σ_rel of the power-function EMAs tracked (e.g. (0.05, 0.1)),
                    # saved to <workdir>/ema_snapshots every snapshot_every steps (0: checkpoint_every)
                    posthoc_ema=(), snapshot_every=0)

@@ -39,7 +39,7 @@ import optax
 from flax import nnx
 
 import diffjax as dj
-from diffjax.models import ResidualMLP, ResidualMLPConfig
+from diffjax.models import ResidualMLP, ResidualMLPConfig, initialise
 from diffjax.training.state import create_train_state
 from diffjax.training.step import make_train_step
 
@@ -99,7 +99,7 @@ def make_network(seed: int, *, prediction: str = "velocity", second_time: bool =
     config's default; consistency models 250, as c_noise = ¼ ln σ̃ ∈ [−3.75, 3.75]; MeanFlow 1)."""
     cfg = ResidualMLPConfig(dim=2, width=width, depth=depth, prediction=prediction, second_time=second_time,
                             time_scale=time_scale)  # fmt: skip
-    return ResidualMLP(cfg, rngs=nnx.Rngs(seed))
+    return initialise(lambda: ResidualMLP(cfg, rngs=nnx.Rngs(seed)))
 
 
 def make_run_chunk(loss_fn, optimizer, batch_fn, chunk: int, with_level: bool = False):
