@@ -162,6 +162,33 @@ def test_scripts_take_a_pretrained_source(tmp_path):
     assert "No pretrained network 'nothing'" in out and "Traceback" not in out
 
 
+def test_a_pretrained_network_starts_and_teaches_a_run():
+    """train.init_from / teacher.workdir = 'pretrained:mnist_fm': a two-time network (MeanFlow,
+    shortcut) starts as the shipped flow model (its new interval embedding listed, its output layer
+    zero), and the teacher's velocity is the shipped model's."""
+    from flax import nnx
+
+    from experiments.builders import network_spec, teacher_flow_velocity
+    from experiments.configs import mnist_shortcut
+    from experiments.train import initial_parameters
+
+    cfg = mnist_shortcut.get_config()
+    cfg.teacher.workdir = cfg.train.init_from = "pretrained:mnist_fm"
+    shipped = dj.load_pretrained("mnist_fm")
+    params = initial_parameters(cfg.train.init_from, nnx.split(build_model(network_spec(cfg)))[1])
+    theirs = dict(jax.tree_util.tree_flatten_with_path(nnx.state(shipped.model, nnx.Param))[0])
+    mine = jax.tree_util.tree_flatten_with_path(params)[0]
+    assert {k for k, _ in mine} > set(theirs)
+    for path, value in mine:
+        if path in theirs:
+            np.testing.assert_array_equal(value, theirs[path])
+        elif "linear2" in jax.tree_util.keystr(path):
+            assert not np.any(value)
+    _, velocity = teacher_flow_velocity(cfg, shipped.process)
+    x, t = jax.random.normal(jax.random.key(0), (2, 28, 28, 1)), jnp.array([0.3, 0.8])
+    np.testing.assert_array_equal(velocity(x, t), shipped.model(x, t))  # CondOT, velocity prediction
+
+
 @pytest.mark.skipif(not os.path.exists(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz")),
                     reason="MNIST IDX files not found in ../shared/data/mnist")  # fmt: skip
 def test_shipped_edm_model_autoguided_by_its_early_checkpoint_lands_closer_to_real_digits():
