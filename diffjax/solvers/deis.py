@@ -18,7 +18,7 @@ to ~1e-7 relative while |h| ≤ 20): the L_j with j ≥ 1 vanish at τ = 0, so t
 small h, where the closed forms in φ-functions lose digits in float32.
 
 Lower orders as in `multistep.step_order` (warm-up, infinite steps, and with `lower_order_final`
-below 15 steps order 1 on the last step, ≤ 2 before it, as diffusers). One evaluation per step;
+order 1 on the last step, ≤ 2 before it, as diffusers' UniPC). One evaluation per step;
 needs only α and σ (runs on the DDPM chain); pytree states and either direction.
 """
 

@@ -21,12 +21,13 @@ needs only α and σ (it runs on the discrete DDPM chain) and integrates in eith
 
 Options (static):
   order              1, 2 or 3.
-  lower_order_final  (default True) below 15 steps, order 1 on the last step and ≤ 2 on the one
-                     before (diffusers' `lower_order_final` rule). On a uniform-t grid with t_eps = 1e-3
-                     the last step of VP is ~4.7× longer in l than the previous one (10 steps), and the
-                     multistep polynomial extrapolates across it: without the rule 3M at 10 steps puts
-                     most samples of a ring mixture in the wrong mode (tests/test_solvers_multistep.py).
-                     From 15 steps on the full order is kept, so the asymptotic order is unchanged.
+  lower_order_final  (default True) order 1 on the last step and ≤ 2 on the one before, at every
+                     number of steps (diffusers' UniPC rule; its DPM-Solver++ stops at 15 steps). On a
+                     uniform-t grid with t_eps = 1e-3 the last step of VP is ~4.7× longer in l than the
+                     previous one (10 steps), and the multistep polynomial extrapolates across it:
+                     without the rule 3M at 10 steps puts most samples of a ring mixture in the wrong
+                     mode (tests/test_solvers_multistep.py), and at 20 steps its median error is 12×
+                     larger (`multistep.step_order`). False keeps the asymptotic order.
   reference_d2       (default False) use half of our D₂ in 3M, as Lu et al.'s code and diffusers do.
                      The exact integral of e^{−(h−τ)}τ²/2 against P'' needs D₂ ≈ h²P''; half of it
                      leaves an O(h³) local error, so that form is only second order (measured ≈ 2 vs

@@ -13,7 +13,8 @@ marginals. Per leaf it uses the term's scales (s, w) = (σ, α); it draws fresh 
 step. Towards the data only (1 − e^{−2h} < 0 otherwise; checked where the grid is concrete), and
 not for a likelihood. A last step to σ = 0 (h = ∞) returns α x̂0; a first step from α = 0 (a flow's
 noise end) draws x from the one-step posterior. Lower orders as `multistep.step_order` (warm-up,
-infinite steps, `lower_order_final` below 15 steps). One evaluation per step; needs only α and σ.
+infinite steps, `lower_order_final`: order 1 on the last step, ≤ 2 before it). One evaluation per
+step; needs only α and σ.
 """
 
 from __future__ import annotations

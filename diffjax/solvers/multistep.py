@@ -22,11 +22,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-# diffusers applies `lower_order_final` below this many steps (DPMSolverMultistepScheduler):
-# above it the grids are fine enough near the data that the final-step ratio h_last/h_prev does not
-# destabilise the extrapolation, and lowering the order would cost the asymptotic order.
-LOWER_ORDER_FINAL_BELOW = 15
-
 
 def half_log_snr(term, t):
     """l(t) = ½ log-SNR = log(α/σ) of the term's process (±∞ where σ or α is 0)."""
@@ -49,13 +44,21 @@ def push(history: tuple, value) -> tuple:
 
 def step_order(order: int, k, n, h, ls_prev: tuple, lower_order_final: bool):
     """The order used on step k of n (int32 scalar): at most `order`; at most k + 1 (warm-up); with
-    `lower_order_final` and n < 15, at most n − k (order 1 on the last step, ≤ 2 on the one before:
-    diffusers' rule); 1 where h is infinite (a step that ends at σ = 0 or α = 0 or starts at α = 0);
-    and never reaching back past a stored point in ls_prev whose l is infinite (a flow's α = 0).
+    `lower_order_final`, at most n − k (order 1 on the last step, ≤ 2 on the one before), at every
+    number of steps (diffusers' UniPC rule; its DPM-Solver++ applies it below 15 steps only, as
+    diffjax did until 2026-12-03); 1 where h is infinite (a step that ends at σ = 0 or α = 0 or starts
+    at α = 0); and never reaching back past a stored point in ls_prev whose l is infinite (a flow's
+    α = 0). On the default uniform-t grids the last steps are the longest in l, and extrapolating the
+    multistep polynomial across them costs more than the lower order: median endpoint errors with the
+    rule at every n vs only below 15 steps (2000 noises, bench problems) — UniPC-3 2D VP 20 / 40 / 160
+    steps 0.018 / 0.0033 / 0.00067 vs 0.22 / 0.12 / 0.0040, 16D VP 20 0.032 vs 1.27, 2D CondOT 20
+    0.0019 vs 0.0089; DPM-Solver++ 3M 2D VP 20 0.021 vs 0.26. On log-SNR and EDM grids (equal or
+    shrinking final steps) the two agree within ±40% from 20 steps on. The price is the asymptotic
+    order (≤ 2 with a first-order last step): `lower_order_final=False` keeps it.
     ls_prev: the half log-SNRs of the stored predictions, newest first."""
     eff = jnp.minimum(order, k + 1)
     if lower_order_final:
-        eff = jnp.where(n < LOWER_ORDER_FINAL_BELOW, jnp.minimum(eff, n - k), eff)
+        eff = jnp.minimum(eff, n - k)
     for j, l_j in enumerate(ls_prev[: order - 1]):
         eff = jnp.where(jnp.isfinite(l_j), eff, jnp.minimum(eff, j + 1))
     return jnp.where(jnp.isfinite(h), eff, 1).astype(jnp.int32)

@@ -24,9 +24,9 @@ runs on pytree states (a likelihood's log-density leaf) and in either direction.
 Lower order: warm-up (order ≤ k + 1 on step k), order 1 on steps whose h is infinite (ending at σ = 0
 or α = 0, starting at α = 0: a flow's first step, whose correction takes UniC-1's limit as h → ∞,
 −B(h)·½ → ½ for bh2; bh1's −B(h) = h diverges, so bh1 leaves that step uncorrected), and with
-`lower_order_final` below 15 steps order 1 on the last step and ≤ 2 on the one before (diffusers'
-UniPC lowers the final orders at every step count, which costs the asymptotic order; this follows its
-DPM-Solver++ rule instead).
+`lower_order_final` order 1 on the last step and ≤ 2 on the one before, at every number of steps
+(diffusers' UniPC rule; `multistep.step_order` gives the measurements: with it UniPC-3 on 2D CondOT
+at 20 uniform steps matches diffusers' UniPC-3 bh2 to 1e-7 and has 5× less error than without).
 """
 
 from __future__ import annotations
