@@ -228,8 +228,8 @@ def validate_config(cfg) -> None:
         dj.make_weighting(cfg.loss.weighting, **dict(cfg.loss.weighting_kwargs))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"invalid config: {err}") from None
-    if s.sampler == "flow_map" and not cfg.model.kwargs.get("second_time", False):
-        raise ConfigError("invalid config: sample.sampler='flow_map' jumps with an average velocity "
+    if s.sampler.startswith("flow_map") and not cfg.model.kwargs.get("second_time", False):
+        raise ConfigError(f"invalid config: sample.sampler={s.sampler!r} jumps with an average velocity "
                           "u(x, t, s): the network needs model.kwargs.second_time=True (MeanFlow).")
     if cfg.process.name == "ddpm" and cfg.model.prediction == "velocity":
         raise ConfigError("invalid config: the DDPM chain has no velocity (model.prediction='velocity').")
@@ -398,7 +398,10 @@ def build_loss(cfg, process):
     )  # fmt: skip
 
 
-FEW_STEP_SAMPLERS = {"flow_map": False, "consistency": True}  # name → renoise (diffjax.flow_map)
+# name → renoise (diffjax.flow_map.FlowMapStep): 'flow_map' jumps t → t_next with a two-time network;
+# 'flow_map_renoise' jumps to the data and re-noises to t_next (multistep consistency sampling with a
+# flow map); 'consistency' does that with a consistency model f(x, t)
+FEW_STEP_SAMPLERS = {"flow_map": False, "flow_map_renoise": True, "consistency": True}
 
 
 def parse_sampler_spec(spec: str, flag: str = "--sampler") -> tuple[str, int | None, float | None]:
@@ -423,7 +426,8 @@ def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_traje
     """n samples from `model` (an NNX network with the parameters to use) with the configured sampler,
     classifier-free guidance for class-conditional models (labels cycle 0..C−1 unless given) and x̂0
     clipped to [−1, 1] when cfg.sample.clip_denoised. Few-step samplers: 'flow_map' jumps with a
-    two-time network's average velocity (MeanFlow), 'consistency' is multistep consistency sampling;
+    two-time network's average velocity (MeanFlow, shortcut), 'flow_map_renoise' jumps to the data and
+    re-noises between jumps, 'consistency' is multistep consistency sampling;
     an ODE sampler runs a two-time network on its diagonal u(x, t, t) = v(x, t). x_init: the initial
     noise (n, *data_shape) at t_noise instead of a prior draw from `key` (e.g. reflow's couplings).
     latent_space: a latent model's `diffjax.latent.LatentSpace` (`TrainedModel.latent_space`): the
@@ -490,7 +494,10 @@ def generate_few_step(cfg, model, process, key, n, data_shape, *, labels=None, x
     else:  # the NNX network itself: a pytree, so new parameters reuse the compiled sampler
         keyword_s = True
     renoise = FEW_STEP_SAMPLERS[cfg.sample.sampler]
-    flow_map = ToDataMap(model) if renoise else AverageVelocityMap(model, process, keyword_s=keyword_s)
+    if cfg.sample.sampler == "consistency":
+        flow_map = ToDataMap(model)
+    else:
+        flow_map = AverageVelocityMap(model, process, keyword_s=keyword_s)
     steps = cfg.sample.num_steps
     ts = dj.make_grid(process, steps, cfg.sample.get("grid", "uniform"), 0.0)
     k_prior, k_steps = jax.random.split(key)

@@ -67,6 +67,15 @@ def test_meanflow_fine_tuned_and_distilled_from_a_flow_run_samples_in_jumps(tmp_
     assert "(2 evaluations per sample)" in out
     samples = np.load(os.path.join(workdir, "sample_flow_map_2.npz"))["samples"]
     assert samples.shape == (8, 2) and np.all(np.isfinite(samples))
+    # 'flow_map_renoise': one jump = the deterministic jump; two jump to the data and re-noise between
+    jumps = {}
+    for sampler, steps in [(name, n) for n in (1, 2) for name in ("flow_map", "flow_map_renoise")]:
+        cfg.sample.update(sampler=sampler, num_steps=steps)
+        jumps[sampler, steps] = np.asarray(generate(cfg, trained.model, trained.process, jax.random.key(0), 8,
+                                                    (2,)).samples)  # fmt: skip
+    np.testing.assert_array_equal(jumps["flow_map_renoise", 1], jumps["flow_map", 1])
+    assert np.all(np.isfinite(jumps["flow_map_renoise", 2]))
+    assert np.max(np.abs(jumps["flow_map_renoise", 2] - jumps["flow_map", 2])) > 1e-3
 
 
 def test_consistency_training_and_distillation_runs_load_as_consistency_models(tmp_path, flow_run):
