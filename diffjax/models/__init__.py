@@ -58,7 +58,10 @@ def initialise(make: Callable[[], nnx.Module]) -> nnx.Module:
     at XLA's backend optimisation level 0 (3× faster to compile; it runs once), which may change
     initial values by float32 rounding (≤ 1e-7 measured) against eager construction — the same
     random numbers, the same distribution. Deterministic: the same `make` gives the same values.
-    `make` creates its own `nnx.Rngs` (e.g. `lambda: UNet(cfg, rngs=nnx.Rngs(0))`)."""
+    `make` creates its own `nnx.Rngs` (e.g. `lambda: UNet(cfg, rngs=nnx.Rngs(0))`). Under a JAX
+    transformation (`nnx.eval_shape` to restore a checkpoint, a jitted function) it is `make()`."""
+    if not _top_level():  # under a transformation (`nnx.eval_shape` restoring a checkpoint, jit): it traces
+        return make()
     built = {}
 
     def values():
@@ -73,6 +76,13 @@ def initialise(make: Callable[[], nnx.Module]) -> nnx.Module:
         raise ValueError("initialise(make): `make` must create its nnx.Rngs inside (it is traced once "
                          f"under jax.jit; an Rngs made outside cannot be advanced there): {err}") from None
     return nnx.merge(built["graphdef"], state)
+
+
+def _top_level() -> bool:
+    """True outside any JAX transformation (JAX's own check; assumed true where it is missing)."""
+    from jax._src import core
+
+    return getattr(core, "trace_state_clean", lambda: True)()
 
 
 def count_params(tree) -> int:
