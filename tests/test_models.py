@@ -309,8 +309,11 @@ def test_initialise_computes_the_eager_values_in_one_compiled_program():
     checkpoint is restored) nothing is compiled."""
     from jax import monitoring
 
+    cfg = dataclasses.replace(MNIST_SMALL, channels=8, channel_mults=(1,), attention_resolutions=(),
+                              num_groups=4)
+
     def make():
-        return UNet(MNIST_SMALL, rngs=nnx.Rngs(3))
+        return UNet(cfg, rngs=nnx.Rngs(3))
 
     eager = nnx.state(make(), nnx.Param)
     compiles = []
@@ -340,4 +343,4 @@ def test_initialise_computes_the_eager_values_in_one_compiled_program():
     assert model(x, t).shape == (2, 28, 28, 1)
     rngs = nnx.Rngs(0)  # made outside `make`: traced state it cannot update, refused with a hint
     with pytest.raises(ValueError, match="create its nnx.Rngs inside"):
-        initialise(lambda: UNet(MNIST_SMALL, rngs=rngs))
+        initialise(lambda: UNet(cfg, rngs=rngs))
