@@ -54,6 +54,17 @@ def model_prediction(model) -> str:
     return prediction
 
 
+def finite_at_data(process: GaussianProcess, prediction: str | None) -> bool:
+    """Whether a model's probability-flow velocity may be evaluated at t_data: σ(t_data) > 0 (VE), or
+    the model predicts the velocity itself on a process with finite rates there (`default_t_eps` = 0:
+    flow paths, where a flow-matching network is trained on the closed interval). An ε-, x0-, score-
+    or v-model reaches the velocity through ε̂ = (x − αx̂0)/σ or an ill-posed ε̂ at σ = 0, so Runge–Kutta
+    and EDM steps take no stage at t_data there (`ProbabilityFlow.no_evaluation_at`)."""
+    if not process.sigma_is_zero_at_data():
+        return True
+    return prediction == "velocity" and process.default_t_eps == 0.0
+
+
 @pytree_dataclass
 class ProbabilityFlow:
     """The term of `model(x, t) -> prediction` under `process` (see the module docstring)."""
@@ -67,8 +78,10 @@ class ProbabilityFlow:
             raise ValueError(f"Unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}.")
 
     @property
-    def t_data(self) -> float:
-        return self.process.t_data
+    def no_evaluation_at(self) -> float | None:
+        """t_data where the model must not be evaluated (`finite_at_data` is False), else None: a
+        Runge–Kutta or EDM step that ends there uses only its earlier stages."""
+        return None if finite_at_data(self.process, self.prediction) else self.process.t_data
 
     def _predict(self, x: Array, t) -> tuple[Array, Coefficients]:
         t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])

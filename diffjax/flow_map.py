@@ -24,8 +24,14 @@ both ends; the last step takes RK4's midpoint fallback so the velocity is never 
 τ = 1 (at the data end of a VP process σ̇ is infinite). The error is O(n⁻⁴).
 
 Few-step sampling runs on the same integrator: `FlowMapStep` jumps x ← Φ(x, t_i, t_{i+1}) over a
-grid, or (renoise=True, multistep consistency sampling, Song et al. 2023 Alg. 1) jumps to the data
-end and draws x_{t_{i+1}} = α(t_{i+1}) x̂0 + σ(t_{i+1}) z afresh.
+grid, or (renoise=True) jumps to the data end, x̂0 = Φ(x, t_i, t_data), and re-noises to the next time,
+
+    x_{t_{i+1}} = α(t_{i+1}) x̂0 + σ(t_{i+1}) (√(1 − η²) ε̂ + η z),   ε̂ = (x − α(t_i) x̂0)/σ(t_i),
+
+with fresh z ~ N(0, I): η = 1 is multistep consistency sampling (Song et al. 2023, Alg. 1), which
+keeps the marginals exact with an exact map; η = 0 is DDIM's deterministic step with x̂0 from the map
+(the noise the current state implies), which does not, but with a learned map it lands the second
+jump on the same line from ε̂ to x̂0 rather than at a random point (MNIST: `README.md`).
 """
 
 from __future__ import annotations
@@ -55,9 +61,10 @@ def _batch_times(x: Array, t, name: str) -> Array:
 
 class _RescaledTime:
     """The term of dx/dτ = (s − t)·v(x, t + τ(s − t)) with per-example t, s (what `solve_flow_map`
-    integrates); t_data = 1 makes RK4 take its midpoint fallback on the step that ends at τ = 1."""
+    integrates); no_evaluation_at = 1 makes RK4 take its midpoint fallback on the step that ends at
+    τ = 1."""
 
-    t_data = 1.0
+    no_evaluation_at = 1.0
 
     def __init__(self, velocity: Callable, t: Array, s: Array):
         self._velocity, self.t, self.s = velocity, t, s
@@ -183,29 +190,39 @@ class FlowMapTerm:
     flow_map: Callable
     process: GaussianProcess
 
-    @property
-    def t_data(self) -> float:
-        return self.process.t_data
-
 
 @pytree_dataclass
 class FlowMapStep(Solver):
     """One jump of a learned flow map per step (one evaluation).
 
     renoise=False:  x ← Φ(x, t, t_next)                                   (MeanFlow, shortcut)
-    renoise=True:   x̂0 = Φ(x, t, t_data);  x ← α(t_next) x̂0 + σ(t_next) z,  z ~ N(0, I)
-                    (multistep consistency sampling; at t_next = t_data it returns x̂0)"""
+    renoise=True:   x̂0 = Φ(x, t, t_data),  ε̂ = (x − α(t) x̂0)/σ(t),
+                    x ← α(t_next) x̂0 + σ(t_next)(√(1 − η²) ε̂ + η z),  z ~ N(0, I)
+                    (η = 1: multistep consistency sampling; η = 0: DDIM's deterministic step with
+                    x̂0 from the map; at t_next = t_data it returns x̂0)"""
 
     renoise: bool = static_field(default=False)
+    eta: float = static_field(default=1.0)
     needs_rates: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"FlowMapStep: eta (the fresh-noise fraction of re-noising) must lie in "
+                             f"[0, 1], got {self.eta}.")  # fmt: skip
 
     def step(self, term: FlowMapTerm, y, carry, t, t_next, key):
         if not self.renoise:
             return term.flow_map(y, t, t_next), carry
-        x0 = term.flow_map(y, t, term.process.t_data)
-        z = jax.random.normal(key, y.shape, y.dtype)
         p = term.process
-        return p.alpha(t_next).astype(y.dtype) * x0 + p.sigma(t_next).astype(y.dtype) * z, carry
+        x0 = term.flow_map(y, t, p.t_data)
+        a_n, s_n = p.alpha(t_next).astype(y.dtype), p.sigma(t_next).astype(y.dtype)
+        if self.eta == 1.0:
+            return a_n * x0 + s_n * jax.random.normal(key, y.shape, y.dtype), carry
+        eps = (y - p.alpha(t).astype(y.dtype) * x0) / p.sigma(t).astype(y.dtype)  # t ≠ t_data: σ(t) > 0
+        if self.eta == 0.0:
+            return a_n * x0 + s_n * eps, carry
+        z = jax.random.normal(key, y.shape, y.dtype)
+        return a_n * x0 + s_n * (jnp.sqrt(1.0 - self.eta**2) * eps + self.eta * z), carry
 
 
 def flow_map_sample(
@@ -216,23 +233,27 @@ def flow_map_sample(
     *,
     key: Array | None = None,
     renoise: bool = False,
+    eta: float = 1.0,
 ) -> Array:
     """Few-step samples from `x_noise` (the state at ts[0]) over the grid `ts` (noise → data end):
     len(ts) − 1 evaluations of `flow_map(x, t, s) -> Φ_{t→s}(x)` (a consistency model f(x, t)
-    enters as `lambda x, t, s: f(x, t)` with renoise=True). Pure and jit-able; one `lax.scan`."""
+    enters as `ToDataMap(f)` with renoise=True). renoise: jump to the data end and re-noise to the
+    next time with a fraction η = `eta` of fresh noise (`FlowMapStep`; η = 0 needs no key). Pure and
+    jit-able; one `lax.scan`."""
     ts = jnp.asarray(ts, jnp.result_type(float))
     if ts.ndim != 1 or ts.shape[0] < 2:
         raise ValueError(f"flow_map_sample: ts must be a 1-D grid of >= 2 times, got shape {ts.shape}.")
-    if renoise and key is None:
-        raise ValueError("flow_map_sample: renoise=True draws fresh noise; pass key.")
-    return _flow_map_sample(flow_map, process, x_noise, ts, key, renoise)
+    step = FlowMapStep(renoise, float(eta))  # checks eta
+    if renoise and eta > 0 and key is None:
+        raise ValueError("flow_map_sample: renoise=True with eta > 0 draws fresh noise; pass key.")
+    return _flow_map_sample(step, flow_map, process, x_noise, ts, key)
 
 
 @filter_jit
-def _flow_map_sample(flow_map, process, x_noise, ts, key, renoise):
-    """Compiled once per model structure, process, shapes and renoise (pytree models such as NNX
+def _flow_map_sample(step, flow_map, process, x_noise, ts, key):
+    """Compiled once per model structure, process, shapes and step (pytree models such as NNX
     networks or `AverageVelocityMap` are traced: new parameters reuse the program)."""
-    return integrate(FlowMapStep(renoise), FlowMapTerm(flow_map, process), x_noise, ts, key).y
+    return integrate(step, FlowMapTerm(flow_map, process), x_noise, ts, key).y
 
 
 @pytree_dataclass

@@ -489,10 +489,6 @@ class CFGPlusPlus:
     lam: Array
     prediction: str = static_field(default="eps")
 
-    @property
-    def t_data(self) -> float:
-        return self.process.t_data
-
     def denoise(self, x, t):
         t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
         good, bad = self.guided.predictions(x, t)

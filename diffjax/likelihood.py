@@ -165,8 +165,8 @@ class LogDensityFlow:
         return self.flow.process
 
     @property
-    def t_data(self) -> float | None:  # None: no step ends at t_data (no data-end branch in RK steps)
-        return self.flow.t_data if self.ends_at_data else None
+    def no_evaluation_at(self) -> float | None:  # None: no step ends where the model must not be evaluated
+        return self.flow.no_evaluation_at if self.ends_at_data else None
 
     def _velocity_divergence(self, x, t):
         t_batch = jnp.full(x.shape[:1], t, x.dtype)
@@ -441,7 +441,7 @@ def sample_with_log_prob(
         term, solver, k_prior, ts_arg, shape=shape, steps=num_steps, grid=grid_name, t_eps=t_eps
     )
     if not adaptive:
-        nfe = solver.num_evaluations(num_steps, ends_at_data=reaches_data,
+        nfe = solver.num_evaluations(num_steps, ends_at_data=term.no_evaluation_at is not None,
                                      starts_at_zero_alpha=process.alpha_is_zero_at_noise())  # fmt: skip
         success = jnp.asarray(True)
     logp_prior = (prior_logp or process.prior_logp)(x_T)

@@ -24,7 +24,7 @@ from jaxtyping import Array, ArrayLike
 
 from diffjax._jit import filter_jit
 from diffjax._validate import check_key, is_concrete
-from diffjax.flow import ProbabilityFlow, ThreadModelState, as_flow, evaluate_with_state
+from diffjax.flow import ProbabilityFlow, ThreadModelState, as_flow, evaluate_with_state, finite_at_data
 from diffjax.grids import GRIDS, make_grid
 from diffjax.processes.base import GaussianProcess
 from diffjax.solvers import SOLVERS, Adaptive, Solver, integrate
@@ -71,21 +71,25 @@ def steps_for_budget(
     *,
     t_eps: float | None = None,
     denoise_final: bool = True,
+    prediction: str | None = None,
     **solver_options,
 ) -> int:
     """The largest number of grid steps whose model evaluations, the final denoising step included,
     fit in a budget of `nfe` (what `sample(..., nfe=…)` uses). Heun to t_eps > 0 costs 2n + 1 (n steps
-    of 2, plus x̂0 at the end), to the data 2n − 1; a multistep method n (+ 1). Static (Python int)."""
+    of 2, plus x̂0 at the end), to the data 2n − 1 (2n for a velocity model on a flow path, which may
+    be evaluated at t_data: `diffjax.flow.finite_at_data`; prediction None counts as not); a multistep
+    method n (+ 1). Static (Python int)."""
     solver = make_solver(solver, **solver_options)
     nfe = _check_positive_int(nfe, "nfe")
     if isinstance(solver, Adaptive):
         raise ValueError("sample: an adaptive solver chooses its own steps; give rtol/atol, not nfe.")
     reaches = process.data_end(t_eps) == process.t_data
     extra = int(denoise_final and not reaches)
+    skips_data = reaches and not finite_at_data(process, prediction)
 
     def cost(n):
         return extra + solver.num_evaluations(
-            n, ends_at_data=reaches, starts_at_zero_alpha=process.alpha_is_zero_at_noise())
+            n, ends_at_data=skips_data, starts_at_zero_alpha=process.alpha_is_zero_at_noise())
 
     if cost(1) > nfe:
         raise ValueError(
@@ -145,11 +149,12 @@ def sample(
     """
     check_key(key, "sample")
     solver = make_solver(solver, **solver_options)
+    flow = as_flow(model, process, prediction)
     if nfe is not None:
         if num_steps is not None:
             raise ValueError("sample: give num_steps or nfe (a budget of evaluations), not both.")
-        num_steps = steps_for_budget(solver, process, nfe, t_eps=t_eps, denoise_final=denoise_final)
-    flow = as_flow(model, process, prediction)
+        num_steps = steps_for_budget(solver, process, nfe, t_eps=t_eps, denoise_final=denoise_final,
+                                     prediction=flow.prediction)  # fmt: skip
     adaptive = isinstance(solver, Adaptive)
     if getattr(model, "stateful", False):
         solver = _thread_model_state(solver)
@@ -170,10 +175,12 @@ def sample(
     shape = tuple(int(s) for s in shape)
     t_end = process.data_end(t_eps)
     if adaptive:
-        if t_end == process.t_data and process.default_t_eps > 0:
+        if t_end == process.t_data and flow.no_evaluation_at is not None:
+            why = ("dσ/dt ~ 1/√t" if process.default_t_eps > 0 else
+                   f"σ = 0 there and a {flow.prediction!r} model divides by σ; a velocity model does not")
             raise ValueError(
                 f"sample: an adaptive solver would evaluate the velocity at t_data, where it is "
-                f"singular on {type(process).__name__} (dσ/dt ~ 1/√t); use t_eps > 0."
+                f"singular on {type(process).__name__} ({why}); use t_eps > 0."
             )
         ts_arg, num_steps, grid_name = jnp.asarray([process.t_noise, t_end]), 1, None
         reaches_data = t_end == process.t_data
@@ -207,7 +214,8 @@ def sample(
         t_eps=t_eps, denoise_final=denoise_final, save_trajectory=save_trajectory,
     )  # fmt: skip
     if not adaptive:
-        nfe = solver.num_evaluations(num_steps, ends_at_data=reaches_data,
+        skips_data = reaches_data and flow.no_evaluation_at is not None
+        nfe = solver.num_evaluations(num_steps, ends_at_data=skips_data,
                                      starts_at_zero_alpha=process.alpha_is_zero_at_noise())  # fmt: skip
     return SampleResult(x, path, nfe + int(denoise_final))
 

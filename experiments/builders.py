@@ -398,10 +398,12 @@ def build_loss(cfg, process):
     )  # fmt: skip
 
 
-# name → renoise (diffjax.flow_map.FlowMapStep): 'flow_map' jumps t → t_next with a two-time network;
-# 'flow_map_renoise' jumps to the data and re-noises to t_next (multistep consistency sampling with a
-# flow map); 'consistency' does that with a consistency model f(x, t)
-FEW_STEP_SAMPLERS = {"flow_map": False, "flow_map_renoise": True, "consistency": True}
+# name → (renoise, η) of diffjax.flow_map.FlowMapStep: 'flow_map' jumps t → t_next with a two-time
+# network; 'flow_map_renoise' jumps to the data and re-noises to t_next with fresh noise (multistep
+# consistency sampling with a flow map), 'flow_map_ddim' with the noise the state implies (DDIM's
+# deterministic step from the map's x̂0); 'consistency' re-noises a consistency model f(x, t)
+FEW_STEP_SAMPLERS = {"flow_map": (False, 1.0), "flow_map_renoise": (True, 1.0), "flow_map_ddim": (True, 0.0),
+                     "consistency": (True, 1.0)}  # fmt: skip
 
 
 def parse_sampler_spec(spec: str, flag: str = "--sampler") -> tuple[str, int | None, float | None]:
@@ -426,8 +428,9 @@ def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_traje
     """n samples from `model` (an NNX network with the parameters to use) with the configured sampler,
     classifier-free guidance for class-conditional models (labels cycle 0..C−1 unless given) and x̂0
     clipped to [−1, 1] when cfg.sample.clip_denoised. Few-step samplers: 'flow_map' jumps with a
-    two-time network's average velocity (MeanFlow, shortcut), 'flow_map_renoise' jumps to the data and
-    re-noises between jumps, 'consistency' is multistep consistency sampling;
+    two-time network's average velocity (MeanFlow, shortcut), 'flow_map_renoise' / 'flow_map_ddim' jump
+    to the data and re-noise between jumps with fresh / implied noise, 'consistency' is multistep
+    consistency sampling;
     an ODE sampler runs a two-time network on its diagonal u(x, t, t) = v(x, t). x_init: the initial
     noise (n, *data_shape) at t_noise instead of a prior draw from `key` (e.g. reflow's couplings).
     latent_space: a latent model's `diffjax.latent.LatentSpace` (`TrainedModel.latent_space`): the
@@ -493,7 +496,7 @@ def generate_few_step(cfg, model, process, key, n, data_shape, *, labels=None, x
         raise ConfigError("labels were given for a model that is not class-conditional.")
     else:  # the NNX network itself: a pytree, so new parameters reuse the compiled sampler
         keyword_s = True
-    renoise = FEW_STEP_SAMPLERS[cfg.sample.sampler]
+    renoise, eta = FEW_STEP_SAMPLERS[cfg.sample.sampler]
     if cfg.sample.sampler == "consistency":
         flow_map = ToDataMap(model)
     else:
@@ -502,7 +505,7 @@ def generate_few_step(cfg, model, process, key, n, data_shape, *, labels=None, x
     ts = dj.make_grid(process, steps, cfg.sample.get("grid", "uniform"), 0.0)
     k_prior, k_steps = jax.random.split(key)
     x = process.prior_sample(k_prior, (n, *data_shape)) if x_init is None else x_init
-    samples = flow_map_sample(flow_map, process, x, ts, key=k_steps, renoise=renoise)
+    samples = flow_map_sample(flow_map, process, x, ts, key=k_steps, renoise=renoise, eta=eta)
     return dj.SampleResult(samples, None, steps)
 
 

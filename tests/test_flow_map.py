@@ -111,6 +111,30 @@ def test_flow_map_sample_with_exact_maps(name):
     assert not np.allclose(np.asarray(out), np.asarray(end))  # renoising really drew new noise
 
 
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_deterministic_renoising_is_ddim_with_the_maps_denoiser(name):
+    """Re-noising with η = 0 (x ← α' x̂0 + σ' ε̂, ε̂ = (x − α x̂0)/σ) is DDIM's deterministic step with
+    x̂0 from the map: the exact consistency function as an x0-model under `dj.sample('ddim')` on the
+    same grid gives the same samples (float64); it draws no noise (no key needed), and η = 1 is the
+    fresh-noise sampler of the test above."""
+    process, mix = PROCESSES[name](), mixture_2d()
+    with x64():
+        noise = process.prior_sample(jax.random.key(3), (512, 2), jnp.float64)
+        f = mix.consistency_function(process, 32)
+        ts = jnp.array([0.0, 0.3, 0.6, 0.85, 1.0]) * (process.t_data - process.t_noise) + process.t_noise
+        to_data = dj.flow_map.ToDataMap(f)
+        det = flow_map_sample(to_data, process, noise, ts, renoise=True, eta=0.0)
+        ddim = dj.sample("ddim", f, process, jax.random.key(9), num_steps=4, prediction="x0", grid=ts,
+                         x_init=noise, denoise_final=False).samples  # fmt: skip
+        assert float(jnp.max(jnp.abs(det - ddim))) < 1e-10
+        keyed = flow_map_sample(to_data, process, noise, ts, key=jax.random.key(1), renoise=True, eta=0.0)
+        np.testing.assert_array_equal(np.asarray(keyed), np.asarray(det))
+        fresh = flow_map_sample(to_data, process, noise, ts, key=jax.random.key(4), renoise=True)
+        half = flow_map_sample(to_data, process, noise, ts, key=jax.random.key(4), renoise=True, eta=0.5)
+    assert np.all(np.isfinite(np.asarray(half)))
+    assert 0 < float(jnp.mean(jnp.abs(half - det))) < float(jnp.mean(jnp.abs(fresh - det)))
+
+
 def test_solve_flow_map_differentiates_in_time():
     """d/ds Φ_{t→s}(x) = v(Φ_{t→s}(x), s) (jax.jvp through the solve, float64) and
     d/dt Φ_{t→s}(x) = −∇_xΦ_{t→s}(x)·v(x, t)."""
@@ -134,6 +158,8 @@ def test_bad_inputs():
         solve_flow_map(lambda y, t: y, x, 1.0, 0.0, num_steps=0)
     with pytest.raises(ValueError, match="renoise"):
         flow_map_sample(lambda y, t, s: y, process, x, jnp.array([1.0, 0.0]), renoise=True)
+    with pytest.raises(ValueError, match="eta"):
+        flow_map_sample(lambda y, t, s: y, process, x, jnp.array([1.0, 0.0]), renoise=True, eta=1.5)
     with pytest.raises(ValueError, match="grid"):
         flow_map_sample(lambda y, t, s: y, process, x, jnp.array([1.0]))
     with pytest.raises(ValueError):

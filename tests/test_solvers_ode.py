@@ -29,11 +29,12 @@ from samplers_util import (
 )
 
 import diffjax as dj
+from diffjax.flow import finite_at_data
 from diffjax.oracle import GaussianMixture, gaussian
 from diffjax.processes import VPSDE, CondOTPath, DDPMChain
 from diffjax.solvers import ODE
 
-PROCESSES = {"VPSDE": (VPSDE(), "eps"), "CondOT": (CondOTPath(), "velocity")}
+PROCESSES = {"VPSDE": (VPSDE(), "eps"), "CondOT": (CondOTPath(), "velocity"), "CondOT-x0": (CondOTPath(), "x0")}
 
 
 def test_sample_rejects_unknown_solvers_and_odes_on_the_ddpm_chain():
@@ -101,23 +102,50 @@ def test_ode_solvers_converge_at_their_order_on_gaussian_data(process, predictio
         print(orders)
 
 
-@pytest.mark.parametrize("proc_name,t_eps", [("VPSDE", 1e-3), ("VPSDE", 0.0), ("CondOT", 0.0)])
+@pytest.mark.parametrize("proc_name,t_eps", [("VPSDE", 1e-3), ("VPSDE", 0.0), ("CondOT", 0.0), ("CondOT-x0", 0.0)])
 def test_rk4_takes_four_evaluations_per_step_and_three_on_a_last_step_to_the_data(proc_name, t_eps):
-    """RK4 evaluates the model 4 times per step, and 3 times on a last step that reaches t_data
-    (where its c = 1 stage would divide by σ = 0): declared (`num_evaluations`) = reported = counted
-    at run time, with and without the final denoising evaluation."""
+    """RK4 evaluates the model 4 times per step, and 3 times on a last step that reaches t_data where
+    σ = 0 and the model is not a velocity (its c = 1 stage would divide by σ): declared
+    (`num_evaluations`) = reported = counted at run time, with and without the final denoising
+    evaluation. A velocity model on a flow path is finite at t_data: 4 evaluations on every step."""
     mix, (process, pred) = mixture_2d(), PROCESSES[proc_name]
     reaches_data = process.data_end(t_eps) == process.t_data
+    skips = reaches_data and pred != "velocity"
     n = 7
-    assert dj.RK4().num_evaluations(n, ends_at_data=reaches_data) == 4 * n - int(reaches_data)
+    assert dj.RK4().num_evaluations(n, ends_at_data=skips) == 4 * n - int(skips)
     for denoise_final in (True, False):
         model = EvalCounter(mix.model(process, pred))
         res = dj.sample(dj.RK4(), model, process, jax.random.PRNGKey(0), (16, 2), n, t_eps=t_eps,
                         denoise_final=denoise_final)  # fmt: skip
         jax.block_until_ready(res.samples)
-        expected = 4 * n - int(reaches_data) + int(denoise_final and not reaches_data)
+        expected = 4 * n - int(skips) + int(denoise_final and not reaches_data)
         assert res.nfe == model.count == expected, (proc_name, t_eps, denoise_final, res.nfe, model.count)
         assert bool(jnp.all(jnp.isfinite(res.samples)))
+
+
+def test_runge_kutta_keeps_its_order_to_the_data_with_a_velocity_model():
+    """On CondOT to t_data = 1 with Gaussian data (closed-form flow map, float64, 16/32/64 steps): a
+    velocity model is finite at t_data, so RK4 and Heun take every stage on the last step — RK4
+    converges at order 4 (measured 4.3); the same model declared as x0 (σ = 0 divides) takes RK4's
+    midpoint fallback on the last step, whose local error O(h³) caps the order at 3 (measured 2.8).
+    Heun's Euler fallback keeps order 2 but has a larger constant (measured 3.3× the error)."""
+    process, steps = CondOTPath(), [16, 32, 64]
+    with x64():
+        mean, std = jnp.array([1.0, -2.0]), 0.3
+        gauss = gaussian(mean, std**2 * jnp.eye(2))
+        x = jax.random.normal(jax.random.key(0), (256, 2), jnp.float64)
+        exact = gaussian_flow_map(process, mean, std, x, 0.0, 1.0)
+
+        def errors(solver, pred):
+            model = gauss.model(process, pred)
+            return [float(jnp.max(jnp.abs(dj.sample(solver, model, process, jax.random.key(1), num_steps=n,
+                                                    x_init=x).samples - exact)))
+                    for n in steps]  # fmt: skip
+
+        rk4 = {pred: fitted_order(steps, errors(dj.RK4(), pred)) for pred in ("velocity", "x0")}
+        heun = {pred: errors(dj.Heun(), pred)[-1] for pred in ("velocity", "x0")}
+    assert 3.7 < rk4["velocity"] < 4.7 and rk4["x0"] < 3.2, rk4
+    assert heun["velocity"] < 0.5 * heun["x0"], heun
 
 
 def test_adaptive_solver_error_falls_with_tolerance_and_reports_its_evaluations():
@@ -286,15 +314,17 @@ def test_solvers_are_frozen_hashable_pytrees_that_key_the_compiled_sampler():
 
 def test_nfe_and_trajectory_at_the_ends_of_the_grid():
     """Reported NFE = runtime count with 7 steps: on VP (t_eps > 0) every sampler adds the final
-    denoising evaluation; on CondOT ending at the data (t_eps = 0) there is none, Heun, RK4 and EDM
-    save their c = 1 stage on the last step, and EDM an evaluation on its first step from α = 0. The
+    denoising evaluation; on CondOT ending at the data (t_eps = 0) there is none, EDM saves an
+    evaluation on its first step from α = 0, and with an x0-model Heun, RK4 and EDM save their c = 1
+    stage on the last step (a velocity model is finite at t_data and gets every stage). The
     trajectory holds every state."""
     mix = mixture_2d()
     expected = {
         ("VPSDE", "euler"): 8, ("VPSDE", "heun"): 15, ("VPSDE", "pc"): 15, ("VPSDE", "edm"): 15,
-        ("CondOT", "euler"): 7, ("CondOT", "heun"): 13, ("CondOT", "pc"): 14,
-        ("CondOT", "edm"): 12, ("VPSDE", "midpoint"): 15, ("CondOT", "midpoint"): 14,
-        ("VPSDE", "rk4"): 29, ("CondOT", "rk4"): 27,
+        ("CondOT", "euler"): 7, ("CondOT", "heun"): 14, ("CondOT", "pc"): 14,
+        ("CondOT", "edm"): 13, ("VPSDE", "midpoint"): 15, ("CondOT", "midpoint"): 14,
+        ("VPSDE", "rk4"): 29, ("CondOT", "rk4"): 28,
+        ("CondOT-x0", "heun"): 13, ("CondOT-x0", "edm"): 12, ("CondOT-x0", "rk4"): 27,
     }  # fmt: skip
     for (proc_name, name), nfe in expected.items():
         process, pred = PROCESSES[proc_name]
@@ -306,11 +336,11 @@ def test_nfe_and_trajectory_at_the_ends_of_the_grid():
         assert res.nfe == model.count == nfe, (proc_name, name, res.nfe, model.count)
         assert res.trajectory.shape == (8, 16, 2)
         assert bool(jnp.all(jnp.isfinite(res.trajectory)))
-        if proc_name == "CondOT":  # no final denoising: the last state is the sample
+        if proc_name.startswith("CondOT"):  # no final denoising: the last state is the sample
             np.testing.assert_array_equal(res.trajectory[-1], res.samples)
 
 
-NFE_CASES = [("VPSDE", 0.0), ("VPSDE", None), ("CondOT", None), ("CondOT", 1e-3)]
+NFE_CASES = [("VPSDE", 0.0), ("VPSDE", None), ("CondOT", None), ("CondOT", 1e-3), ("CondOT-x0", None)]
 
 
 @pytest.mark.parametrize("proc_name,t_eps", NFE_CASES, ids=lambda v: str(v))
@@ -320,7 +350,7 @@ def test_every_solver_declares_the_model_evaluations_it_makes(proc_name, t_eps):
     reaches and stops short of the data): the declared count `solver.num_evaluations(...)` plus the
     final denoising evaluation equals the reported NFE and the runtime count, and the samples are
     finite (no solver evaluates an ε-model at σ = 0). Adaptive solvers report their count at run
-    time; on VP at t_eps = 0 (a singular velocity at t_data) they refuse."""
+    time; where the velocity is singular at t_data (VP at t_eps = 0, an x0-model on CondOT) they refuse."""
     mix, (process, pred) = mixture_2d(), PROCESSES[proc_name]
     reaches_data = process.data_end(t_eps) == process.t_data
     n = 7
@@ -328,7 +358,7 @@ def test_every_solver_declares_the_model_evaluations_it_makes(proc_name, t_eps):
         solver = dj.make_solver(name)
         model = EvalCounter(mix.model(process, pred))
         if isinstance(solver, dj.Adaptive):
-            if reaches_data and process.default_t_eps > 0:
+            if reaches_data and not finite_at_data(process, pred):
                 with pytest.raises(ValueError, match="t_eps > 0"):
                     dj.sample(solver, model, process, jax.random.PRNGKey(0), (16, 2), t_eps=t_eps)
                 continue
@@ -336,7 +366,8 @@ def test_every_solver_declares_the_model_evaluations_it_makes(proc_name, t_eps):
             jax.block_until_ready(res.samples)
             assert int(res.nfe) == model.count > 0, (name, res.nfe, model.count)
             continue
-        declared = solver.num_evaluations(n, ends_at_data=reaches_data,
+        skips = reaches_data and not finite_at_data(process, pred)
+        declared = solver.num_evaluations(n, ends_at_data=skips,
                                           starts_at_zero_alpha=process.alpha_is_zero_at_noise())  # fmt: skip
         res = dj.sample(solver, model, process, jax.random.PRNGKey(0), (16, 2), n, t_eps=t_eps)
         jax.block_until_ready(res.samples)
@@ -350,18 +381,19 @@ def test_an_nfe_budget_takes_the_most_steps_that_fit_it():
     exceed B, for every fixed-grid solver on VP (final denoising included) and CondOT (ends at the
     data); too small a budget and num_steps together with nfe are refused."""
     mix = mixture_2d()
-    for proc_name in ("VPSDE", "CondOT"):
+    for proc_name in ("VPSDE", "CondOT", "CondOT-x0"):
         process, pred = PROCESSES[proc_name]
         for name in ("euler", "heun", "rk4", "dpm_solver_pp", "edm"):
             for budget in (7,):
                 model = EvalCounter(mix.model(process, pred))
                 res = dj.sample(name, model, process, jax.random.PRNGKey(0), (8, 2), nfe=budget)
                 jax.block_until_ready(res.samples)
-                n = dj.steps_for_budget(name, process, budget)
+                n = dj.steps_for_budget(name, process, budget, prediction=pred)
                 solver = dj.make_solver(name)
                 reaches = process.data_end(None) == process.t_data
                 more = solver.num_evaluations(
-                    n + 1, ends_at_data=reaches, starts_at_zero_alpha=process.alpha_is_zero_at_noise()
+                    n + 1, ends_at_data=reaches and not finite_at_data(process, pred),
+                    starts_at_zero_alpha=process.alpha_is_zero_at_noise(),
                 ) + int(not reaches)
                 assert res.nfe == model.count <= budget < more, (proc_name, name, budget, res.nfe)
     process, pred = PROCESSES["VPSDE"]

@@ -65,5 +65,6 @@ class EDM(Solver):
             eps2 = term.denoise(x_euler, t_next)[1]
             return (a_n / a_hat) * x_hat + (s_n - a_n * s_hat / a_hat) * 0.5 * (eps1 + eps2)
 
-        skip = (t_next == process.t_data) | (a_hat == 0)
+        end = getattr(term, "no_evaluation_at", None)  # None: the model is finite at t_data
+        skip = (a_hat == 0) if end is None else (t_next == end) | (a_hat == 0)
         return jax.lax.cond(skip, lambda: x_euler, correct), gamma_max

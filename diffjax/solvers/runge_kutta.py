@@ -3,9 +3,11 @@
     k_i = v(t + c_i h, y + h Σ_{j<i} a_ij k_j),   y_next = y + h Σ_i b_i k_i,   h = t_next − t
 
 A stage at the very end of a step (c_i = 1) would evaluate the model exactly at t_data on a last step
-that reaches the data, where σ = 0 and an ε- or x0-prediction is singular; there the method uses only
-the stages before it with the weights `b_data_end` (Heun falls back to Euler, RK4 to its midpoint
-stage), so such a step costs fewer evaluations — `num_evaluations` counts them from the tableau.
+that reaches the data, where σ = 0 and an ε- or x0-prediction is singular; where the term says so
+(`term.no_evaluation_at`, `diffjax.flow.finite_at_data`) the method uses only the stages before it
+with the weights `b_data_end` (Heun falls back to Euler, RK4 to its midpoint stage), so such a step
+costs fewer evaluations — `num_evaluations` counts them from the tableau. A velocity model on a flow
+path is finite at the data end and gets the full method (RK4 stays fourth order to t_data).
 """
 
 from __future__ import annotations
@@ -74,12 +76,12 @@ class RungeKutta(Solver):
         ks = stages([], self._safe_stages())
         if b_end is None:
             return tree_axpy(y, h, stages(ks, len(b)), b), carry
-        t_data = getattr(term, "t_data", None)
+        end = getattr(term, "no_evaluation_at", None)
         full = lambda: tree_axpy(y, h, stages(ks, len(b)), b)  # noqa: E731
-        if t_data is None:
+        if end is None:
             return full(), carry
         at_data = lambda: tree_axpy(y, h, ks, b_end)  # noqa: E731
-        return jax.lax.cond(t_next == t_data, at_data, full), carry
+        return jax.lax.cond(t_next == end, at_data, full), carry
 
 
 @pytree_dataclass
@@ -92,7 +94,7 @@ class Euler(RungeKutta):
 @pytree_dataclass
 class Heun(RungeKutta):
     """Heun's method (explicit trapezoid, order 2; Karras et al. 2022, Alg. 1 in t): 2 evaluations per
-    step, Euler on a last step that reaches t_data."""
+    step, Euler on a last step that reaches a t_data where the model is not evaluated."""
 
     tableau: ClassVar[Tableau] = HEUN
 
@@ -108,6 +110,6 @@ class Midpoint(RungeKutta):
 @pytree_dataclass
 class RK4(RungeKutta):
     """The classical fourth-order Runge–Kutta method: 4 evaluations per step (3 on a last step that
-    reaches t_data, where it takes its midpoint stage)."""
+    reaches a t_data where the model is not evaluated: it takes its midpoint stage there)."""
 
     tableau: ClassVar[Tableau] = RK4_TABLEAU
