@@ -41,9 +41,8 @@ from experiments.optimize_grid import use_grid_file
 flags.DEFINE_string("workdir", None, "A work directory written by experiments.train.")
 flags.DEFINE_string("sampler", None, f"Sampler spec name[:steps[:w]] (as experiments.evaluate's --samplers; "
                     f"steps and w override --steps, --guidance), name one of {tuple(dj.SOLVERS)} or a "
-                    "few-step sampler 'flow_map' / 'flow_map_renoise' / 'flow_map_ddim' (two-time networks) / "
-                    "'consistency' "
-                    "(default: the config's)")
+                    "few-step sampler 'flow_map' / 'flow_map_renoise' / 'flow_map_ddim' (two-time "
+                    "networks) / 'consistency' (default: the config's)")
 flags.DEFINE_integer("steps", None, "Number of sampler steps (default: the config's).")
 flags.DEFINE_float("guidance", None, "Classifier-free guidance scale w (class-conditional models).")
 flags.DEFINE_bool("clip_denoised", None, "Clip x̂0 to [−1, 1] while sampling (default: the config's).")

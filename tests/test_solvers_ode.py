@@ -34,7 +34,9 @@ from diffjax.oracle import GaussianMixture, gaussian
 from diffjax.processes import VPSDE, CondOTPath, DDPMChain
 from diffjax.solvers import ODE
 
-PROCESSES = {"VPSDE": (VPSDE(), "eps"), "CondOT": (CondOTPath(), "velocity"), "CondOT-x0": (CondOTPath(), "x0")}
+PROCESSES = {
+    "VPSDE": (VPSDE(), "eps"), "CondOT": (CondOTPath(), "velocity"), "CondOT-x0": (CondOTPath(), "x0"),
+}  # fmt: skip
 
 
 def test_sample_rejects_unknown_solvers_and_odes_on_the_ddpm_chain():
@@ -102,7 +104,8 @@ def test_ode_solvers_converge_at_their_order_on_gaussian_data(process, predictio
         print(orders)
 
 
-@pytest.mark.parametrize("proc_name,t_eps", [("VPSDE", 1e-3), ("VPSDE", 0.0), ("CondOT", 0.0), ("CondOT-x0", 0.0)])
+@pytest.mark.parametrize("proc_name,t_eps",
+                         [("VPSDE", 1e-3), ("VPSDE", 0.0), ("CondOT", 0.0), ("CondOT-x0", 0.0)])
 def test_rk4_takes_four_evaluations_per_step_and_three_on_a_last_step_to_the_data(proc_name, t_eps):
     """RK4 evaluates the model 4 times per step, and 3 times on a last step that reaches t_data where
     σ = 0 and the model is not a velocity (its c = 1 stage would divide by σ): declared
