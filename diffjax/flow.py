@@ -59,7 +59,8 @@ def finite_at_data(process: GaussianProcess, prediction: str | None) -> bool:
     the model predicts the velocity itself on a process with finite rates there (`default_t_eps` = 0:
     flow paths, where a flow-matching network is trained on the closed interval). An ε-, x0-, score-
     or v-model reaches the velocity through ε̂ = (x − αx̂0)/σ or an ill-posed ε̂ at σ = 0, so Runge–Kutta
-    and EDM steps take no stage at t_data there (`ProbabilityFlow.no_evaluation_at`)."""
+    steps take no stage at t_data there (`ProbabilityFlow.no_evaluation_at`). (EDM's Heun always takes
+    an Euler step to σ = 0, as Karras et al.'s Alg. 1 does.)"""
     if not process.sigma_is_zero_at_data():
         return True
     return prediction == "velocity" and process.default_t_eps == 0.0
@@ -80,7 +81,7 @@ class ProbabilityFlow:
     @property
     def no_evaluation_at(self) -> float | None:
         """t_data where the model must not be evaluated (`finite_at_data` is False), else None: a
-        Runge–Kutta or EDM step that ends there uses only its earlier stages."""
+        Runge–Kutta step that ends there uses only its earlier stages."""
         return None if finite_at_data(self.process, self.prediction) else self.process.t_data
 
     def _predict(self, x: Array, t) -> tuple[Array, Coefficients]:
@@ -166,9 +167,11 @@ class ThreadModelState(Solver):
     def needs_rates(self) -> bool:
         return self.solver.needs_rates
 
-    def num_evaluations(self, num_steps, *, ends_at_data=False, starts_at_zero_alpha=False):
+    def num_evaluations(self, num_steps, *, ends_at_data=False, starts_at_zero_alpha=False,
+                        finite_at_data=False):  # fmt: skip
         return self.solver.num_evaluations(num_steps, ends_at_data=ends_at_data,
-                                           starts_at_zero_alpha=starts_at_zero_alpha)  # fmt: skip
+                                           starts_at_zero_alpha=starts_at_zero_alpha,
+                                           finite_at_data=finite_at_data)  # fmt: skip
 
     def init(self, term, y0, ts):
         return self.solver.init(term, y0, ts), term.model.init_state(y0)

@@ -387,8 +387,8 @@ def optimize_grid(
     held = lambda g: np.sqrt(np.asarray(_squared_errors(solver, flow, x_held, g, ref_held, denoise)))  # noqa: E731
     fixed_errors = {name: held(g) for name, g in fixed.items()}
     fixed_errors["init"] = held(param.times(param.logits(init_ts)))
-    skips_data = t_end == process.t_data and flow.no_evaluation_at is not None
-    nfe = solver.num_evaluations(num_steps, ends_at_data=skips_data,
+    nfe = solver.num_evaluations(num_steps, ends_at_data=t_end == process.t_data,
+                                 finite_at_data=flow.no_evaluation_at is None,
                                  starts_at_zero_alpha=process.alpha_is_zero_at_noise())
     nfe += int(denoise)
     return OptimizedGrid(

@@ -441,7 +441,8 @@ def sample_with_log_prob(
         term, solver, k_prior, ts_arg, shape=shape, steps=num_steps, grid=grid_name, t_eps=t_eps
     )
     if not adaptive:
-        nfe = solver.num_evaluations(num_steps, ends_at_data=term.no_evaluation_at is not None,
+        nfe = solver.num_evaluations(num_steps, ends_at_data=reaches_data,
+                                     finite_at_data=term.no_evaluation_at is None,
                                      starts_at_zero_alpha=process.alpha_is_zero_at_noise())  # fmt: skip
         success = jnp.asarray(True)
     logp_prior = (prior_logp or process.prior_logp)(x_T)

@@ -85,11 +85,11 @@ def steps_for_budget(
         raise ValueError("sample: an adaptive solver chooses its own steps; give rtol/atol, not nfe.")
     reaches = process.data_end(t_eps) == process.t_data
     extra = int(denoise_final and not reaches)
-    skips_data = reaches and not finite_at_data(process, prediction)
+    finite, zero_alpha = finite_at_data(process, prediction), process.alpha_is_zero_at_noise()
 
     def cost(n):
-        return extra + solver.num_evaluations(
-            n, ends_at_data=skips_data, starts_at_zero_alpha=process.alpha_is_zero_at_noise())
+        return extra + solver.num_evaluations(n, ends_at_data=reaches, finite_at_data=finite,
+                                              starts_at_zero_alpha=zero_alpha)
 
     if cost(1) > nfe:
         raise ValueError(
@@ -214,8 +214,8 @@ def sample(
         t_eps=t_eps, denoise_final=denoise_final, save_trajectory=save_trajectory,
     )  # fmt: skip
     if not adaptive:
-        skips_data = reaches_data and flow.no_evaluation_at is not None
-        nfe = solver.num_evaluations(num_steps, ends_at_data=skips_data,
+        nfe = solver.num_evaluations(num_steps, ends_at_data=reaches_data,
+                                     finite_at_data=flow.no_evaluation_at is None,
                                      starts_at_zero_alpha=process.alpha_is_zero_at_noise())  # fmt: skip
     return SampleResult(x, path, nfe + int(denoise_final))
 

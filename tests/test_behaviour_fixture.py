@@ -24,6 +24,11 @@ Intended changes, each asserted here rather than hidden:
     (`lower_order_final`, issue 13: the old multistep extrapolation across VP's long last step put
     most samples in the wrong mode at 10 steps); the old scheme is `lower_order_final=False`, which
     reproduces every fixture entry (`OPTIONS_NOW`).
+  * Heun takes its end-of-step stage on a last step to t_data where the model is finite there (issue
+    13: a velocity model on a flow path, `diffjax.flow.finite_at_data`); the old code always fell back
+    to the Euler step there. Those entries (`FULL_AT_DATA`) cost one evaluation more and differ from
+    the old sample x_E = x + h·v(x, t) exactly by the trapezoid's correction: x + ½h·(v(x, t) + v(x_E,
+    t_data)) with x the new trajectory's last state but one (the steps before are unchanged).
 """
 
 import dataclasses
@@ -70,6 +75,25 @@ FIXED = {f"sample/cospath/{s}/uniform" for s in ("ddim_eta0.5", "dpm_solver_pp_o
                                                 "dpm_solver_pp_order2", "dpm_solver_pp_order3")} | {
     f"sample/poly/{s}/uniform" for s in ("euler", "heun", "midpoint")}  # fmt: skip
 FIXED_GRIDS = {"grid/cospath/logsnr"}  # the same NaN log-SNR at CosinePath's data end
+FULL_AT_DATA = {f"sample/{p}/heun/{g}" for p in ("condot", "cospath", "poly") for g in ("uniform", "logsnr")}
+
+
+def check_full_at_data(res, tag, model, proc, grid):
+    """An entry of the intended change FULL_AT_DATA (module docstring)."""
+    assert int(res.nfe) == int(FIXTURE[tag + "/nfe"]) + 1, tag
+    got, old = np.asarray(res.samples), FIXTURE[tag]
+    if tag in FIXED:  # NaN in the old code (PolynomialPath), finite now
+        assert np.isnan(old).all() and np.all(np.isfinite(got)), tag
+        return
+    ts = dj.make_grid(proc, N, grid)
+    x = res.trajectory[-2]
+    h, v = ts[-1] - ts[-2], (old - x) / (ts[-1] - ts[-2])  # the old Euler step from x
+    t_end = jnp.full((B,), ts[-1])
+    trapezoid = x + 0.5 * h * (v + model(jnp.asarray(old), t_end))
+    scale = max(float(np.max(np.abs(old))), 1.0)
+    np.testing.assert_allclose(got, trapezoid, rtol=1e-4, atol=1e-4 * scale, err_msg=tag)
+    if grid == "uniform":  # (the log-SNR grid's last step is short: there the change is ~1e-5)
+        assert float(np.max(np.abs(got - old))) > 1e-3 * scale, tag  # the check discriminates
 
 
 def close(got, name, rtol=1e-4):
@@ -112,7 +136,10 @@ def test_samples_of_every_solver_match_the_old_api(pname):
             continue
         tag = f"sample/{pname}/{name}{''.join(f'_{k}{v}' for k, v in opts.items())}/{grid}"
         res = dj.sample(name, model, proc, KEY, (B, 2), N, grid=grid, t_eps=t_eps, **opts,
-                        **OPTIONS_NOW.get(name, {}))  # fmt: skip
+                        save_trajectory=tag in FULL_AT_DATA, **OPTIONS_NOW.get(name, {}))  # fmt: skip
+        if tag in FULL_AT_DATA:
+            check_full_at_data(res, tag, model, proc, grid)
+            continue
         close(res.samples, tag)
         assert int(res.nfe) == int(FIXTURE[tag + "/nfe"]), tag
     if pname != "ddpm":
@@ -124,7 +151,9 @@ def test_trajectory_and_adaptive_solves_match():
     proc = PROC["condot"]
     model = MIX.model(proc, "velocity")
     res = dj.sample("heun", model, proc, KEY, (B, 2), N, t_eps=0.0, save_trajectory=True)
-    close(res.trajectory, "traj/condot/heun")
+    # every state but the last, which the full Heun step at t_data changes (FULL_AT_DATA)
+    np.testing.assert_allclose(res.trajectory[:-1], FIXTURE["traj/condot/heun"][:-1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(res.trajectory[-1], res.samples)
     for pname in ("vp", "subvp", "ve", "cosvp", "condot", "cospath"):
         proc = PROC[pname]
         # the old adaptive sampler drew the prior with the key itself, the others with split(key)[0]

@@ -48,6 +48,9 @@ def test_sample_rejects_unknown_solvers_and_odes_on_the_ddpm_chain():
         dj.sample("euler", model, chain, jax.random.PRNGKey(0), (4, 2), 5)
     with pytest.raises(ValueError, match="t_eps > 0"):
         dj.sample("tsit5", model, VPSDE(), jax.random.PRNGKey(0), (4, 2), t_eps=0.0)
+    x0_model = gaussian(jnp.zeros(2), jnp.eye(2)).model(CondOTPath(), "x0")  # divides by σ = 0 at t_data
+    with pytest.raises(ValueError, match="'x0' model divides by σ"):
+        dj.sample("tsit5", x0_model, CondOTPath(), jax.random.PRNGKey(0), (4, 2))
 
 
 # -- convergence orders on Gaussian data -------------------------------------------------------
@@ -115,7 +118,8 @@ def test_rk4_takes_four_evaluations_per_step_and_three_on_a_last_step_to_the_dat
     reaches_data = process.data_end(t_eps) == process.t_data
     skips = reaches_data and pred != "velocity"
     n = 7
-    assert dj.RK4().num_evaluations(n, ends_at_data=skips) == 4 * n - int(skips)
+    declared = dj.RK4().num_evaluations(n, ends_at_data=reaches_data, finite_at_data=not skips)
+    assert declared == 4 * n - int(skips)
     for denoise_final in (True, False):
         model = EvalCounter(mix.model(process, pred))
         res = dj.sample(dj.RK4(), model, process, jax.random.PRNGKey(0), (16, 2), n, t_eps=t_eps,
@@ -318,14 +322,14 @@ def test_solvers_are_frozen_hashable_pytrees_that_key_the_compiled_sampler():
 def test_nfe_and_trajectory_at_the_ends_of_the_grid():
     """Reported NFE = runtime count with 7 steps: on VP (t_eps > 0) every sampler adds the final
     denoising evaluation; on CondOT ending at the data (t_eps = 0) there is none, EDM saves an
-    evaluation on its first step from α = 0, and with an x0-model Heun, RK4 and EDM save their c = 1
-    stage on the last step (a velocity model is finite at t_data and gets every stage). The
-    trajectory holds every state."""
+    evaluation on its first step from α = 0 and on its last (Euler to σ = 0, as Karras et al.'s
+    Alg. 1), and with an x0-model Heun and RK4 save their c = 1 stage on the last step (a velocity
+    model is finite at t_data and gets every stage). The trajectory holds every state."""
     mix = mixture_2d()
     expected = {
         ("VPSDE", "euler"): 8, ("VPSDE", "heun"): 15, ("VPSDE", "pc"): 15, ("VPSDE", "edm"): 15,
         ("CondOT", "euler"): 7, ("CondOT", "heun"): 14, ("CondOT", "pc"): 14,
-        ("CondOT", "edm"): 13, ("VPSDE", "midpoint"): 15, ("CondOT", "midpoint"): 14,
+        ("CondOT", "edm"): 12, ("VPSDE", "midpoint"): 15, ("CondOT", "midpoint"): 14,
         ("VPSDE", "rk4"): 29, ("CondOT", "rk4"): 28,
         ("CondOT-x0", "heun"): 13, ("CondOT-x0", "edm"): 12, ("CondOT-x0", "rk4"): 27,
     }  # fmt: skip
@@ -343,7 +347,7 @@ def test_nfe_and_trajectory_at_the_ends_of_the_grid():
             np.testing.assert_array_equal(res.trajectory[-1], res.samples)
 
 
-NFE_CASES = [("VPSDE", 0.0), ("VPSDE", None), ("CondOT", None), ("CondOT", 1e-3), ("CondOT-x0", None)]
+NFE_CASES = [("VPSDE", 0.0), ("VPSDE", None), ("CondOT", None), ("CondOT", 1e-3)]
 
 
 @pytest.mark.parametrize("proc_name,t_eps", NFE_CASES, ids=lambda v: str(v))
@@ -353,7 +357,7 @@ def test_every_solver_declares_the_model_evaluations_it_makes(proc_name, t_eps):
     reaches and stops short of the data): the declared count `solver.num_evaluations(...)` plus the
     final denoising evaluation equals the reported NFE and the runtime count, and the samples are
     finite (no solver evaluates an ε-model at σ = 0). Adaptive solvers report their count at run
-    time; where the velocity is singular at t_data (VP at t_eps = 0, an x0-model on CondOT) they refuse."""
+    time; on VP at t_eps = 0 (a singular velocity at t_data) they refuse."""
     mix, (process, pred) = mixture_2d(), PROCESSES[proc_name]
     reaches_data = process.data_end(t_eps) == process.t_data
     n = 7
@@ -369,8 +373,8 @@ def test_every_solver_declares_the_model_evaluations_it_makes(proc_name, t_eps):
             jax.block_until_ready(res.samples)
             assert int(res.nfe) == model.count > 0, (name, res.nfe, model.count)
             continue
-        skips = reaches_data and not finite_at_data(process, pred)
-        declared = solver.num_evaluations(n, ends_at_data=skips,
+        declared = solver.num_evaluations(n, ends_at_data=reaches_data,
+                                          finite_at_data=finite_at_data(process, pred),
                                           starts_at_zero_alpha=process.alpha_is_zero_at_noise())  # fmt: skip
         res = dj.sample(solver, model, process, jax.random.PRNGKey(0), (16, 2), n, t_eps=t_eps)
         jax.block_until_ready(res.samples)
@@ -395,7 +399,7 @@ def test_an_nfe_budget_takes_the_most_steps_that_fit_it():
                 solver = dj.make_solver(name)
                 reaches = process.data_end(None) == process.t_data
                 more = solver.num_evaluations(
-                    n + 1, ends_at_data=reaches and not finite_at_data(process, pred),
+                    n + 1, ends_at_data=reaches, finite_at_data=finite_at_data(process, pred),
                     starts_at_zero_alpha=process.alpha_is_zero_at_noise(),
                 ) + int(not reaches)
                 assert res.nfe == model.count <= budget < more, (proc_name, name, budget, res.nfe)

@@ -77,7 +77,8 @@ class Adaptive(Solver):
     def order(self) -> int:
         return METHODS[self.method][1]
 
-    def num_evaluations(self, num_steps, *, ends_at_data=False, starts_at_zero_alpha=False):
+    def num_evaluations(self, num_steps, *, ends_at_data=False, starts_at_zero_alpha=False,
+                        finite_at_data=False):  # fmt: skip
         raise NotImplementedError("an adaptive solver chooses its steps at run time: its count is "
                                   "Solution.nfe (SampleResult.nfe).")  # fmt: skip
 

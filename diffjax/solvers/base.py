@@ -60,11 +60,12 @@ class Solver:
         raise NotImplementedError
 
     def num_evaluations(
-        self, num_steps: int, *, ends_at_data: bool = False, starts_at_zero_alpha: bool = False
-    ) -> int:
+        self, num_steps: int, *, ends_at_data: bool = False, starts_at_zero_alpha: bool = False,
+        finite_at_data: bool = False,
+    ) -> int:  # fmt: skip
         """Model evaluations of `num_steps` steps (static). ends_at_data: the last step reaches
-        t_data exactly and the model is not evaluated there (`ProbabilityFlow.no_evaluation_at`);
-        starts_at_zero_alpha: the first step starts where α = 0 (flow paths)."""
+        t_data exactly; starts_at_zero_alpha: the first step starts where α = 0 (flow paths);
+        finite_at_data: the model may be evaluated at t_data (`diffjax.flow.finite_at_data`)."""
         return self.evals_per_step * num_steps
 
     def solve(self, term, y0: PyTree, ts: Float[Array, " n_plus_1"], key: Array, save_every: int):

@@ -34,8 +34,9 @@ class EDM(Solver):
         if self.s_churn < 0 or self.s_noise < 0:
             raise ValueError(f"edm: need s_churn >= 0 and s_noise >= 0, got {self.s_churn}, {self.s_noise}.")
 
-    def num_evaluations(self, num_steps, *, ends_at_data=False, starts_at_zero_alpha=False):
-        return 2 * num_steps - int(ends_at_data) - int(starts_at_zero_alpha)
+    def num_evaluations(self, num_steps, *, ends_at_data=False, starts_at_zero_alpha=False,
+                        finite_at_data=False):  # fmt: skip
+        return 2 * num_steps - int(ends_at_data) - int(starts_at_zero_alpha)  # Euler to σ = 0 (Alg. 1)
 
     def init(self, term, y0, ts):
         return min(self.s_churn / (ts.shape[0] - 1), math.sqrt(2.0) - 1.0)  # γ_max (static)
@@ -65,6 +66,5 @@ class EDM(Solver):
             eps2 = term.denoise(x_euler, t_next)[1]
             return (a_n / a_hat) * x_hat + (s_n - a_n * s_hat / a_hat) * 0.5 * (eps1 + eps2)
 
-        end = getattr(term, "no_evaluation_at", None)  # None: the model is finite at t_data
-        skip = (a_hat == 0) if end is None else (t_next == end) | (a_hat == 0)
+        skip = (t_next == process.t_data) | (a_hat == 0)
         return jax.lax.cond(skip, lambda: x_euler, correct), gamma_max

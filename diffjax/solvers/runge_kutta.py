@@ -59,8 +59,9 @@ class RungeKutta(Solver):
         tab = self.tableau
         return len(tab.b_data_end) if tab.b_data_end is not None else len(tab.b)
 
-    def num_evaluations(self, num_steps, *, ends_at_data=False, starts_at_zero_alpha=False):
-        saved = self.evals_per_step - self._safe_stages() if ends_at_data else 0
+    def num_evaluations(self, num_steps, *, ends_at_data=False, starts_at_zero_alpha=False,
+                        finite_at_data=False):  # fmt: skip
+        saved = self.evals_per_step - self._safe_stages() if ends_at_data and not finite_at_data else 0
         return self.evals_per_step * num_steps - saved
 
     def step(self, term, y, carry, t, t_next, key):
