@@ -132,7 +132,7 @@ def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_p
     np.testing.assert_array_equal(pairs.noise, trained.process.prior_sample(k_prior, (40, 2)))
     np.testing.assert_array_equal(pairs.data, np.load(tmp_path / "s16.npz")["samples"])
     np.testing.assert_allclose(pairs.data, np.load(tmp_path / "s40.npz")["samples"], rtol=1e-5, atol=1e-5)
-    assert pairs.header["sampler"] == "heun" and pairs.header["nfe"] == 7
+    assert pairs.header["sampler"] == "heun" and pairs.header["nfe"] == 8  # 4 full Heun steps (velocity)
     assert pairs.header["process"] == trained.record["process"]
 
     reflow = {"loss.name": "reflow", "data.couplings": pairs_file, "train.init_from": flow_run,
