@@ -67,7 +67,7 @@ def test_checkerboard_trains_resumes_and_samples(tmp_path):
     run("evaluate_2d", "--workdirs", workdir, "--samplers", "euler:8,heun:4", "--num", "500",
         "--nll_examples", "64", "--out", results)  # fmt: skip
     rows = [json.loads(line) for line in open(results)]
-    assert [(r["sampler"], r["nfe"]) for r in rows] == [("euler", 8), ("heun", 8)]  # a velocity model: full Heun
+    assert [(r["sampler"], r["nfe"]) for r in rows] == [("euler", 8), ("heun", 8)]  # velocity: full Heun
     for r in rows:
         assert r["train_steps"] == 900 and r["on_support"] > 0.6 and 0 < r["sliced_w2_floor"] < 0.2
         assert r["data_nll_nats"] == pytest.approx(np.log(6.0), rel=1e-6)
