@@ -191,6 +191,6 @@ def as_flow(model, process: GaussianProcess, prediction: str | None = None) -> P
 
 __all__ = [
     "Evaluated", "ProbabilityFlow", "ThreadModelState", "as_flow", "check_model_output",
-    "evaluate_with_state", "model_prediction",
+    "evaluate_with_state", "finite_at_data", "model_prediction",
 ]
 
