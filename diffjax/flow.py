@@ -55,12 +55,13 @@ def model_prediction(model) -> str:
 
 
 def finite_at_data(process: GaussianProcess, prediction: str | None) -> bool:
-    """Whether a model's probability-flow velocity may be evaluated at t_data: σ(t_data) > 0 (VE), or
-    the model predicts the velocity itself on a process with finite rates there (`default_t_eps` = 0:
-    flow paths, where a flow-matching network is trained on the closed interval). An ε-, x0-, score-
-    or v-model reaches the velocity through ε̂ = (x − αx̂0)/σ or an ill-posed ε̂ at σ = 0, so Runge–Kutta
-    steps take no stage at t_data there (`ProbabilityFlow.no_evaluation_at`). (EDM's Heun always takes
-    an Euler step to σ = 0, as Karras et al.'s Alg. 1 does.)"""
+    """Whether a model's probability-flow velocity may be evaluated at t_data: σ(t_data) > 0 (the cosine
+    VP SDE, σ(0) = 5.5e-4), or the model predicts the velocity itself on a process with finite rates
+    there (`default_t_eps` = 0: flow paths, where a flow-matching network is trained on the closed
+    interval). An ε-, x0-, score- or v-model reaches the velocity through ε̂ = (x − αx̂0)/σ or an
+    ill-posed ε̂ at σ = 0, so Runge–Kutta steps take no stage at t_data there
+    (`ProbabilityFlow.no_evaluation_at`). (EDM's Heun always takes an Euler step to σ = 0, as Karras et
+    al.'s Alg. 1 does.)"""
     if not process.sigma_is_zero_at_data():
         return True
     return prediction == "velocity" and process.default_t_eps == 0.0
@@ -73,6 +74,9 @@ class ProbabilityFlow:
     model: Callable
     process: GaussianProcess
     prediction: str = static_field(default="eps")
+    # `finite_at_data`, decided where the flow is built (`as_flow`: the process is concrete there) and
+    # kept static, so a compiled sampler whose process is traced decides as the NFE count did
+    evaluable_at_data: bool | None = static_field(default=None)
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
@@ -82,7 +86,10 @@ class ProbabilityFlow:
     def no_evaluation_at(self) -> float | None:
         """t_data where the model must not be evaluated (`finite_at_data` is False), else None: a
         Runge–Kutta step that ends there uses only its earlier stages."""
-        return None if finite_at_data(self.process, self.prediction) else self.process.t_data
+        finite = self.evaluable_at_data
+        if finite is None:
+            finite = finite_at_data(self.process, self.prediction)
+        return None if finite else self.process.t_data
 
     def _predict(self, x: Array, t) -> tuple[Array, Coefficients]:
         t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
@@ -186,7 +193,10 @@ class ThreadModelState(Solver):
 def as_flow(model, process: GaussianProcess, prediction: str | None = None) -> ProbabilityFlow:
     """The `ProbabilityFlow` of a model (any callable (x, t) -> prediction: an NNX module, a pytree
     such as `jax.tree_util.Partial`, or a plain function); prediction defaults to the model's own."""
-    return ProbabilityFlow(model, process, prediction or model_prediction(model))
+    prediction = prediction or model_prediction(model)
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"Unknown prediction {prediction!r}; choose one of {PREDICTIONS}.")
+    return ProbabilityFlow(model, process, prediction, finite_at_data(process, prediction))
 
 
 __all__ = [

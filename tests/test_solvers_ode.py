@@ -155,6 +155,21 @@ def test_runge_kutta_keeps_its_order_to_the_data_with_a_velocity_model():
     assert heun["velocity"] < 0.5 * heun["x0"], heun
 
 
+def test_the_data_end_rule_is_decided_where_the_flow_is_built():
+    """A process whose parameters are traced inside the compiled sampler (VDM's learned schedule,
+    σ(t_data) > 0: an ε-model is finite there) gets the same decision inside as the NFE count outside:
+    Heun and RK4 take every stage (declared = counted = 2n / 4n)."""
+    from diffjax.processes.learned import LearnedSchedule
+
+    process = LearnedSchedule.create(key=jax.random.key(0))
+    assert not process.sigma_is_zero_at_data() and finite_at_data(process, "eps")
+    for name, per_step in (("heun", 2), ("rk4", 4)):
+        model = EvalCounter(mixture_2d().model(process, "eps"))
+        res = dj.sample(name, model, process, jax.random.key(0), (8, 2), 5, t_eps=0.0)
+        jax.block_until_ready(res.samples)
+        assert res.nfe == model.count == per_step * 5, (name, res.nfe, model.count)
+
+
 def test_adaptive_solver_error_falls_with_tolerance_and_reports_its_evaluations():
     """Tsit5 and Dopri5 on the Gaussian problem: the endpoint error at rtol = atol = 1e-7 is below
     1e-5 and far below that at 1e-3; the reported NFE equals the evaluations counted at runtime, is

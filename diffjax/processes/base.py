@@ -247,8 +247,9 @@ class GaussianProcess:
         return -0.5 * sq / s**2 - d * jnp.log(s) - 0.5 * d * jnp.log(2 * jnp.pi)
 
     def sigma_is_zero_at_data(self) -> bool:
-        """Whether σ(t_data) = 0 (flow paths, VP and sub-VP; not VE), decided where the process is
-        concrete (True where it is traced: the cautious answer for `diffjax.flow.finite_at_data`)."""
+        """Whether σ(t_data) = 0 (flow paths, VP, sub-VP, VE; not the cosine VP SDE), decided where the
+        process is concrete (True where it is traced: the cautious answer for
+        `diffjax.flow.finite_at_data`)."""
         with jax.ensure_compile_time_eval():
             s = self.sigma(_as_float(self.t_data))
         return isinstance(s, jax.core.Tracer) or float(s) == 0.0
