@@ -194,8 +194,6 @@ def as_flow(model, process: GaussianProcess, prediction: str | None = None) -> P
     """The `ProbabilityFlow` of a model (any callable (x, t) -> prediction: an NNX module, a pytree
     such as `jax.tree_util.Partial`, or a plain function); prediction defaults to the model's own."""
     prediction = prediction or model_prediction(model)
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"Unknown prediction {prediction!r}; choose one of {PREDICTIONS}.")
     return ProbabilityFlow(model, process, prediction, finite_at_data(process, prediction))
 
 
