@@ -53,11 +53,28 @@ from diffjax.solvers import RK4, Solver, integrate
 @pytree_dataclass
 class Couplings:
     """Pairs (noise z (N, *event) at t_noise, data x (N, *event)) of a deterministic coupling, with a
-    JSON header (process, solver, steps, nfe) naming how they were made (static, hashable)."""
+    JSON header (process, solver, steps, nfe) naming how they were made (static, hashable).
+
+    waypoints (N, m, *event), optional: the same solve's states at the m interior times
+    `waypoint_times` (static, increasing from t_noise towards the data), so that a k = m + 1 step
+    student can regress the teacher's own trajectory (`pair_distillation_loss`) instead of the
+    pair's straight line."""
 
     noise: Array
     data: Array
     header_json: str = static_field(default="{}")
+    waypoints: Array | None = None
+    waypoint_times: tuple[float, ...] = static_field(default=())
+
+    def __post_init__(self):
+        m = len(self.waypoint_times)
+        if (self.waypoints is None) != (m == 0):
+            raise ValueError("Couplings: waypoints and waypoint_times come together (both or neither).")
+        if self.waypoints is not None and hasattr(self.waypoints, "shape"):
+            want = (self.noise.shape[0], m, *self.noise.shape[1:])
+            if tuple(self.waypoints.shape) != want:
+                raise ValueError(f"Couplings: waypoints must have shape (N, m, *event) = {want} for "
+                                 f"{m} waypoint_times, got {tuple(self.waypoints.shape)}.")  # fmt: skip
 
     @property
     def header(self) -> dict:
@@ -78,13 +95,23 @@ def make_couplings(
     prediction: str | None = None,
     grid: str = "uniform",
     t_eps: float | None = None,
+    waypoints: int = 0,
     **solver_options,
 ) -> Couplings:
     """(z, Φ(z)): noise z ~ prior (a shape (N, *event), drawn with `key`) or given noise (N, *event),
     and the endpoint of the model's probability-flow ODE from z, by `diffjax.sample` with z as its
     initial state (`x_init`): one compiled, batched solve. `num_steps` is needed unless the solver is
-    adaptive ('dopri5', 'tsit5'); the endpoint is x̂0 at the grid's last time (`denoise_final`)."""
+    adaptive ('dopri5', 'tsit5'); the endpoint is x̂0 at the grid's last time (`denoise_final`).
+
+    waypoints = m > 0 also keeps the solve's states after every (num_steps/(m + 1))-th step (a fixed
+    grid whose num_steps m + 1 divides): the interior points of an (m + 1)-step student grid when
+    both grids are uniform (`Couplings.waypoints`)."""
     check_key(key, "make_couplings")
+    if not isinstance(waypoints, int) or waypoints < 0:
+        raise ValueError(f"make_couplings: waypoints must be an int >= 0, got {waypoints!r}.")
+    if waypoints and (not isinstance(num_steps, int) or num_steps % (waypoints + 1)):
+        raise ValueError(f"make_couplings: {waypoints} waypoints split a fixed grid into {waypoints + 1} equal "
+                         f"runs of steps; num_steps={num_steps!r} is not a multiple of {waypoints + 1}.")
     k_noise, k_solve = jax.random.split(key)
     if isinstance(shape_or_noise, tuple | list):
         shape = tuple(int(n) for n in shape_or_noise)
@@ -100,13 +127,26 @@ def make_couplings(
             )
     solver = make_solver(solver, **solver_options)
     res = sample(solver, model, process, k_solve, num_steps=num_steps, prediction=prediction, grid=grid,
-                 t_eps=t_eps, x_init=noise)  # fmt: skip
+                 t_eps=t_eps, x_init=noise, save_trajectory=bool(waypoints))  # fmt: skip
     nfe = res.nfe
     header = {
         "process": repr(process), "solver": repr(solver), "num_steps": num_steps, "grid": grid,
         "t_eps": t_eps, "nfe": int(np.max(np.asarray(nfe))),
     }  # fmt: skip
-    return Couplings(noise, res.samples.astype(noise.dtype), json.dumps(header, sort_keys=True))
+    if not waypoints:
+        return Couplings(noise, res.samples.astype(noise.dtype), json.dumps(header, sort_keys=True))
+    times, states = waypoints_of(res.trajectory, make_grid(process, num_steps, grid, t_eps), waypoints)
+    return Couplings(noise, res.samples.astype(noise.dtype), json.dumps(header, sort_keys=True),
+                     states.astype(noise.dtype), times)  # fmt: skip
+
+
+def waypoints_of(trajectory: Array, ts: Array, waypoints: int) -> tuple[tuple[float, ...], Array]:
+    """(times, states (N, m, *event)) of m = `waypoints` evenly spaced interior points of a solve's
+    trajectory (num_steps + 1, N, *event) on its concrete grid ts (num_steps + 1,)."""
+    every = (ts.shape[0] - 1) // (waypoints + 1)
+    idx = [every * (j + 1) for j in range(waypoints)]
+    times = tuple(float(t) for t in np.asarray(ts)[idx])
+    return times, jnp.moveaxis(jnp.asarray(trajectory)[jnp.asarray(idx)], 0, 1)
 
 
 def save_couplings(path: str | os.PathLike, couplings: Couplings) -> None:
@@ -115,8 +155,12 @@ def save_couplings(path: str | os.PathLike, couplings: Couplings) -> None:
     if not path.endswith(".npz"):
         raise ValueError(f"save_couplings: the file must end in .npz, got {path!r}.")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    extra = {}
+    if couplings.waypoints is not None:
+        extra = dict(waypoints=np.asarray(couplings.waypoints),
+                     waypoint_times=np.asarray(couplings.waypoint_times, np.float64))  # fmt: skip
     np.savez(path, noise=np.asarray(couplings.noise), data=np.asarray(couplings.data),
-             header=np.asarray(couplings.header_json))  # fmt: skip
+             header=np.asarray(couplings.header_json), **extra)  # fmt: skip
 
 
 def load_couplings(path: str | os.PathLike) -> Couplings:
@@ -127,7 +171,11 @@ def load_couplings(path: str | os.PathLike) -> Couplings:
             raise ValueError(f"load_couplings: {path} lacks {sorted(missing)}; write it with save_couplings.")
         header = str(f["header"][()])
         json.loads(header)  # a clear error here rather than at first use
-        return Couplings(jnp.asarray(f["noise"]), jnp.asarray(f["data"]), header)
+        if "waypoints" not in f.files:
+            return Couplings(jnp.asarray(f["noise"]), jnp.asarray(f["data"]), header)
+        times = tuple(float(t) for t in f["waypoint_times"])
+        return Couplings(jnp.asarray(f["noise"]), jnp.asarray(f["data"]), header, jnp.asarray(f["waypoints"]),
+                         times)  # fmt: skip
 
 
 # -- reflow ----------------------------------------------------------------------------------
@@ -241,23 +289,37 @@ def pair_distillation_loss(
     t_eps: float | None = None,
     reduce: bool = True,
 ) -> Array:
-    """k-step distillation of a (reflowed) coupling into a flow map Φ_θ(x, t, s) (Liu et al. §2.3):
-    on the grid t_0 = t_noise, …, t_k = data end (`grid` a name or a concrete (k+1,) array), each
-    example draws a step i ~ U{0, …, k−1} and regresses the jump from the pair's line
-    x_{t_i} = α(t_i) x + σ(t_i) ε onto its point at t_{i+1}:
+    """k-step distillation of a coupling into a flow map Φ_θ(x, t, s) (Liu et al. §2.3): on the grid
+    t_0 = t_noise, …, t_k = data end (`grid` a name or a concrete (k+1,) array), each example draws a
+    step i ~ U{0, …, k−1} and regresses the jump from its state y_i at t_i onto y_{i+1}:
 
-        L = E mean‖Φ_θ(x_{t_i}, t_i, t_{i+1}) − (α(t_{i+1}) x + σ(t_{i+1}) ε)‖²,   ε = z/σ(t_noise).
+        L = E mean‖Φ_θ(y_i, t_i, t_{i+1}) − y_{i+1}‖²,    y_0 = z, y_k = x.
 
-    The first jump starts from z itself, the state at t_noise (= x_{t_0} on flow paths, where
-    α(t_noise) = 0; on a VP process the line's α(T) x is dropped there). k = 1 is one-step
+    Without waypoints the states are the pair's line, y_i = α(t_i) x + σ(t_i) ε with ε = z/σ(t_noise)
+    (a reflowed coupling; on a VP process the line's α(T) x is dropped at t_noise). With m waypoints
+    (`Couplings.waypoints`) they are the teacher's own trajectory and the grid is every ((m + 1)/k)-th
+    of (t_noise, *waypoint_times, data end) (k must divide m + 1): trajectory distillation, where each
+    jump is a piece of the teacher's flow map (the `grid` argument must then be left at its default). k = 1 is one-step
     distillation Φ_θ(z, t_noise, t_data) → x (the key is not used). The map of a flow whose
     trajectories are the pairs' lines has loss 0 at every k; the exact map of a flow with curved
-    trajectories only at k = 1 (tests/test_reflow.py). A scalar (or (batch,))."""
+    trajectories only at k = 1, or at every k on its own waypoints (tests/test_reflow.py). A scalar
+    (or (batch,))."""
     noise, data = (pair.noise, pair.data) if isinstance(pair, Couplings) else pair
     check_same_shape(noise, data, "noise and data", "pair_distillation_loss")
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"pair_distillation_loss: num_steps must be an int >= 1, got {num_steps!r}.")
-    ts = make_grid(process, num_steps, grid, t_eps) if isinstance(grid, str) else jnp.asarray(grid)
+    waypoints = pair.waypoints if isinstance(pair, Couplings) else None
+    if waypoints is None:
+        ts = make_grid(process, num_steps, grid, t_eps) if isinstance(grid, str) else jnp.asarray(grid)
+    else:
+        m = len(pair.waypoint_times)
+        if (m + 1) % num_steps:
+            raise ValueError(f"pair_distillation_loss: couplings with {m} waypoints split the path into {m + 1} "
+                             f"pieces; num_steps={num_steps} must divide {m + 1}.")  # fmt: skip
+        if not (isinstance(grid, str) and grid == "uniform"):
+            raise ValueError("pair_distillation_loss: with waypoints the grid is theirs; leave grid unset.")
+        stride = (m + 1) // num_steps
+        ts = jnp.asarray([float(process.t_noise), *pair.waypoint_times, process.data_end(t_eps)])[::stride]
     if ts.shape != (num_steps + 1,):
         raise ValueError(f"pair_distillation_loss: the grid must have num_steps + 1 = {num_steps + 1} times, "
                          f"got shape {ts.shape}.")  # fmt: skip
@@ -270,13 +332,18 @@ def pair_distillation_loss(
             raise ValueError("pair_distillation_loss: num_steps > 1 draws a step per example; pass key.")
         i = jax.random.randint(check_key(key, "pair_distillation_loss"), (n,), 0, num_steps)
     t, s = ts[i], ts[i + 1]
-    eps = _paired_noise(process, noise)
+    if waypoints is None:
+        eps = _paired_noise(process, noise)
 
-    def on_line(tau):
-        return expand(process.alpha(tau), data) * data + expand(process.sigma(tau), data) * eps
+        def on_line(tau):
+            return expand(process.alpha(tau), data) * data + expand(process.sigma(tau), data) * eps
 
-    x_t = jnp.where(expand(i == 0, data), noise, on_line(t))  # the state at t_noise is z itself
-    target = on_line(s)
+        x_t = jnp.where(expand(i == 0, data), noise, on_line(t))  # the state at t_noise is z itself
+        target = on_line(s)
+    else:
+        states = jnp.concatenate([noise[:, None], waypoints.astype(data.dtype), data[:, None]], axis=1)
+        states, rows = states[:, ::stride], jnp.arange(n)
+        x_t, target = states[rows, i], states[rows, i + 1]
     out = flow_map(x_t, t, s)
     check_model_output(out, data, "pair_distillation_loss")
     per_example = jnp.mean(jnp.square(out - target).reshape(n, -1), axis=-1)
@@ -285,5 +352,5 @@ def pair_distillation_loss(
 
 __all__ = [
     "Couplings", "gaussian_straightness", "load_couplings", "make_couplings",
-    "pair_distillation_loss", "reflow_loss", "save_couplings", "straightness",
+    "pair_distillation_loss", "reflow_loss", "save_couplings", "straightness", "waypoints_of",
 ]  # fmt: skip

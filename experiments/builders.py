@@ -301,7 +301,8 @@ def build_few_step_loss(cfg, process):
             time_sampler=build_time_sampler(cfg, process), **options))  # fmt: skip
     if cfg.loss.name == "pair_distillation":
         return _on_stacked_pairs(lambda model, pair, key: pair_distillation_loss(
-            AverageVelocityMap(model, process), pair, key, process=process, **options))  # fmt: skip
+            AverageVelocityMap(model, process), pair, key, process=process, **options),
+            couplings_waypoint_times(cfg))  # fmt: skip
     if cfg.loss.name == "consistency_training":
         options.setdefault("num_levels", 41)
         return functools.partial(consistency_training_loss, process=process, **options)
@@ -347,17 +348,29 @@ def load_latents(cfg) -> tuple[np.ndarray, np.ndarray, dict]:
     return latents, labels, latent_record(latents_workdir(cfg), shift, scale, image_shape)
 
 
-def _on_stacked_pairs(loss):
-    """loss(model, x, key) of the stacked pairs x (N, 2, *event) (`training_data`) from a pair loss
-    loss(model, (noise, data), key)."""
-    return lambda model, x, key: loss(model, (x[:, 0], x[:, 1]), key)
+def _on_stacked_pairs(loss, waypoint_times=()):
+    """loss(model, x, key) of the stacked couplings x (N, 2 + m, *event) = (noise, m waypoints, sample)
+    (`training_data`) from a pair loss loss(model, Couplings, key)."""
+    from diffjax.reflow import Couplings
+
+    def on_stacked(model, x, key):
+        waypoints = x[:, 1:-1] if waypoint_times else None
+        return loss(model, Couplings(x[:, 0], x[:, -1], waypoints=waypoints, waypoint_times=waypoint_times), key)
+
+    return on_stacked
+
+
+def couplings_waypoint_times(cfg) -> tuple[float, ...]:
+    """The waypoint times stored in data.couplings (() without waypoints); reads nothing else."""
+    with np.load(couplings_file(cfg), allow_pickle=False) as f:
+        return tuple(float(t) for t in f["waypoint_times"]) if "waypoint_times" in f.files else ()
 
 
 def training_data(cfg) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
     """(examples, labels, event shape) a run trains on: the dataset `cfg.data`; with data.latents the
     normalised latents of that autoencoder (`load_latents`); or with data.couplings the pairs of that
-    file stacked as x (N, 2, *event) = (noise, sample), without labels (checked to come from a model of
-    this run's process)."""
+    file stacked as x (N, 2 + m, *event) = (noise, m waypoints, sample), without labels (checked to come
+    from a model of this run's process)."""
     from diffjax.reflow import load_couplings
 
     if latents_workdir(cfg):
@@ -375,7 +388,8 @@ def training_data(cfg) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
     if made_by is not None and made_by != json.loads(json.dumps(process_spec(cfg))):
         raise ConfigError(f"data.couplings={couplings_file(cfg)!r} were made on the process "
                           f"{made_by}, this run trains on {process_spec(cfg)}.")  # fmt: skip
-    x = np.stack([np.asarray(pairs.noise), np.asarray(pairs.data)], axis=1)
+    waypoints = [] if pairs.waypoints is None else [np.asarray(pairs.waypoints)]
+    x = np.concatenate([np.asarray(pairs.noise)[:, None], *waypoints, np.asarray(pairs.data)[:, None]], axis=1)
     if cfg.data.num_examples:
         x = x[: cfg.data.num_examples]
     return x, None, tuple(x.shape[2:])

@@ -11,6 +11,9 @@ training data of a reflow run (`experiments/configs/mnist_reflow.py`):
 
     python -m experiments.sample --workdir outputs/mnist_fm --sampler midpoint --steps 10 \
         --num 16000 --couplings outputs/couplings/mnist_fm_midpoint10.npz
+
+--waypoints m also keeps the solve's states at the m interior points of an (m + 1)-step uniform grid:
+the training data of trajectory distillation (`experiments/configs/mnist_trajectory_distillation.py`).
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import numpy as np
 from absl import app, flags, logging
 
 import diffjax as dj
-from diffjax.reflow import Couplings, save_couplings
+from diffjax.reflow import Couplings, save_couplings, waypoints_of
 from diffjax.viz import save_image_grid, save_samples_2d
 from experiments.builders import (
+    FEW_STEP_SAMPLERS,
     ConfigError,
     check_guide,
     generate,
@@ -57,6 +61,9 @@ flags.DEFINE_string("grid_file", None, "A grid JSON of experiments.optimize_grid
 flags.DEFINE_integer("batch", 1000, "Samples per compiled batch (memory).")
 flags.DEFINE_string("couplings", None, "Also write the pairs (noise, sample) to this .npz file (reflow's "
                     "training data: use a deterministic sampler of an unconditional model).")
+flags.DEFINE_integer("waypoints", 0, "With --couplings, also keep the states after every (steps/(m + 1))-th "
+                     "step (m waypoints: the interior points of an (m + 1)-step student's uniform grid, "
+                     "for trajectory distillation, loss.name='pair_distillation', num_steps m + 1).")
 FLAGS = flags.FLAGS
 
 
@@ -103,6 +110,11 @@ def main(argv):
         if FLAGS.couplings and (not FLAGS.couplings.endswith(".npz") or trained.num_classes is not None):
             raise ConfigError(f"--couplings {FLAGS.couplings!r}: the pairs of an unconditional model, "
                               f"written to a .npz file (the model has {trained.num_classes} classes).")
+        if FLAGS.waypoints and (not FLAGS.couplings or cfg.sample.sampler in FEW_STEP_SAMPLERS
+                                or FLAGS.waypoints < 0 or cfg.sample.num_steps % (FLAGS.waypoints + 1)):
+            raise ConfigError(f"--waypoints {FLAGS.waypoints}: the states of a fixed-grid ODE solve kept with "
+                              f"--couplings; --steps ({cfg.sample.num_steps}) must be a multiple of "
+                              f"{FLAGS.waypoints + 1}.")  # fmt: skip
         out = FLAGS.out or os.path.join(FLAGS.workdir, f"sample_{cfg.sample.sampler}_{cfg.sample.num_steps}")
         if FLAGS.couplings and os.path.abspath(FLAGS.couplings) == os.path.abspath(out + ".npz"):
             raise ConfigError(f"--couplings {FLAGS.couplings!r} is the samples' file {out}.npz: "
@@ -111,21 +123,28 @@ def main(argv):
         data_shape = tuple(trained.record["data_shape"])
         k_prior, k_steps = jax.random.split(jax.random.key(FLAGS.seed))
         noise = trained.process.prior_sample(k_prior, (FLAGS.num, *data_shape))
-        chunks = []
+        chunks, waypoints, times = [], [], ()
         for i, lo in enumerate(range(0, FLAGS.num, FLAGS.batch)):
             hi = min(lo + FLAGS.batch, FLAGS.num)
             res = generate(cfg, trained.model, trained.process, jax.random.fold_in(k_steps, i), hi - lo,
                            data_shape, labels=None if labels is None else labels[lo:hi],
-                           x_init=noise[lo:hi], latent_space=trained.latent_space, bad_model=bad)  # fmt: skip
+                           x_init=noise[lo:hi], latent_space=trained.latent_space, bad_model=bad,
+                           save_trajectory=bool(FLAGS.waypoints))  # fmt: skip
             chunks.append(np.asarray(res.samples))
+            if FLAGS.waypoints:
+                ts = dj.make_grid(trained.process, cfg.sample.num_steps, cfg.sample.get("grid", "uniform"))
+                times, states = waypoints_of(res.trajectory, ts, FLAGS.waypoints)
+                waypoints.append(np.asarray(states))
     samples = np.concatenate(chunks)
     if FLAGS.couplings:
         header = dict(workdir=os.path.abspath(FLAGS.workdir), step=trained.step, sampler=cfg.sample.sampler,
                       num_steps=cfg.sample.num_steps, nfe=int(res.nfe), seed=FLAGS.seed,
                       clip_denoised=bool(cfg.sample.clip_denoised), process=trained.record["process"])
-        pairs = Couplings(np.asarray(noise), samples, json.dumps(header, sort_keys=True))
+        pairs = Couplings(np.asarray(noise), samples, json.dumps(header, sort_keys=True),
+                          np.concatenate(waypoints) if waypoints else None, times)  # fmt: skip
         save_couplings(FLAGS.couplings, pairs)
-        print(f"wrote {FLAGS.num} couplings to {FLAGS.couplings}")
+        print(f"wrote {FLAGS.num} couplings to {FLAGS.couplings}"
+              + (f" with waypoints at t = {', '.join(f'{t:g}' for t in times)}" if times else ""))
     np.savez(out + ".npz", samples=samples, labels=labels if labels is not None else np.zeros(0))
     if samples.ndim == 4:  # the grid shows the first 400
         save_image_grid(out + ".png", samples[:400], ncol=10 if labels is not None else None)

@@ -172,7 +172,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
             title += (f": {100 * summary['on_squares']:.1f}% of samples on the checkerboard's squares "
                       "(data: 100%)")
             print(title.split(": ", 1)[1])
-        reference = data[:n, 1] if couplings_file(cfg) else data[:n]  # couplings: (noise, sample) pairs
+        reference = data[:n, -1] if couplings_file(cfg) else data[:n]  # couplings: (noise, …, sample)
         path = save_samples_2d(os.path.join(workdir, "samples.png"), samples, reference, res.trajectory,
                                title=title, lim=3.0)  # fmt: skip
     else:

@@ -117,14 +117,15 @@ def test_shortcut_model_trains_from_scratch_and_from_a_teacher_and_samples_in_ju
 
 def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_path, flow_run):
     """`sample --couplings` writes (noise, sample) pairs: the noise is the prior draw of the seed, the
-    samples those of the .npz, and they do not depend on --batch; a reflow run (started from the
-    teacher) and a one-step pair distillation of it (a two-time network, fine-tuned from the reflow run)
-    train on them; couplings of another process are refused before training."""
+    samples those of the .npz, and they do not depend on --batch; --waypoints 1 keeps the solve's
+    state at t = ½ (the state after 2 of the 4 steps); a reflow run (started from the teacher) and a
+    two-step trajectory distillation of it (a two-time network, fine-tuned from the reflow run, on the
+    waypoints) train on them; couplings of another process are refused before training."""
     from diffjax.reflow import load_couplings
 
     pairs_file = str(tmp_path / "pairs.npz")
     run("sample", "--workdir", flow_run, "--sampler", "heun", "--steps", "4", "--num", "40", "--batch", "16",
-        "--couplings", pairs_file, "--out", str(tmp_path / "s16"))  # fmt: skip
+        "--couplings", pairs_file, "--waypoints", "1", "--out", str(tmp_path / "s16"))  # fmt: skip
     run("sample", "--workdir", flow_run, "--sampler", "heun", "--steps", "4", "--num", "40", "--batch", "40",
         "--out", str(tmp_path / "s40"))  # fmt: skip
     pairs, trained = load_couplings(pairs_file), dj.load_model(flow_run)
@@ -134,6 +135,10 @@ def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_p
     np.testing.assert_allclose(pairs.data, np.load(tmp_path / "s40.npz")["samples"], rtol=1e-5, atol=1e-5)
     assert pairs.header["sampler"] == "heun" and pairs.header["nfe"] == 8  # 4 full Heun steps (velocity)
     assert pairs.header["process"] == trained.record["process"]
+    half = dj.sample("heun", trained.model, trained.process, jax.random.key(1), num_steps=4,
+                     x_init=pairs.noise, save_trajectory=True).trajectory[2]  # fmt: skip
+    assert pairs.waypoint_times == (0.5,)
+    np.testing.assert_allclose(pairs.waypoints[:, 0], half, rtol=1e-5, atol=1e-5)
 
     reflow = {"loss.name": "reflow", "data.couplings": pairs_file, "train.init_from": flow_run,
               "sample.sampler": "euler", "sample.num_steps": 1}  # fmt: skip
@@ -185,6 +190,7 @@ def test_few_step_configs_validate():
         mnist_progressive,
         mnist_reflow,
         mnist_shortcut,
+        mnist_trajectory_distillation,
     )
 
     validate_config(mnist_meanflow.get_config())
@@ -192,5 +198,6 @@ def test_few_step_configs_validate():
     validate_config(mnist_reflow.get_config())
     validate_config(mnist_shortcut.get_config())
     validate_config(mnist_pair_distillation.get_config())
+    validate_config(mnist_trajectory_distillation.get_config())
     for variant in ("cd", "ict"):
         validate_config(mnist_consistency.get_config(variant))

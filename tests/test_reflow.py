@@ -180,3 +180,48 @@ def test_pair_distillation_loss_against_exact_flow_maps():
         assert len(np.unique(np.argmin(np.abs(ratio[:, None] - c[None]), axis=1))) == 4
         with pytest.raises(ValueError, match="pass key"):
             pair_distillation_loss(exact_map, pair, process=path, num_steps=2)
+
+
+def test_trajectory_distillation_regresses_the_teachers_own_waypoints(tmp_path):
+    """make_couplings(waypoints=1) keeps the solve's state at the middle of its grid — the exact
+    x_½ = ½m + r(½)z of the Gaussian flow at RK4's order 4 — and saves/loads it bit for bit; on these
+    states the exact flow map's 2-step loss is the square of the teacher's solve error (< 1e-12 of the
+    line's), while on the pair's line (the same pairs without waypoints) it is the closed form
+    (r(1)ℓ(½)/r(½) − ℓ(1))² ‖z‖²/D > 0."""
+    with x64():
+        path, std = dj.CondOTPath(), 0.5
+        gauss = dj.gaussian(MEAN, std**2)
+        errs = []
+        for n in (16, 32):
+            pairs = make_couplings(gauss.model(path, "velocity"), path, jax.random.key(1), (256, DIM),
+                                   solver="rk4", num_steps=n, waypoints=1)  # fmt: skip
+            z = np.asarray(pairs.noise)
+            errs.append(np.max(np.abs(np.asarray(pairs.waypoints[:, 0]) - (0.5 * MEAN + _r(0.5, std) * z))))
+        assert pairs.waypoint_times == (0.5,) and pairs.waypoints.shape == (256, 1, DIM)
+        assert fitted_order((16, 32), errs) > 3.7, errs
+        exact_map = gauss.flow_map(path)
+        key = jax.random.key(0)
+        on_waypoints = pair_distillation_loss(exact_map, pairs, key, process=path, num_steps=2, reduce=False)
+        line = Couplings(pairs.noise, pairs.data)
+        on_line = np.asarray(pair_distillation_loss(exact_map, line, key, process=path, num_steps=2, reduce=False))
+        second = np.asarray(jax.random.randint(key, (256,), 0, 2)) == 1  # the step each example drew
+        c = (_r(1.0, std) * _ell(0.5, std) / _r(0.5, std) - _ell(1.0, std)) ** 2
+        np.testing.assert_allclose(on_line[second], c * np.sum(z[second] ** 2, axis=1) / DIM, rtol=1e-6)
+        assert c > 1e-3 and second.sum() > 64
+        assert float(jnp.max(on_waypoints)) < 1e-12 * float(np.mean(on_line[second]))
+        file = tmp_path / "pairs.npz"
+        save_couplings(file, pairs)
+        back = load_couplings(file)
+        assert back.waypoint_times == pairs.waypoint_times
+        assert np.asarray(back.waypoints).tobytes() == np.asarray(pairs.waypoints).tobytes()
+        one_jump = pair_distillation_loss(exact_map, pairs, process=path, num_steps=1)  # z → x: waypoints skipped
+        assert float(one_jump) == float(pair_distillation_loss(exact_map, line, process=path, num_steps=1))
+        with pytest.raises(ValueError, match="must divide 2"):
+            pair_distillation_loss(exact_map, pairs, key, process=path, num_steps=4)
+        with pytest.raises(ValueError, match="grid is theirs"):
+            pair_distillation_loss(exact_map, pairs, key, process=path, num_steps=2, grid="edm")
+        with pytest.raises(ValueError, match="not a multiple of 2"):
+            make_couplings(gauss.model(path, "velocity"), path, key, (4, DIM), solver="rk4", num_steps=5,
+                           waypoints=1)  # fmt: skip
+        with pytest.raises(ValueError, match="come together"):
+            Couplings(pairs.noise, pairs.data, waypoints=pairs.waypoints)
