@@ -110,8 +110,8 @@ def make_couplings(
     if not isinstance(waypoints, int) or waypoints < 0:
         raise ValueError(f"make_couplings: waypoints must be an int >= 0, got {waypoints!r}.")
     if waypoints and (not isinstance(num_steps, int) or num_steps % (waypoints + 1)):
-        raise ValueError(f"make_couplings: {waypoints} waypoints split a fixed grid into {waypoints + 1} equal "
-                         f"runs of steps; num_steps={num_steps!r} is not a multiple of {waypoints + 1}.")
+        raise ValueError(f"make_couplings: {waypoints} waypoints split a fixed grid into {waypoints + 1} "
+                         f"equal runs; num_steps={num_steps!r} is not a multiple of {waypoints + 1}.")
     k_noise, k_solve = jax.random.split(key)
     if isinstance(shape_or_noise, tuple | list):
         shape = tuple(int(n) for n in shape_or_noise)
@@ -299,8 +299,8 @@ def pair_distillation_loss(
     (a reflowed coupling; on a VP process the line's α(T) x is dropped at t_noise). With m waypoints
     (`Couplings.waypoints`) they are the teacher's own trajectory and the grid is every ((m + 1)/k)-th
     of (t_noise, *waypoint_times, data end) (k must divide m + 1): trajectory distillation, where each
-    jump is a piece of the teacher's flow map (the `grid` argument must then be left at its default). k = 1 is one-step
-    distillation Φ_θ(z, t_noise, t_data) → x (the key is not used). The map of a flow whose
+    jump is a piece of the teacher's flow map (the `grid` argument must then be left at its default).
+    k = 1 is one-step distillation Φ_θ(z, t_noise, t_data) → x (the key is not used). The map of a flow whose
     trajectories are the pairs' lines has loss 0 at every k; the exact map of a flow with curved
     trajectories only at k = 1, or at every k on its own waypoints (tests/test_reflow.py). A scalar
     (or (batch,))."""
@@ -314,8 +314,8 @@ def pair_distillation_loss(
     else:
         m = len(pair.waypoint_times)
         if (m + 1) % num_steps:
-            raise ValueError(f"pair_distillation_loss: couplings with {m} waypoints split the path into {m + 1} "
-                             f"pieces; num_steps={num_steps} must divide {m + 1}.")  # fmt: skip
+            raise ValueError(f"pair_distillation_loss: couplings with {m} waypoints split the path into "
+                             f"{m + 1} pieces; num_steps={num_steps} must divide {m + 1}.")  # fmt: skip
         if not (isinstance(grid, str) and grid == "uniform"):
             raise ValueError("pair_distillation_loss: with waypoints the grid is theirs; leave grid unset.")
         stride = (m + 1) // num_steps

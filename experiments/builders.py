@@ -355,7 +355,8 @@ def _on_stacked_pairs(loss, waypoint_times=()):
 
     def on_stacked(model, x, key):
         waypoints = x[:, 1:-1] if waypoint_times else None
-        return loss(model, Couplings(x[:, 0], x[:, -1], waypoints=waypoints, waypoint_times=waypoint_times), key)
+        pair = Couplings(x[:, 0], x[:, -1], waypoints=waypoints, waypoint_times=waypoint_times)
+        return loss(model, pair, key)
 
     return on_stacked
 
@@ -389,7 +390,8 @@ def training_data(cfg) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
         raise ConfigError(f"data.couplings={couplings_file(cfg)!r} were made on the process "
                           f"{made_by}, this run trains on {process_spec(cfg)}.")  # fmt: skip
     waypoints = [] if pairs.waypoints is None else [np.asarray(pairs.waypoints)]
-    x = np.concatenate([np.asarray(pairs.noise)[:, None], *waypoints, np.asarray(pairs.data)[:, None]], axis=1)
+    noise, data = np.asarray(pairs.noise)[:, None], np.asarray(pairs.data)[:, None]
+    x = np.concatenate([noise, *waypoints, data], axis=1)
     if cfg.data.num_examples:
         x = x[: cfg.data.num_examples]
     return x, None, tuple(x.shape[2:])

@@ -112,8 +112,8 @@ def main(argv):
                               f"written to a .npz file (the model has {trained.num_classes} classes).")
         if FLAGS.waypoints and (not FLAGS.couplings or cfg.sample.sampler in FEW_STEP_SAMPLERS
                                 or FLAGS.waypoints < 0 or cfg.sample.num_steps % (FLAGS.waypoints + 1)):
-            raise ConfigError(f"--waypoints {FLAGS.waypoints}: the states of a fixed-grid ODE solve kept with "
-                              f"--couplings; --steps ({cfg.sample.num_steps}) must be a multiple of "
+            raise ConfigError(f"--waypoints {FLAGS.waypoints}: the states of a fixed-grid ODE solve kept "
+                              f"with --couplings; --steps ({cfg.sample.num_steps}) must be a multiple of "
                               f"{FLAGS.waypoints + 1}.")  # fmt: skip
         out = FLAGS.out or os.path.join(FLAGS.workdir, f"sample_{cfg.sample.sampler}_{cfg.sample.num_steps}")
         if FLAGS.couplings and os.path.abspath(FLAGS.couplings) == os.path.abspath(out + ".npz"):

@@ -21,7 +21,7 @@ def get_config():
     c.loss.name = "pair_distillation"
     c.loss.options = dict(num_steps=2)
     c.model.kwargs = {**c.model.kwargs, "second_time": True}
-    c.train.update(init_from="outputs/mnist_shortcut_2200", num_steps=800, learning_rate=3e-4, warmup_steps=20,
-                   ema_decay=0.995, checkpoint_every=200, sample_every=0)  # fmt: skip
+    c.train.update(init_from="outputs/mnist_shortcut_2200", num_steps=800, learning_rate=3e-4,
+                   warmup_steps=20, ema_decay=0.995, checkpoint_every=200, sample_every=0)  # fmt: skip
     c.sample.update(sampler="flow_map", num_steps=2, clip_denoised=True)
     return c

@@ -31,6 +31,10 @@ PANELS = (  # work directory, sampler, steps, title
     ("outputs/mnist_shortcut", "flow_map", 2, "shortcut model, 2 jumps"),
     ("outputs/mnist_shortcut", "flow_map", 1, "shortcut model, 1 jump"),
     ("outputs/mnist_meanflow", "flow_map", 1, "MeanFlow (600-step fine-tune), 1 jump"),
+    ("outputs/mnist_shortcut_2200", "flow_map_ddim", 2, "shortcut model, 2 jumps (DDIM re-noising)"),
+    ("outputs/mnist_traj2", "flow_map", 2, "trajectory distillation, 2 jumps"),
+    ("outputs/mnist_traj2", "flow_map_ddim", 2, "trajectory distillation, 2 jumps (DDIM re-noising)"),
+    ("outputs/mnist_traj1", "flow_map", 1, "trajectory distillation, 1 jump"),
 )
 
 
