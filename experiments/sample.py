@@ -124,6 +124,10 @@ def main(argv):
         k_prior, k_steps = jax.random.split(jax.random.key(FLAGS.seed))
         noise = trained.process.prior_sample(k_prior, (FLAGS.num, *data_shape))
         chunks, waypoints, times = [], [], ()
+        if FLAGS.waypoints:  # the sampler's grid: a name (with the options' t_eps) or a grid file's times
+            grid, t_eps = cfg.sample.get("grid", "uniform"), dict(cfg.sample.options).get("t_eps")
+            ts = (dj.make_grid(trained.process, cfg.sample.num_steps, grid, t_eps)
+                  if isinstance(grid, str) else np.asarray(grid))  # fmt: skip
         for i, lo in enumerate(range(0, FLAGS.num, FLAGS.batch)):
             hi = min(lo + FLAGS.batch, FLAGS.num)
             res = generate(cfg, trained.model, trained.process, jax.random.fold_in(k_steps, i), hi - lo,
@@ -132,7 +136,6 @@ def main(argv):
                            save_trajectory=bool(FLAGS.waypoints))  # fmt: skip
             chunks.append(np.asarray(res.samples))
             if FLAGS.waypoints:
-                ts = dj.make_grid(trained.process, cfg.sample.num_steps, cfg.sample.get("grid", "uniform"))
                 times, states = waypoints_of(res.trajectory, ts, FLAGS.waypoints)
                 waypoints.append(np.asarray(states))
     samples = np.concatenate(chunks)
