@@ -32,11 +32,14 @@ uses τ = 1 on its middle timesteps 200–800 of the linear β schedule, which a
 the exact samples, 3 seeds × 4000): 10 steps τ = 0 −0.050, the default −0.285, τ = 1 everywhere
 −0.806 (its predictor alone, = SDE-DPM-Solver++ 2M 'heun', −1.052; 'midpoint' −0.322); 20 steps
 −0.020 / −0.035 / −0.050 / −0.089 — noise pays off only with enough steps, as the paper reports.
-lower_order_final as in `multistep.step_order`.
+lower_order_final as in `multistep.step_order`. interpolate_in ∈ {'auto' (default), 'log_snr',
+'flow_time'}: the variable of the Lagrange polynomial, as DEIS's (`diffjax.solvers.deis`).
 
 Ends: a step to σ = 0 (h = ∞) is first order and returns α x̂0 (no noise); a first step from α = 0
-(a flow's noise end, h = ∞) is first order, and its correction takes the limit h → ∞ of the
-Adams–Moulton weights (all weight on the new node: the exact weight e^{−κ(h−u)} concentrates at u = h).
+(a flow's noise end, h = ∞) is first order. Its correction: in the flow time v, P is linear through
+(0, m_prev) and (v_n, m_new) and integrated exactly (`first_step_from_alpha_zero`: weight → ½ on the new
+node as v_n → 0, UniPC's bh2 limit); in the log-SNR, or with τ > 0 there, the limit h → ∞ of the
+Adams–Moulton weights (all weight on the new node: e^{−κ(h−u)} concentrates at u = h).
 With τ > 0 it integrates towards the data only. One evaluation per step; needs only α and σ (runs on
 the DDPM chain); noise per leaf of a pytree state, drawn from the step's key.
 """
@@ -54,7 +57,10 @@ from diffjax._validate import is_concrete
 from diffjax.solvers.base import Solver
 from diffjax.solvers.deis import deis_coefficients
 from diffjax.solvers.multistep import (
+    AUTO,
+    check_interpolation,
     compact_repr,
+    flow_time_offsets,
     half_log_snr,
     init_history,
     normal_like,
@@ -62,7 +68,23 @@ from diffjax.solvers.multistep import (
     select,
     step_order,
     usable_nodes,
+    uses_flow_time,
 )
+
+
+def first_step_from_alpha_zero(l_n):
+    """c_new of the corrector of a step from α = 0 (l = −∞) to l_n when P is linear in the flow time v
+    through (0, m_prev) and (v_n, m_new), v = sigmoid(l): with U = e^{l_n},
+    c_new = e^{−l_n} ∫_{−∞}^{l_n} e^l v(l)/v_n dl = (U − log(1 + U))(1 + U)/U², by its series
+    ½ − U/3 + U²/4 − … (times 1 + U) where U < 0.1 (the closed form cancels there). → ½ as U → 0,
+    UniPC's bh2 limit at h = ∞."""
+    u = jnp.exp(jnp.minimum(l_n, 30.0))
+    small = u < 0.1
+    us = jnp.where(small, u, 0.0)
+    series = sum((-1.0) ** k * us ** (k - 2) / k for k in range(2, 12))
+    ul = jnp.where(small, 1.0, u)
+    closed = (ul - jnp.log1p(ul)) / ul**2
+    return jnp.where(small, series, closed) * (1.0 + u)
 
 
 @pytree_dataclass
@@ -75,6 +97,7 @@ class SASolver(Solver):
     tau: float = static_field(default=1.0)
     tau_interval: tuple = static_field(default=(0.72, 25.0))
     lower_order_final: bool = static_field(default=True)
+    interpolate_in: str = static_field(default=AUTO)
     needs_rates: ClassVar[bool] = False
     __repr__ = compact_repr
 
@@ -90,6 +113,7 @@ class SASolver(Solver):
             raise ValueError(f"sa_solver: tau_interval must be (lo, hi) with 0 <= lo <= hi, got "
                              f"{self.tau_interval!r}.")  # fmt: skip
         object.__setattr__(self, "tau_interval", (float(lo), float(hi)))
+        check_interpolation("sa_solver", self.interpolate_in)
 
     @property
     def order(self) -> int:
@@ -145,12 +169,16 @@ class SASolver(Solver):
         h = half_log_snr(term, t) - ls[0]
         finite = jnp.isfinite(h)
         h_ok = jnp.where(finite & (k > 0), h, 1.0)
+        in_v = uses_flow_time(self.interpolate_in, term)
         # nodes relative to the previous start: the new prediction at u = h, then older ones
-        _, older = usable_nodes(h_ok, [l_j - ls[0] for l_j in ls[1 : max(q - 1, 1)]], k, first=1)
+        _, older = usable_nodes(h_ok, [l_j - ls[0] for l_j in ls[1 : max(q - 1, 1)]], k, first=1,
+                                infinite_ok=in_v)  # fmt: skip
         kappa = 1.0 + tau2
+        coordinate = flow_time_offsets(ls[0]) if in_v else None
         # order e uses the new node and e − 1 stored ones (m_prev = ms[0] is the base node u = 0);
         # q_eff = min(q, p_prev + 1): no further back than the predictor reached
-        options = [deis_coefficients(h_ok, [h_ok, *older[: e - 2]], kappa) for e in range(2, q + 1)]
+        options = [deis_coefficients(h_ok, [h_ok, *older[: e - 2]], kappa, coordinate)
+                   for e in range(2, q + 1)]  # fmt: skip
         q_eff = jnp.minimum(q, p_prev + 1)
         if q >= 2:
             cs = select(q_eff - 1, options)  # coefficients of [new, older...]
@@ -160,7 +188,11 @@ class SASolver(Solver):
         # the limit of every order puts all weight on the new node
         base = -jnp.expm1(-kappa * h)
         c_new = jnp.where(q_eff == 1, base, cs[0])
-        c_new = jnp.where(finite, c_new, 1.0)
+        infinite_limit = 1.0
+        if in_v:  # P linear in v through (0, m_prev) and (v(l_t), m_new), integrated exactly (κ = 1)
+            linear = (q_eff > 1) & (tau2 == 0)
+            infinite_limit = jnp.where(linear, first_step_from_alpha_zero(half_log_snr(term, t)), 1.0)
+        c_new = jnp.where(finite, c_new, infinite_limit)
         cs = [c_new] + [jnp.where(finite, c, 0.0) for c in cs[1:]]
         mj = [m_new, *ms[1 : len(cs)]]
         y_c = self._update(term, y_prev, ms[0], mj, cs, t_prev, t, h, tau2, noise)
@@ -174,10 +206,12 @@ class SASolver(Solver):
         p = self.predictor_order
         l_t = half_log_snr(term, t)
         h = half_log_snr(term, t_next) - l_t
-        eff = step_order(p, k, n, h, ls, self.lower_order_final)
+        in_v = uses_flow_time(self.interpolate_in, term)
+        eff = step_order(p, k, n, h, ls, self.lower_order_final, infinite_nodes_ok=in_v)
         tau2 = self._tau2(term, t)
-        h_ok, deltas = usable_nodes(h, [l_j - l_t for l_j in ls[: p - 1]], k)
-        options = [deis_coefficients(h_ok, deltas[: e - 1], 1.0 + tau2) for e in range(1, p + 1)]
+        h_ok, deltas = usable_nodes(h, [l_j - l_t for l_j in ls[: p - 1]], k, infinite_ok=in_v)
+        coordinate = flow_time_offsets(l_t) if in_v else None
+        options = [deis_coefficients(h_ok, deltas[: e - 1], 1.0 + tau2, coordinate) for e in range(1, p + 1)]
         cs = select(eff, options) if p > 1 else []
         noise = normal_like(key, y) if self.tau > 0 else jax.tree.map(jnp.zeros_like, y)
         y_next = self._update(term, y, m0, list(ms[: p - 1]), cs, t, t_next, h, tau2, noise)
