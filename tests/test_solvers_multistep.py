@@ -243,10 +243,10 @@ def test_multistep_solvers_integrate_the_log_density_towards_the_noise(solver):
 
 def test_reverse_mode_gradients_through_the_multistep_solvers_match_finite_differences():
     """jax.grad of a sampled endpoint with respect to the initial noise, through DPM-Solver++ 3M,
-    UniPC-3, DEIS-3 (flow time and log-SNR) and SA-Solver 2+3 on CondOT (its start at α = 0 gives an infinite h and a stored point at
-    l = −∞; 3rd order reaches back two points): finite, and equal to central differences (float64,
-    step 1e-5: truncation ~1e-10, rounding ~1e-11/1e-5), relative 1e-6. Unused higher-order branches
-    used to give 0·∞ = NaN (DPM-Solver++ 3M did on CondOT)."""
+    UniPC-3, DEIS-3 (flow time and log-SNR) and SA-Solver 2+3 on CondOT (its start at α = 0 gives an
+    infinite h and a stored point at l = −∞; 3rd order reaches back two points): finite, and equal to
+    central differences (float64, step 1e-5: truncation ~1e-10, rounding ~1e-11/1e-5), relative 1e-6.
+    Unused higher-order branches used to give 0·∞ = NaN (DPM-Solver++ 3M did on CondOT)."""
     mix = mixture_2d()
     solvers = [DPMSolverPP(order=3), UniPC(order=3), DEIS(order=3), DEIS(order=3, interpolate_in="log_snr"),
                SASolver(predictor_order=2, corrector_order=3, tau=0.0)]  # 'auto': the flow time on CondOT
@@ -301,8 +301,8 @@ def test_unipc_corrects_a_first_step_from_alpha_zero_by_its_limit(variant):
 def test_sa_solver_reduces_to_deis_and_to_sde_dpm_solver_pp(process, prediction):
     """Without its corrector SA-Solver's predictor is the exponential Adams–Bashforth step of the SDE
     family: at τ = 0 it is DEIS-tAB-p (p = 1, 2, 3), at τ = 1 and p = 2 SDE-DPM-Solver++ 2M with the
-    exact ('heun') coefficient (in the log-SNR), at p = 1 SDE-DPM-Solver++ 1 — same noise (the step keys are drawn
-    alike), float64, measured ≤ 1e-14 on samples of size ≈ 4."""
+    exact ('heun') coefficient (in the log-SNR), at p = 1 SDE-DPM-Solver++ 1 — same noise (the step
+    keys are drawn alike), float64, measured ≤ 1e-14 on samples of size ≈ 4."""
     mix = mixture_2d()
     with x64():
         model = mix.model(process, prediction)
@@ -370,6 +370,13 @@ def test_sa_solver_refuses_bad_options_and_a_stochastic_grid_towards_the_noise()
 
 
 # -- the flow time as the interpolation variable ----------------------------------------------------
+def _flow_time_integrand(tau, l_t, h, nodes, j):
+    """e^{−(h−τ)} L_j(v(l_t + τ)), L_j Lagrange's basis on the nodes (in v = sigmoid(l))."""
+    v = 1.0 / (1.0 + np.exp(-(l_t + tau)))
+    basis = np.prod([(v - nodes[i]) / (nodes[j] - nodes[i]) for i in range(len(nodes)) if i != j])
+    return np.exp(-(h - tau)) * basis
+
+
 def test_flow_time_coefficients_integrate_the_lagrange_polynomial_in_v():
     """With `interpolate_in='flow_time'` DEIS/SA-Solver integrate the Lagrange polynomial in
     v = sigmoid(l): c_j = ∫_0^h e^{−(h−τ)} L_j(v(l_t + τ)) dτ with nodes v(l_t), v(l_j). Checked against
@@ -390,13 +397,10 @@ def test_flow_time_coefficients_integrate_the_lagrange_polynomial_in_v():
                                     coordinate=flow_time_offsets(jnp.float64(l_t)))  # fmt: skip
             nodes = [v(l_t)] + [v(s_) for s_ in stored]
             for j, c in enumerate(got, start=1):
-                def basis(tau, j=j):
-                    return np.prod([(v(l_t + tau) - nodes[i]) / (nodes[j] - nodes[i])
-                                    for i in range(len(nodes)) if i != j])  # fmt: skip
-                want = quad(lambda tau, j=j: np.exp(-(h - tau)) * basis(tau, j), 0.0, h, epsabs=1e-13)[0]
+                want = quad(_flow_time_integrand, 0.0, h, args=(l_t, h, tuple(nodes), j), epsabs=1e-13)[0]
                 assert abs(float(c) - want) < 1e-9, (l_t, h, stored, j, float(c), want)
         for l_n in (-12.0, -4.0, np.log(0.09), np.log(0.11), 0.0, 2.0, 6.0):
-            want = np.exp(-l_n) * quad(lambda l: np.exp(l) * v(l) / v(l_n), -60.0, l_n, epsabs=1e-14)[0]
+            want = quad(lambda l, ln=l_n: np.exp(l - ln) * v(l) / v(ln), -60.0, l_n, epsabs=1e-14)[0]
             got = float(first_step_from_alpha_zero(jnp.float64(l_n)))
             assert abs(got - want) < 1e-9 * max(1.0, want), (l_n, got, want)
         assert abs(float(first_step_from_alpha_zero(jnp.float64(-30.0))) - 0.5) < 1e-12
@@ -422,9 +426,9 @@ def test_flow_time_multistep_keeps_its_order_from_a_flows_alpha_zero_start():
             x = jax.random.normal(KEY, (64, 4))
             exact = gaussian_flow_map(process, mu, s, x, process.t_noise, t_stop)
 
-            def errors(solver):
-                return [float(jnp.sqrt(jnp.mean((dj.integrate(solver, term, x, jnp.linspace(0.0, t_stop, n + 1)).y
-                                                 - exact) ** 2))) for n in steps]  # fmt: skip
+            def errors(solver, term=term, x=x, exact=exact):
+                ys = [dj.integrate(solver, term, x, jnp.linspace(0.0, t_stop, n + 1)).y for n in steps]
+                return [float(jnp.sqrt(jnp.mean((y - exact) ** 2))) for y in ys]
 
             for cls, opts, order in cases:
                 in_v = errors(cls(interpolate_in="flow_time", **opts, **FULL))
@@ -455,7 +459,8 @@ def test_flow_time_second_step_uses_the_alpha_zero_start_as_a_node():
         v = lambda l: 1.0 / (1.0 + np.exp(-l))  # noqa: E731
         integral = [quad(lambda l, k=k: np.exp(l) * float(a[k] + b[k] * v(l)), l1, l2, epsabs=1e-14)[0]
                     for k in range(2)]  # fmt: skip
-        for solver in (DEIS(order=2, **FULL), SASolver(predictor_order=2, corrector_order=0, tau=0.0, **FULL)):
+        predictor = SASolver(predictor_order=2, corrector_order=0, tau=0.0, **FULL)
+        for solver in (DEIS(order=2, **FULL), predictor):
             gaps = {}
             for variable in ("flow_time", "log_snr"):
                 s_ = dataclasses.replace(solver, interpolate_in=variable)
