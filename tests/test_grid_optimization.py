@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import x64
-from samplers_util import mixture_2d
+from samplers_util import mixture_2d, mixture_16d
 
 import diffjax as dj
 from diffjax.flow import as_flow
@@ -21,19 +21,22 @@ from diffjax.grid_optimization import (
     grid_loss,
     grid_loss_and_grad,
     optimize_grid,
+    squared_errors,
 )
 from diffjax.grids import GRIDS, make_grid
 from diffjax.processes import VPSDE, CondOTPath, DDPMChain
 from diffjax.solvers import DPMSolverPP, Heun
 
 
-@pytest.mark.parametrize(("process", "prediction", "t_eps"),
-                         [(VPSDE(), "eps", None), (VPSDE(), "eps", 0.0), (CondOTPath(), "velocity", None)],
+@pytest.mark.parametrize(("process", "prediction", "t_eps", "objective"),
+                         [(VPSDE(), "eps", None, "mse"), (VPSDE(), "eps", 0.0, "mse"),
+                          (CondOTPath(), "velocity", None, "mse"), (CondOTPath(), "velocity", None, "log")],
                          ids=str)  # fmt: skip
-def test_grid_gradient_matches_central_differences(process, prediction, t_eps):
+def test_grid_gradient_matches_central_differences(process, prediction, t_eps, objective):
     """float64, 16 noises, a 4-step 3rd-order DPM-Solver++ (multistep warm-up branches masked by
     jnp.where) and the ends where λ, α or σ has an infinite time derivative (CondOT's α = 0 / σ = 0,
-    VP's σ = 0 at t_eps = 0); any reference serves (20 steps). Central differences with step 1e-5
+    VP's σ = 0 at t_eps = 0); any reference serves (20 steps); both objectives (the 'log' one,
+    mean log(e² + floor²), also against its definition). Central differences with step 1e-5
     have error O(1e-10 · L''') + O(ε_64/1e-5) ≈ 1e-10 relative; 1e-6 leaves room for both."""
     with x64():
         flow = as_flow(mixture_2d().model(process, prediction), FixedEnds(process))
@@ -44,11 +47,16 @@ def test_grid_gradient_matches_central_differences(process, prediction, t_eps):
         param = GridParameterization.create(process, 4, t_eps)
         z = param.logits(make_grid(process, 4, "edm", t_eps))
         z = z + 0.1 * jax.random.normal(jax.random.key(1), (4,), jnp.float64)
-        args = (param, DPMSolverPP(order=3), flow, x, ref, denoise)
+        floor2 = 1e-6
+        args = (param, DPMSolverPP(order=3), flow, x, ref, denoise, objective, floor2)
         loss = jax.jit(functools.partial(grid_loss, param=param, solver=args[1], flow=flow, x_init=x,
-                                         reference=ref, denoise=denoise))  # fmt: skip
+                                         reference=ref, denoise=denoise, objective=objective,
+                                         floor2=floor2))  # fmt: skip
         value, grad = jax.jit(lambda z: grid_loss_and_grad(z, *args))(z)
         assert value == pytest.approx(float(loss(z)), rel=1e-12)
+        squared = squared_errors(solve(DPMSolverPP(order=3), flow, x, param.times(z), denoise), ref)
+        by_definition = jnp.mean(squared) if objective == "mse" else jnp.mean(jnp.log(squared + floor2))
+        assert value == pytest.approx(float(by_definition), rel=1e-10)
         eps = 1e-5
         fd = np.array([(loss(z + eps * e) - loss(z - eps * e)) / (2 * eps) for e in np.eye(4)])
         assert np.all(np.isfinite(np.asarray(grad)))
@@ -115,6 +123,23 @@ def test_optimized_grid_samples_through_dj_sample(ring_vp_5_steps):
     assert int(out.nfe) == res.nfe == 6
 
 
+def test_log_objective_aims_at_the_typical_endpoint_error():
+    """16D mixture (4 anisotropic components), CondOT, UniPC-2 on 10 steps, 64 training noises, 50
+    Adam steps: the mean-square objective is dominated by the few noises a grid sends to another mode;
+    the 'log' objective lowers the held-out geometric-mean error (paired over 1024 held-out noises, by
+    > 5 standard errors) and the median. Measured: median 0.0073 → 0.0033, mean Δlog e −0.70 (s.e.
+    0.018), RMSE 0.177 → 0.168; DEIS-2 (flow time) the same way 0.0265 → 0.0104 with the RMSE 0.36 →
+    0.44 — the objectives trade the typical error against the tail."""
+    process = CondOTPath()
+    model = mixture_16d().model(process, "velocity")
+    res = {obj: optimize_grid("unipc", model, process, jax.random.key(0), (64, 16), 10, iterations=50,
+                              learning_rate=0.05, heldout=1024, objective=obj)
+           for obj in ("mse", "log")}  # fmt: skip
+    d = np.log(res["log"].heldout_errors) - np.log(res["mse"].heldout_errors)
+    assert d.mean() < -5 * d.std() / np.sqrt(d.size), (d.mean(), d.std())
+    assert np.median(res["log"].heldout_errors) < np.median(res["mse"].heldout_errors)
+
+
 def test_optimize_grid_rejects_what_it_cannot_optimise():
     process = VPSDE()
     model = mixture_2d().model(process, "eps")
@@ -127,5 +152,7 @@ def test_optimize_grid_rejects_what_it_cannot_optimise():
         optimize_grid("dpm_solver_pp", model, DDPMChain.linear(1000), key, (8, 2), 5)
     with pytest.raises(ValueError, match="init"):
         optimize_grid(Heun(), model, process, key, (8, 2), 5, init="cosine")
+    with pytest.raises(ValueError, match="objective"):
+        optimize_grid(Heun(), model, process, key, (8, 2), 5, objective="median")
     with pytest.raises(ValueError, match="init grid"):
         optimize_grid(Heun(), model, process, key, (8, 2), 5, init=np.linspace(1.0, 0.5, 6))
