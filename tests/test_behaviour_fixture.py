@@ -126,8 +126,23 @@ def sample_cases():
                 yield pname, name, opts, grid
 
 
+# the cosine VP SDE's first steps amplify rounding 1800× (above): its samples are compared as the
+# fixture made them, compiled; the others eagerly (`jax.disable_jit`: equal at float32 rounding, and
+# 3–4× faster than compiling one program per solver, grid and process — compiled sampling is what the
+# solver tests run)
+COMPILED = {"cosvp"}
+
+
 @pytest.mark.parametrize("pname", list(PROC))
 def test_samples_of_every_solver_match_the_old_api(pname):
+    if pname in COMPILED:
+        _samples_match(pname)
+    else:
+        with jax.disable_jit():
+            _samples_match(pname)
+
+
+def _samples_match(pname):
     proc = PROC[pname]
     model = MIX.model(proc, pred_of(pname))
     t_eps = 0.0 if pname == "vppath" else None  # the old default there (see the module docstring)
