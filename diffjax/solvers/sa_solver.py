@@ -190,7 +190,7 @@ class SASolver(Solver):
         c_new = jnp.where(q_eff == 1, base, cs[0])
         infinite_limit = 1.0
         if in_v:  # P linear in v through (0, m_prev) and (v(l_t), m_new), integrated exactly (κ = 1)
-            linear = (q_eff > 1) & (tau2 == 0)
+            linear = (q_eff > 1) & (tau2 == 0) & (h > 0)  # from α = 0 (towards the data)
             infinite_limit = jnp.where(linear, first_step_from_alpha_zero(half_log_snr(term, t)), 1.0)
         c_new = jnp.where(finite, c_new, infinite_limit)
         cs = [c_new] + [jnp.where(finite, c, 0.0) for c in cs[1:]]
