@@ -17,12 +17,13 @@ The reference integrates the exact model in float64 with Dopri8 (rtol = atol = 1
 from the data end and returns E[x0 | x] there (an O(σ²) ≈ 1e-12 difference from the data end).
 
 Endpoint error per sample = ‖x − x_ref‖₂; reported: median, RMSE and the number of evaluations. Every
-configuration of each library (solver × order × grid/spacing, and on VP diffjax's exponential
-integrators also to t_eps = 0) is run; at budgets 5 and 10 diffjax also runs grids optimised by
-`dj.optimize_grid` on 128 other noises. The table gives every run; the summary compares diffjax's best
-fixed-grid and optimised-grid configurations with the best peer configuration at each budget.
+configuration of each library (solver × order × grid/spacing, DEIS and SA-Solver with their polynomial
+in the log-SNR and in the flow time, and on VP diffjax's exponential integrators also to t_eps = 0) is
+run; at budgets 5 and 10 diffjax also runs grids optimised by `dj.optimize_grid` (both objectives) on
+128 other noises. The table gives every run; the summary compares diffjax's best fixed-grid and
+optimised-grid configurations with the best peer configuration at each budget.
 
-    /work/main/.venv-bench/bin/python bench/bench_endpoint.py            # ~5 min on 2 cores
+    /work/main/.venv-bench/bin/python bench/bench_endpoint.py            # ~45 min on 2 cores
     /work/main/.venv-bench/bin/python bench/bench_endpoint.py --quick    # 2D, NFE 10
 """
 
