@@ -139,6 +139,11 @@ def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_p
                      x_init=pairs.noise, save_trajectory=True).trajectory[2]  # fmt: skip
     assert pairs.waypoint_times == (0.5,)
     np.testing.assert_allclose(pairs.waypoints[:, 0], half, rtol=1e-5, atol=1e-5)
+    bad = str(tmp_path / "bad.npz")  # 2 waypoints need steps divisible by 3: refused before sampling
+    out = run("sample", "--workdir", flow_run, "--sampler", "heun", "--steps", "4", "--num", "8",
+              "--couplings", bad, "--waypoints", "2", expect=2)  # fmt: skip
+    assert "--waypoints 2" in out and "multiple of 3" in out and "Traceback" not in out
+    assert not os.path.exists(bad)
 
     reflow = {"loss.name": "reflow", "data.couplings": pairs_file, "train.init_from": flow_run,
               "sample.sampler": "euler", "sample.num_steps": 1}  # fmt: skip
