@@ -219,12 +219,18 @@ def _squared_errors(solver, flow, x_init, ts, reference, denoise):
 OBJECTIVES = ("mse", "log")
 
 
+def check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"optimize_grid: objective must be one of {OBJECTIVES}, got {objective!r}.")
+
+
 def objective_of(squared: Float[Array, " batch"], objective: str, floor2: float = 0.0) -> Array:
     """The training objective of per-sample squared errors e²: 'mse' the mean e² (the RMSE's square:
     dominated by the rare samples a grid sends to another mode), 'log' the mean of log(e² + floor²)
     (the log of the geometric mean: every sample's error counts relatively, so it aims at the typical
     error — the median endpoint error the benchmarks report; floor = the reference's own accuracy, below
     which errors are not resolved)."""
+    check_objective(objective)
     if objective == "mse":
         return squared.mean()
     return jnp.log(squared + floor2).mean()
@@ -359,8 +365,7 @@ def optimize_grid(
         raise ValueError(f"optimize_grid: iterations must be an int >= 0, got {iterations!r}.")
     if not learning_rate > 0:
         raise ValueError(f"optimize_grid: learning_rate must be > 0, got {learning_rate}.")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"optimize_grid: objective must be one of {OBJECTIVES}, got {objective!r}.")
+    check_objective(objective)  # before the reference solves
     num_steps = int(num_steps)
     flow = as_flow(model, process, prediction)
     flow = ProbabilityFlow(flow.model, FixedEnds(process), flow.prediction)  # same values, see FixedEnds

@@ -20,6 +20,7 @@ from diffjax.grid_optimization import (
     endpoint,
     grid_loss,
     grid_loss_and_grad,
+    objective_of,
     optimize_grid,
     squared_errors,
 )
@@ -154,5 +155,7 @@ def test_optimize_grid_rejects_what_it_cannot_optimise():
         optimize_grid(Heun(), model, process, key, (8, 2), 5, init="cosine")
     with pytest.raises(ValueError, match="objective"):
         optimize_grid(Heun(), model, process, key, (8, 2), 5, objective="median")
+    with pytest.raises(ValueError, match="objective"):  # the pure loss too, not silently the log
+        objective_of(jnp.ones(4), "median")
     with pytest.raises(ValueError, match="init grid"):
         optimize_grid(Heun(), model, process, key, (8, 2), 5, init=np.linspace(1.0, 0.5, 6))
