@@ -26,6 +26,7 @@ from diffjax.consistency import (
     ConsistencyModel,
     consistency_distillation_loss,
     consistency_training_loss,
+    continuous_consistency_loss,
     ict_noise_levels,
     ict_num_levels,
 )
@@ -170,7 +171,7 @@ __all__ = [
     "uniform_time", "variational_bound",
     "AverageVelocityMap", "InstantaneousVelocity", "flow_map_sample", "solve_flow_map",
     "progressive_distillation_loss", "ConsistencyModel", "consistency_distillation_loss",
-    "consistency_training_loss", "ict_noise_levels", "ict_num_levels", "Couplings", "load_couplings",
+    "consistency_training_loss", "continuous_consistency_loss", "ict_noise_levels", "ict_num_levels", "Couplings", "load_couplings",
     "make_couplings", "average_velocity_and_derivative", "meanflow_loss", "meanflow_times",
     "pair_distillation_loss", "reflow_loss", "save_couplings", "straightness",
     "available_pretrained", "load_pretrained", "pretrained_card", "save_pretrained", "shortcut_loss",

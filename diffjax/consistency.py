@@ -411,8 +411,115 @@ def ict_num_levels(step: int, total_steps: int, s0: int = 10, s1: int = 1280) ->
     return int(min(s0 * 2 ** (int(step) // stage_len), s1) + 1)
 
 
+# -- continuous-time consistency (sCM) -------------------------------------------------------
+def trig_time(process: GaussianProcess, t: ArrayLike, sigma_data: float) -> Array:
+    """TrigFlow's time τ = arctan(σ̃/σ_d) ∈ [0, π/2] of the process's time t (Lu & Song 2024): in the
+    coordinates x_τ = cos τ·x0 + σ_d sin τ·z = x_t·σ_d/√(σ² + α²σ_d²) every Gaussian process is
+    TrigFlow. Computed as atan2(σ, σ_d α), finite at α = 0 (τ = π/2)."""
+    c = process.coefficients(jnp.asarray(t))
+    return jnp.arctan2(jnp.abs(c.sigma), sigma_data * jnp.abs(c.alpha))
+
+
+def continuous_consistency_loss(
+    model: Callable,
+    x0: Array,
+    key: Array,
+    *,
+    process: GaussianProcess,
+    sigma_data: float | None = None,
+    teacher: Callable | None = None,
+    prediction: str | None = None,
+    time_sampler: Callable[[Array, int], Array] | None = None,
+    warmup: ArrayLike = 1.0,
+    tangent_c: float | None = 0.1,
+    log_uncertainty: Callable[[Array], Array] | None = None,
+    reduce: bool = True,
+) -> Array:
+    """Continuous-time consistency training (sCT) or distillation (sCD, with a `teacher`): the loss of
+    sCM (Lu & Song 2024, "Simplifying, stabilizing and scaling continuous-time consistency models"),
+    for any consistency function f(x, t) ≈ Φ_{t→t_min}(x) on any process.
+
+    The Δt → 0 limit of consistency distillation has the gradient E[(∂f/∂θ)ᵀ df⁻/dt]: it moves
+    f(x_t, t) against its total derivative along the probability flow, df/dt = ∂_t f + (∇_x f)·v,
+    which ONE forward-mode pass gives (`jax.jvp(f, (x_t, t), (v, 1))`, θ⁻ = stop_gradient(θ)). In
+    TrigFlow's time τ (`trig_time`) with h = f/α(t_min) (f in data units), c = cos τ, s = sin τ, sCM's
+    tangent with the warm-up factor r ∈ [0, 1] is
+
+        g = r·c·dh/dτ + (1 − r)·(c²/s)·(h − x̂0),   dh/dτ = (df/dt)/(α(t_min)·dτ/dt),
+
+    which is their g = −c²(σ_d F⁻ − dx_τ/dτ) − r·c·s·(x_τ + σ_d dF⁻/dτ) rewritten for
+    f = c·x_τ − σ_d s·F (a `ConsistencyModel` with σ̃(t_min) = 0 has exactly this form, F = −network):
+    r = 1 is the consistency tangent, r = 0 the x0-regression of h (TrigFlow's diffusion loss). The
+    tangent is normalised, ĝ = g/(rms(g) + c) per example (`tangent_c` = c, None for none), and
+
+        L = E_{t, x0, z} mean_dims((h_θ − sg(h_θ))/(σ_d s) + sg(ĝ))²
+
+    (their ‖F_θ − F_θ⁻ − ĝ‖²: value ‖ĝ‖², gradient 2/(σ_d s)·(∂h/∂θ)ᵀ ĝ; with log_uncertainty(λ) -> u
+    each example's L becomes e^{−u}·L + u, sCM's adaptive weighting). Training (no teacher): x_t =
+    α x0 + σ z, v = α̇ x0 + σ̇ z, x̂0 = x0; g is affine in (v, x̂0), so its mean given x_t is the
+    distillation tangent with the exact flow (the normalisation, a nonlinear map, is the only bias).
+    Distillation: v and x̂0 are the teacher's probability flow at (x_t, t) (one evaluation).
+
+    model: a callable f(x, t) (`ConsistencyModel`, labels bound or not, or an exact consistency
+    function). sigma_data: σ_d of the tangent's scale (default: the model's, else 0.5). time_sampler(key,
+    n) -> t on the process's axis (default sCM's log-normal σ̃, ln σ̃ ~ N(−1.0, 1.4²), over the model's
+    interval). warmup: r (a float, or traced: a schedule under one compile). Returns a scalar (or
+    (batch,) with reduce=False)."""
+    from diffjax.losses import lognormal_time
+    from diffjax.parameterization import from_x0_eps
+
+    owner = "continuous_consistency_loss"
+    _check_batch(x0, owner)
+    sd = float(getattr(model, "sigma_data", 0.5) if sigma_data is None else sigma_data)
+    if not sd > 0:
+        raise ValueError(f"{owner}: sigma_data must be > 0, got {sd}.")
+    if tangent_c is not None and not tangent_c > 0:
+        raise ValueError(f"{owner}: tangent_c must be > 0 (or None: no normalisation), got {tangent_c}.")
+    if is_concrete(warmup) and not (np.ndim(warmup) == 0 and 0.0 <= float(warmup) <= 1.0):
+        raise ValueError(f"{owner}: warmup r must be a scalar in [0, 1], got {warmup!r}.")
+    if process.discrete:
+        raise ValueError(f"{owner}: needs a continuous-time process (a time derivative), got a discrete chain.")
+    t_min = _model_t_min(model, process)
+    if time_sampler is None:
+        time_sampler = lognormal_time(process, -1.0, 1.4, t_eps=abs(t_min - process.t_data))
+    flow = None if teacher is None else as_flow(teacher, process, prediction)
+    k_t, k_z = jax.random.split(check_key(key, owner))
+    n, dtype = x0.shape[0], x0.dtype
+    t = jnp.broadcast_to(jnp.asarray(time_sampler(k_t, n), dtype), (n,))
+    noised = process.sample_marginal(k_z, x0, t)
+    x_t, c = noised.x_t, noised.coefficients
+    if flow is None:  # training: the conditional velocity and the data itself
+        v, x0_hat = expand(c.d_alpha, x0) * x0 + expand(c.d_sigma, x0) * noised.eps, x0
+    else:  # distillation: the teacher's probability flow
+        x0_hat, eps_hat = flow.denoise(x_t, t)
+        v = from_x0_eps(x0_hat, eps_hat, "velocity", x_t, c)
+    v, x0_hat = jax.lax.stop_gradient(v.astype(dtype)), jax.lax.stop_gradient(x0_hat.astype(dtype))
+    f, df_dt = jax.jvp(lambda x, tt: model(x, tt), (x_t, t), (v, jnp.ones_like(t)))
+    alpha, sigma = jnp.abs(c.alpha), jnp.abs(c.sigma)
+    a_dot, s_dot = jnp.sign(c.alpha) * c.d_alpha, jnp.sign(c.sigma) * c.d_sigma
+    norm2 = sigma**2 + (sd * alpha) ** 2
+    cos, sin = sd * alpha / jnp.sqrt(norm2), sigma / jnp.sqrt(norm2)
+    dtau_dt = sd * (s_dot * alpha - sigma * a_dot) / norm2
+    a_min = jnp.abs(process.alpha(jnp.asarray(t_min, dtype)))
+    h, dh_dtau = f / a_min, df_dt / (a_min * expand(dtau_dt, x0))
+    inv_sin = jnp.where(sin > 0, 1.0 / jnp.where(sin > 0, sin, 1.0), 0.0)  # s = 0 at the boundary: no signal
+    r = jnp.asarray(warmup, dtype)
+    g = r * expand(cos, x0) * dh_dtau + (1 - r) * expand(cos**2 * inv_sin, x0) * (h - x0_hat)
+    g = jax.lax.stop_gradient(g)
+    if tangent_c is not None:
+        rms = jnp.sqrt(jnp.mean(jnp.square(g).reshape(n, -1), axis=-1))
+        g = g / expand(rms + tangent_c, x0)
+    delta = (h - jax.lax.stop_gradient(h)) * expand(inv_sin / sd, x0)
+    per_example = jnp.mean(jnp.square(delta + g).reshape(n, -1), axis=-1)
+    if log_uncertainty is not None:
+        u = log_uncertainty(process.log_snr(t)).reshape(per_example.shape)
+        per_example = jnp.exp(-u) * per_example + u
+    per_example = per_example.astype(dtype)
+    return jnp.mean(per_example) if reduce else per_example
+
+
 __all__ = [
     "DISTANCES", "ConsistencyModel", "ConsistencyScalings", "NoiseLevels", "consistency_distance",
-    "consistency_distillation_loss", "consistency_training_loss", "ict_noise_levels", "ict_num_levels",
-    "inverse_gap_weighting", "sigma_tilde", "solver_step",
+    "consistency_distillation_loss", "consistency_training_loss", "continuous_consistency_loss",
+    "ict_noise_levels", "ict_num_levels", "inverse_gap_weighting", "sigma_tilde", "solver_step", "trig_time",
 ]  # fmt: skip
