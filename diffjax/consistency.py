@@ -478,7 +478,7 @@ def continuous_consistency_loss(
     if is_concrete(warmup) and not (np.ndim(warmup) == 0 and 0.0 <= float(warmup) <= 1.0):
         raise ValueError(f"{owner}: warmup r must be a scalar in [0, 1], got {warmup!r}.")
     if process.discrete:
-        raise ValueError(f"{owner}: needs a continuous-time process (a time derivative), got a discrete chain.")
+        raise ValueError(f"{owner}: needs a continuous-time process, not a discrete chain.")
     t_min = _model_t_min(model, process)
     if time_sampler is None:
         time_sampler = lognormal_time(process, -1.0, 1.4, t_eps=abs(t_min - process.t_data))

@@ -182,7 +182,7 @@ def test_training_has_the_distillation_gradient_on_average():
         x0 = mix.sample(jax.random.key(0), 4096)[0].astype(jnp.float64)
         exact, teacher = mix.consistency_function(process, num_steps=32), mix.model(process, "velocity")
         for r in (1.0, 0.5):
-            def per_example(theta, teach):
+            def per_example(theta, teach, r=r):
                 return continuous_consistency_loss(_perturbed(exact, theta), x0, jax.random.key(3),
                                                    process=process, teacher=teach, warmup=r, tangent_c=None,
                                                    reduce=False)  # fmt: skip
