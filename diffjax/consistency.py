@@ -61,6 +61,7 @@ from diffjax.solvers.adaptive import Adaptive
 from diffjax.solvers.base import Solver
 
 DISTANCES = ("l2", "pseudo_huber")
+NOISE_INPUTS = ("log_sigma", "trig")  # the network's c_noise: EDM's ¼ ln σ̃, or TrigFlow's τ
 HUBER_C_PER_ROOT_DIM = 0.00054  # iCT's c = 0.00054·√dim (0.03 for 64×64×3 images)
 
 
@@ -80,17 +81,25 @@ class ConsistencyModel:
     network(x_in, c_noise, *args, **kwargs) with x_in of x's shape and c_noise (batch,) (as for
     `diffjax.preconditioning.Preconditioned`); extra arguments pass through. t_min =
     `process.data_end(t_eps)` (t_eps None: the process's default, 1e-3·T for diffusion SDEs, 0 for
-    flow paths). σ_d: the data's std per dimension."""
+    flow paths). σ_d: the data's std per dimension. noise_input: the network's noise input c_noise,
+    'log_sigma' (EDM's ¼ ln σ̃, clipped to ±3.75 where σ̃ reaches 0 or ∞) or 'trig' (TrigFlow's time
+    τ = arctan(σ̃/σ_d) ∈ [0, π/2], sCM's choice: the noise end τ = π/2 lies next to the levels a
+    log-normal σ̃ trains, where ¼ ln σ̃ jumps to the clip)."""
 
     network: Any
     process: GaussianProcess
     sigma_data: float = static_field(default=0.5)
     t_eps: float | None = static_field(default=None)
+    noise_input: str = static_field(default="log_sigma")
 
     def __post_init__(self):
         if not self.sigma_data > 0:
             raise ValueError(
                 f"ConsistencyModel: sigma_data must be > 0 (the data's std), got {self.sigma_data}."
+            )
+        if self.noise_input not in NOISE_INPUTS:
+            raise ValueError(
+                f"ConsistencyModel: noise_input must be one of {NOISE_INPUTS}, got {self.noise_input!r}."
             )
         self.process.data_end(self.t_eps)  # raises on a bad t_eps
 
@@ -111,7 +120,8 @@ class ConsistencyModel:
         skip = a_min * sd**2 * alpha / (gap**2 + (alpha * sd) ** 2)
         out = a_min * sd * gap / jnp.sqrt(sigma**2 + (alpha * sd) ** 2)
         skip, out = jnp.where(at_min, 1.0, skip), jnp.where(at_min, 0.0, out)  # f(x, t_min) = x exactly
-        return ConsistencyScalings(skip, out, edm.in_, edm.noise)
+        noise = edm.noise if self.noise_input == "log_sigma" else jnp.arctan2(sigma, sd * alpha)
+        return ConsistencyScalings(skip, out, edm.in_, noise)
 
     def __call__(self, x: Array, t: ArrayLike, *args, **kwargs) -> Array:
         s = self.scalings(t, x)
@@ -430,6 +440,8 @@ def continuous_consistency_loss(
     teacher: Callable | None = None,
     prediction: str | None = None,
     time_sampler: Callable[[Array, int], Array] | None = None,
+    p_mean: float = -1.0,
+    p_std: float = 1.4,
     warmup: ArrayLike = 1.0,
     tangent_c: float | None = 0.1,
     log_uncertainty: Callable[[Array], Array] | None = None,
@@ -461,10 +473,11 @@ def continuous_consistency_loss(
     Distillation: v and x̂0 are the teacher's probability flow at (x_t, t) (one evaluation).
 
     model: a callable f(x, t) (`ConsistencyModel`, labels bound or not, or an exact consistency
-    function). sigma_data: σ_d of the tangent's scale (default: the model's, else 0.5). time_sampler(key,
-    n) -> t on the process's axis (default sCM's log-normal σ̃, ln σ̃ ~ N(−1.0, 1.4²), over the model's
-    interval). warmup: r (a float, or traced: a schedule under one compile). Returns a scalar (or
-    (batch,) with reduce=False)."""
+    function). sigma_data: σ_d of TrigFlow's coordinates (default: the model's, else 0.5).
+    time_sampler(key, n) -> t on the process's axis; default sCM's τ = arctan(e^ξ/0.5), ξ ~ N(p_mean,
+    p_std²) (their CIFAR-10 values −1.0, 1.4; written for σ_d = 0.5): ln σ̃ = ln(σ_d/0.5) + ξ, the
+    same law of τ for any σ_d, mapped to t over the model's interval. warmup: r (a float, or traced:
+    a schedule under one compile). Returns a scalar (or (batch,) with reduce=False)."""
     from diffjax.losses import lognormal_time
     from diffjax.parameterization import from_x0_eps
 
@@ -473,6 +486,8 @@ def continuous_consistency_loss(
     sd = float(getattr(model, "sigma_data", 0.5) if sigma_data is None else sigma_data)
     if not sd > 0:
         raise ValueError(f"{owner}: sigma_data must be > 0, got {sd}.")
+    if not p_std > 0:
+        raise ValueError(f"{owner}: p_std must be > 0, got {p_std}.")
     if tangent_c is not None and not tangent_c > 0:
         raise ValueError(f"{owner}: tangent_c must be > 0 (or None: no normalisation), got {tangent_c}.")
     if is_concrete(warmup) and not (np.ndim(warmup) == 0 and 0.0 <= float(warmup) <= 1.0):
@@ -480,8 +495,9 @@ def continuous_consistency_loss(
     if process.discrete:
         raise ValueError(f"{owner}: needs a continuous-time process, not a discrete chain.")
     t_min = _model_t_min(model, process)
-    if time_sampler is None:
-        time_sampler = lognormal_time(process, -1.0, 1.4, t_eps=abs(t_min - process.t_data))
+    if time_sampler is None:  # sCM's τ = arctan(e^{N(P_mean, P_std²)}/0.5): σ̃ log-normal relative to σ_d
+        t_eps = abs(t_min - process.t_data)
+        time_sampler = lognormal_time(process, p_mean + math.log(sd / 0.5), p_std, t_eps=t_eps)
     flow = None if teacher is None else as_flow(teacher, process, prediction)
     k_t, k_z = jax.random.split(check_key(key, owner))
     n, dtype = x0.shape[0], x0.dtype

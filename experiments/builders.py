@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 import diffjax as dj
+from diffjax.consistency import NOISE_INPUTS
 from diffjax.data import load_dataset
 from diffjax.grids import GRIDS
 from diffjax.losses import TIME_SAMPLERS, WEIGHTINGS
@@ -35,7 +36,8 @@ LOSSES = {"dsm": "eps", "cfm": "velocity", "ddpm": "eps"}  # name → regression
 PAIR_LOSSES = ("reflow", "pair_distillation")  # trained on data.couplings (noise, sample) pairs
 TWO_TIME_LOSSES = ("meanflow", "shortcut", "pair_distillation")  # train u(x, t, s): second_time=True
 FEW_STEP_LOSSES = ("meanflow", "shortcut", "consistency_training", "consistency_distillation",
-                   "progressive_distillation", *PAIR_LOSSES)
+                   "consistency_continuous", "progressive_distillation", *PAIR_LOSSES)
+TEACHER_OPTIONAL = ("meanflow", "shortcut", "consistency_continuous")  # distil with teacher.workdir, or not
 NEEDS_TEACHER = ("consistency_distillation", "progressive_distillation")
 FREE_FORM = {"model.kwargs", "process.kwargs", "loss.time_kwargs", "loss.weighting_kwargs", "sample.options",
              "loss.options"}
@@ -107,6 +109,8 @@ def model_spec(cfg) -> dict:
     spec = {"kind": cfg.model.kind, "prediction": cfg.model.prediction, **dict(cfg.model.kwargs)}
     if cfg.model.get("preconditioning", "none") != "none":
         spec["preconditioning"] = {"kind": cfg.model.preconditioning, "sigma_data": cfg.model.sigma_data}
+        if cfg.model.get("noise_input", "log_sigma") != "log_sigma":  # absent from older records: the default
+            spec["preconditioning"]["noise_input"] = cfg.model.noise_input
     if cfg.loss.get("learned_weighting", False):
         spec["learned_weighting"] = True
     return spec
@@ -194,6 +198,11 @@ def validate_config(cfg) -> None:
     need(cfg.model.preconditioning in ("none", "consistency") or cfg.model.prediction == "x0",
          f"model.preconditioning={cfg.model.preconditioning!r} makes the network a denoiser: set "
          f"model.prediction='x0' (got {cfg.model.prediction!r})")
+    noise_input = cfg.model.get("noise_input", "log_sigma")
+    need(noise_input in NOISE_INPUTS, f"model.noise_input {noise_input!r} is not one of {NOISE_INPUTS}")
+    need(noise_input == "log_sigma" or cfg.model.preconditioning == "consistency",
+         f"model.noise_input={noise_input!r} is an input of consistency models: set "
+         "model.preconditioning='consistency'")
     need(cfg.model.sigma_data > 0,
          f"model.sigma_data must be > 0 (the data's std), got {cfg.model.sigma_data}")
     need(s.grid in GRIDS, f"sample.grid {s.grid!r} is not one of {GRIDS}")
@@ -255,8 +264,8 @@ def few_step_checks(cfg, need) -> None:
     need(consistency == (sampler == "consistency"),
          f"a consistency model samples with sample.sampler='consistency' (got {sampler!r} for "
          f"loss.name={name!r})")
-    need(bool(cfg.teacher.workdir) == (name in NEEDS_TEACHER) or name in ("meanflow", "shortcut"),
-         f"teacher.workdir is what loss.name in {NEEDS_TEACHER} distils (and meanflow, shortcut may); got "
+    need(bool(cfg.teacher.workdir) == (name in NEEDS_TEACHER) or name in TEACHER_OPTIONAL,
+         f"teacher.workdir is what loss.name in {NEEDS_TEACHER} distils (and {TEACHER_OPTIONAL} may); got "
          f"teacher.workdir={cfg.teacher.workdir!r} with loss.name={name!r}")
     need(name != "progressive_distillation" or "num_student_steps" in cfg.loss.options,
          "loss.name='progressive_distillation' needs loss.options.num_student_steps (the student's steps; "
@@ -277,7 +286,11 @@ def teacher_flow_velocity(cfg, process):
 
 def build_few_step_loss(cfg, process):
     """loss(model, x0, key) of a few-step method (`FEW_STEP_LOSSES`) with cfg.loss.options."""
-    from diffjax.consistency import consistency_distillation_loss, consistency_training_loss
+    from diffjax.consistency import (
+        consistency_distillation_loss,
+        consistency_training_loss,
+        continuous_consistency_loss,
+    )
     from diffjax.flow_map import AverageVelocityMap
     from diffjax.meanflow import meanflow_loss, meanflow_times
     from diffjax.reflow import pair_distillation_loss, reflow_loss
@@ -303,6 +316,9 @@ def build_few_step_loss(cfg, process):
         return _on_stacked_pairs(lambda model, pair, key: pair_distillation_loss(
             AverageVelocityMap(model, process), pair, key, process=process, **options),
             couplings_waypoint_times(cfg))  # fmt: skip
+    if cfg.loss.name == "consistency_continuous":  # sCM: sCT, or sCD from teacher.workdir
+        teacher = teacher_flow_velocity(cfg, process)[0] if cfg.teacher.workdir else None
+        return functools.partial(continuous_consistency_loss, process=process, teacher=teacher, **options)
     if cfg.loss.name == "consistency_training":
         options.setdefault("num_levels", 41)
         return functools.partial(consistency_training_loss, process=process, **options)

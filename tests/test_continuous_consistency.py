@@ -57,7 +57,7 @@ def test_tangent_of_the_exact_consistency_function_vanishes_at_the_oracles_order
     assert roots[-1] < 1e-4 * inconsistent, (roots, inconsistent)
 
 
-def _scm_reference(params, process, x0, key, sd, r, teacher=None):
+def _scm_reference(params, process, x0, key, sd, r, teacher=None, noise_input="log_sigma"):
     """sCM's loss as the paper writes it, in TrigFlow's coordinates x_τ = x_t·σ_d/√(σ² + α²σ_d²):
     F_θ(x_τ, τ) = −network(x_τ/σ_d, c_noise(τ)) (so f = cos τ·x_τ − σ_d sin τ·F_θ), dF/dτ by jvp in
     (x_τ, τ) with tangents (dx_τ/dτ, 1), g = −c²(σ_d F⁻ − dx_τ/dτ) − r·c·s·(x_τ + σ_d dF⁻/dτ),
@@ -77,7 +77,7 @@ def _scm_reference(params, process, x0, key, sd, r, teacher=None):
         v_tau = (c * x_tau - teacher(x_t, t)) / s
 
     def F(p, x, tt):
-        noise = edm_scalings(jnp.cos(tt), sd * jnp.sin(tt), sd).noise
+        noise = tt if noise_input == "trig" else edm_scalings(jnp.cos(tt), sd * jnp.sin(tt), sd).noise
         return -_network(p, x / sd, noise)
 
     F_minus, dF = jax.jvp(lambda x, tt: F(params, x, tt), (x_tau, tau), (v_tau, jnp.ones_like(tau)))
@@ -91,14 +91,15 @@ def _scm_reference(params, process, x0, key, sd, r, teacher=None):
 
 
 @pytest.mark.parametrize("name", sorted(PROCESSES))
-@pytest.mark.parametrize("r", [0.3, 1.0])
-@pytest.mark.parametrize("distil", [False, True])
-def test_loss_is_scms_formula_in_trigflow_coordinates(name, r, distil):
+@pytest.mark.parametrize("r, distil, noise_input", [(0.3, False, "log_sigma"), (1.0, True, "log_sigma"),
+                                                    (0.3, True, "trig"), (1.0, False, "trig")])  # fmt: skip
+def test_loss_is_scms_formula_in_trigflow_coordinates(name, r, distil, noise_input):
     """A `ConsistencyModel` with σ̃(t_min) = 0 is TrigFlow's f = cos τ·x_τ − σ_d sin τ·F with
     F = −network; the library computes sCM's tangent in the process's own time (one jvp of f(x, t),
     dτ/dt, x̂0 for the warm-up term). Loss value and parameter gradient equal the paper's formula
     written independently in x_τ, τ (`_scm_reference`) to float64 rounding, with and without a
-    teacher (the oracle's x̂0) and at warm-up r = 0.3 and 1, for CondOT, VP and the cosine path."""
+    teacher (the oracle's x̂0), at warm-up r = 0.3 and 1, with EDM's or TrigFlow's noise input, for
+    CondOT, VP and the cosine path."""
     with x64():
         process, mix = PROCESSES[name](), mixture_2d()
         sd = 2.0
@@ -108,12 +109,13 @@ def test_loss_is_scms_formula_in_trigflow_coordinates(name, r, distil):
         key = jax.random.key(5)
 
         def library(p):
-            model = ConsistencyModel(jax.tree_util.Partial(_network, p), process, sigma_data=sd, t_eps=0.0)
+            model = ConsistencyModel(jax.tree_util.Partial(_network, p), process, sigma_data=sd, t_eps=0.0,
+                                     noise_input=noise_input)  # fmt: skip
             return continuous_consistency_loss(model, x0, key, process=process, teacher=teacher, warmup=r,
                                                time_sampler=constant_time(0.37))  # fmt: skip
 
         value, grad = jax.value_and_grad(library)(params)
-        ref_value, ref_grad = _scm_reference(params, process, x0, key, sd, r, teacher)
+        ref_value, ref_grad = _scm_reference(params, process, x0, key, sd, r, teacher, noise_input)
     np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-10)
     for k in params:
         np.testing.assert_allclose(np.asarray(grad[k]), np.asarray(ref_grad[k]), rtol=1e-8, atol=1e-12)

@@ -79,11 +79,14 @@ def test_meanflow_fine_tuned_and_distilled_from_a_flow_run_samples_in_jumps(tmp_
 
 
 def test_consistency_training_and_distillation_runs_load_as_consistency_models(tmp_path, flow_run):
-    """iCT from scratch and CD from the flow run: load_model returns the consistency model f(x, t)
-    (boundary f(x, t_data) = x), sampled with multistep consistency sampling."""
+    """iCT from scratch, CD and continuous-time CD (sCM) from the flow run: load_model returns the
+    consistency model f(x, t) (boundary f(x, t_data) = x), sampled with multistep consistency
+    sampling."""
     cd = {"loss.name": "consistency_distillation", "loss.options": {"num_steps": 8, "solver": "heun"},
           "teacher.workdir": flow_run}
-    for name, edits in (("ict", {}), ("cd", cd)):
+    scd = {"loss.name": "consistency_continuous", "loss.options": {"warmup": 0.5},
+           "teacher.workdir": flow_run, "model.noise_input": "trig"}
+    for name, edits in (("ict", {}), ("cd", cd), ("scd", scd)):
         workdir = str(tmp_path / name)
         summary = train_and_evaluate(tiny(checkerboard_ict, **edits), workdir)
         assert summary["nfe"] == 1
@@ -91,6 +94,7 @@ def test_consistency_training_and_distillation_runs_load_as_consistency_models(t
         from diffjax.consistency import ConsistencyModel
 
         assert isinstance(model, ConsistencyModel)
+        assert model.noise_input == ("trig" if name == "scd" else "log_sigma")  # kept in the run record
         x = np.random.default_rng(0).standard_normal((4, 2)).astype(np.float32)
         assert np.array_equal(np.asarray(model(x, model.t_min)), x)
     out = run("sample", "--workdir", workdir, "--sampler", "consistency", "--steps", "3", "--num", "8")
@@ -186,7 +190,9 @@ def test_few_step_configs_are_checked_before_any_work(edit, match):
 
 
 def test_few_step_configs_validate():
-    for module in (checkerboard_meanflow, checkerboard_ict):
+    from experiments.configs import checkerboard_scm
+
+    for module in (checkerboard_meanflow, checkerboard_ict, checkerboard_scm):
         validate_config(module.get_config())
     from experiments.configs import (
         mnist_consistency,
@@ -204,5 +210,5 @@ def test_few_step_configs_validate():
     validate_config(mnist_shortcut.get_config())
     validate_config(mnist_pair_distillation.get_config())
     validate_config(mnist_trajectory_distillation.get_config())
-    for variant in ("cd", "ict"):
+    for variant in ("cd", "ict", "scd", "sct"):
         validate_config(mnist_consistency.get_config(variant))

@@ -19,14 +19,15 @@ def get_config():
     c.data = dict(name="checkerboard", data_dir="", source="auto", num_examples=0, couplings="", latents="")
     # model.kind: mlp | unet | dit; model.prediction: eps | x0 | score | v | velocity;
     # model.preconditioning: none | edm (EDM's c_skip/c_out/c_in/c_noise with sigma_data; needs prediction x0)
-    #   | consistency (Song et al.'s boundary-respecting c_skip/c_out: a consistency model f(x, t))
+    #   | consistency (Song et al.'s boundary-respecting c_skip/c_out: a consistency model f(x, t));
+    # model.noise_input (consistency models): log_sigma (EDM's ¼ ln σ̃) | trig (TrigFlow's τ, sCM's choice)
     # model.remat: recompute each U-Net ResBlock / DiT block in the backward pass instead of storing its
     # activations (gradient checkpointing: less memory, ≈ one more forward pass, the same numbers; not in
     # the run record, so a run may resume with it switched). bf16 compute: model.kwargs.dtype='bfloat16'
     # (with the default param_dtype='float32': float32 parameters, optimizer and EMA, bfloat16 matmuls and
     # convolutions; a run record field, like every network field)
     c.model = dict(kind="mlp", prediction="velocity", kwargs={}, preconditioning="none", sigma_data=0.5,
-                   remat=False)
+                   remat=False, noise_input="log_sigma")
     # process.name: a key of diffjax.processes.PROCESSES (vp, subvp, ve, cosine_vp, condot, ddpm, ...)
     c.process = dict(name="condot", kwargs={})
     # loss.name: dsm (target ε) | cfm (target velocity) | ddpm (= dsm on the chain);
@@ -39,7 +40,8 @@ def get_config():
     # std, ratio, adaptive_p, adaptive_c; teacher.workdir optional) | shortcut (Frans et al.; two-time;
     # options max_steps, bootstrap_fraction; teacher.workdir optional) | consistency_training (iCT; options
     # num_levels, distance, sigma_max, ...) | consistency_distillation (needs teacher.workdir; options
-    # num_steps (the grid), solver, distance; both consistency losses need
+    # num_steps (the grid), solver, distance) | consistency_continuous (sCM, Lu & Song 2024: sCT, or sCD
+    # with teacher.workdir; options p_mean, p_std, warmup, tangent_c); the consistency losses need
     # model.preconditioning='consistency') | progressive_distillation (needs teacher.workdir and
     # options.num_student_steps, weighting; sample with 'ddim') | reflow (flow matching on data.couplings,
     # Liu et al.; weighting and time as for cfm) | pair_distillation (k-step distillation of the couplings

@@ -105,8 +105,8 @@ def make_network(seed: int, *, prediction: str = "velocity", second_time: bool =
 def make_run_chunk(loss_fn, optimizer, batch_fn, chunk: int, with_level: bool = False):
     """A jitted run of `chunk` train steps (`make_train_step`, EMA 0.999 with warm-up) in one lax.scan:
     run_chunk(state, key[, level]) -> (state, losses (chunk,)), step i on the batch batch_fn(k_i)
-    (with_level: (batch_fn(k_i), level), level an int32 constant over the chunk, e.g. iCT's
-    number of noise levels). loss_fn(params, batch, key) -> scalar."""
+    (with_level: (batch_fn(k_i), level), level a constant over the chunk, e.g. iCT's
+    number of noise levels or sCM's warm-up factor). loss_fn(params, batch, key) -> scalar."""
     step = make_train_step(loss_fn, optimizer, ema_decay=0.999)
 
     def run_chunk(state, key, level=None):
@@ -120,12 +120,12 @@ def make_run_chunk(loss_fn, optimizer, batch_fn, chunk: int, with_level: bool = 
 
 
 def train(network: nnx.Module, loss: Callable, batch_fn: Callable, *, num_steps: int, seed: int,
-          lr: float = 2e-3, chunk: int = 250, levels_at: Callable[[int], int] | None = None):  # fmt: skip
+          lr: float = 2e-3, chunk: int = 250, levels_at: Callable[[int], float] | None = None):  # fmt: skip
     """Train `network` on loss(network, batch, key) with batches batch_fn(key): adam with cosine decay
     to 2% of lr, EMA 0.999, `chunk` steps per compiled lax.scan, keys split from key(seed) (state)
     and key(seed + 1) (batches). levels_at(step) -> level: the batch becomes (batch_fn(k), level),
-    level constant within a chunk (iCT's curriculum). Returns (EMA network, losses (num_steps,),
-    wall time in s, compilation included)."""
+    level constant within a chunk (iCT's curriculum, an int32; sCM's warm-up factor, a float32).
+    Returns (EMA network, losses (num_steps,), wall time in s, compilation included)."""
     chunk = min(chunk, num_steps)
     if num_steps % chunk:
         raise ValueError(f"fewstep.train: num_steps={num_steps} must be a multiple of chunk={chunk}.")
@@ -142,7 +142,9 @@ def train(network: nnx.Module, loss: Callable, batch_fn: Callable, *, num_steps:
         if levels_at is None:
             state, chunk_losses = run_chunk(state, k)
         else:
-            state, chunk_losses = run_chunk(state, k, jnp.asarray(levels_at(i * chunk), jnp.int32))
+            level = levels_at(i * chunk)
+            level = jnp.asarray(level, jnp.int32 if isinstance(level, int | np.integer) else jnp.float32)
+            state, chunk_losses = run_chunk(state, k, level)
         losses.append(chunk_losses)
     losses = np.asarray(jnp.concatenate(losses))
     return nnx.merge(graphdef, state.ema_params), losses, time.perf_counter() - t0

@@ -39,6 +39,7 @@ from diffjax.consistency import (
     ConsistencyModel,
     consistency_distillation_loss,
     consistency_training_loss,
+    continuous_consistency_loss,
     ict_noise_levels,
     ict_num_levels,
 )
@@ -47,6 +48,7 @@ from experiments.fewstep import common
 
 MAX_LEVELS = 1281  # iCT's s1 + 1
 CD_GRID_STEPS = 18
+SCM_TIME_SCALE = 100.0  # τ ∈ [0, π/2] → sinusoidal features of 100·τ (250 and 600: 1-step error 0.75–4.0)
 
 
 def sampling_grid(process, t_start: float, t_min: float, nfe: int, snap_to=None) -> jnp.ndarray:
@@ -97,31 +99,56 @@ def consistency_rows(f, problem: common.Problem, method: str, name: str, x_start
 
 
 def train_consistency(loss, problem: common.Problem, *, num_steps: int, seed: int, lr: float, batch_size: int,
-                      levels_at=None):  # fmt: skip
-    """Train ConsistencyModel(network) on loss(model, x0, key[, num_levels]); returns (EMA model,
-    losses, wall time in s)."""
+                      levels_at=None, t_eps: float | None = None, time_scale: float = 250.0,
+                      noise_input: str = "log_sigma"):  # fmt: skip
+    """Train ConsistencyModel(network, t_eps) on loss(model, x0, key[, level]) (level: iCT's number
+    of levels or sCM's warm-up factor, from levels_at(step)); returns (EMA model, losses, wall time
+    in s)."""
     process, sigma_data = problem.process, problem.sigma_data
-    network = common.make_network(seed, prediction="x0", time_scale=250.0)
+    network = common.make_network(seed, prediction="x0", time_scale=time_scale)
+
+    def wrap(net):
+        return ConsistencyModel(net, process, sigma_data, t_eps=t_eps, noise_input=noise_input)
+
     if levels_at is None:
 
         def model_loss(net, x0, key):
-            return loss(ConsistencyModel(net, process, sigma_data), x0, key)
+            return loss(wrap(net), x0, key)
     else:
 
         def model_loss(net, batch, key):
-            return loss(ConsistencyModel(net, process, sigma_data), batch[0], key, batch[1])
+            return loss(wrap(net), batch[0], key, batch[1])
 
     net, losses, wall = common.train(network, model_loss, problem.data_batch(batch_size), num_steps=num_steps,
                                      seed=seed, lr=lr, levels_at=levels_at)  # fmt: skip
-    return ConsistencyModel(net, process, sigma_data), losses, wall
+    return wrap(net), losses, wall
+
+
+def train_scm(problem: common.Problem, *, distil: bool, num_steps: int, seed: int, lr: float, batch_size: int,
+              warmup_steps: int = 0, tangent_c: float | None = None, time_scale: float = SCM_TIME_SCALE,
+              noise_input: str = "trig"):  # fmt: skip
+    """sCT (distil=False) or sCD from the exact teacher: `continuous_consistency_loss` on a
+    ConsistencyModel with its boundary at σ̃ = 0 (t_eps = 0: TrigFlow's parameterisation) and TrigFlow's
+    τ as the network's noise input, the warm-up factor r rising linearly from 0 to 1 over
+    warmup_steps (0: r = 1 throughout); tangent_c None: sCM's 0.1 in units of σ_d/0.5."""
+    c = 0.1 * problem.sigma_data / 0.5 if tangent_c is None else tangent_c
+    loss = functools.partial(continuous_consistency_loss, process=problem.process, tangent_c=c,
+                             teacher=problem.teacher() if distil else None)  # fmt: skip
+    common_args = dict(num_steps=num_steps, seed=seed, lr=lr, batch_size=batch_size, t_eps=0.0,
+                       time_scale=time_scale, noise_input=noise_input)  # fmt: skip
+    if warmup_steps <= 0:
+        return train_consistency(loss, problem, **common_args)
+    return train_consistency(lambda m, x0, k, r: loss(m, x0, k, warmup=r), problem,
+                             levels_at=lambda step: min(step / warmup_steps, 1.0), **common_args)  # fmt: skip
 
 
 def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, ict_steps: int | None = None,
-        batch_size: int = 512, cd_lr: float = 5e-4, ict_lr: float = 2e-3,
-        methods: tuple[str, ...] = ("cd", "ict"),
+        batch_size: int = 512, cd_lr: float = 5e-4, ict_lr: float = 2e-3, scm_lr: float = 2e-3,
+        scm_warmup: float = 0.75, methods: tuple[str, ...] = ("cd", "ict", "scd", "sct"),
         modes: tuple[str, ...] = ("re-noised", "implied noise")) -> list[dict]:  # fmt: skip
-    """CD (num_steps) and, on CondOT, iCT (ict_steps, default 2·num_steps): rows (module docstring);
-    modes: the multistep samplers evaluated."""
+    """CD (num_steps), on CondOT iCT (ict_steps, default 2·num_steps), and sCD / sCT (num_steps, r
+    warmed up over the fraction scm_warmup of them): rows (module docstring); modes: the multistep
+    samplers evaluated."""
     process = problem.process
     ict_steps = 2 * num_steps if ict_steps is None else ict_steps
     exact_f = problem.mixture.consistency_function(process)
@@ -149,6 +176,16 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, ict_steps
                                  train_steps=ict_steps, final_loss=float(losses[-250:].mean()))  # fmt: skip
         rows += consistency_rows(exact_f, problem, "oracle", "exact f* from σ̃ = 80", **start,
                                  how=("implied noise",))  # fmt: skip
+    for name in ("scd", "sct"):
+        if name not in methods:
+            continue
+        warmup = round(scm_warmup * num_steps)
+        model, losses, wall = train_scm(problem, distil=name == "scd", num_steps=num_steps, seed=seed,
+                                        lr=scm_lr, batch_size=batch_size, warmup_steps=warmup)  # fmt: skip
+        variant = f"{'sCD (exact teacher)' if name == 'scd' else 'sCT'}, warm-up {scm_warmup:g}"
+        rows += consistency_rows(model, problem, "consistency", variant, problem.z, process.t_noise,
+                                 how=modes, train_wall_s=wall, train_steps=num_steps,
+                                 final_loss=float(losses[-250:].mean()))  # fmt: skip
     return rows
 
 
