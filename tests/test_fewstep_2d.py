@@ -32,7 +32,7 @@ def test_consistency_pipeline_writes_rows_and_the_exact_map_scores_zero(tmp_path
         assert r["problem"] == "ring2d" and r["process"] == "condot" and r["nfe"] in common.NFES
         assert np.isfinite([r["median"], r["rmse"], r["log_p_gap"]]).all()
     cd = [r for r in back if r["method"] == "consistency"]
-    variants = ["CD (Heun, N=18, l2), implied noise", "sCT, warm-up 0.5, implied noise"]
+    variants = ["CD (Heun, N=18, l2), implied noise", "sCT, warm-up 0.5, adaptive weight, implied noise"]
     assert sorted((r["variant"], r["nfe"]) for r in cd) == [(v, k) for v in variants for k in common.NFES]
     assert all(r["train_steps"] == 30 and r["train_wall_s"] > 0 for r in cd)
     assert all(r["median"] > 0.01 for r in cd)  # 30 steps do not learn the map

@@ -1,7 +1,9 @@
-"""Consistency models on the 2D ring: distillation from the exact teacher (CD, CondOT and VP) and
-improved consistency training from scratch (iCT, CondOT), sampled in 1, 2 and 4 evaluations.
+"""Consistency models on the 2D ring: distillation from the exact teacher (CD, CondOT and VP),
+improved consistency training from scratch (iCT, CondOT) and continuous-time consistency
+distillation / training (sCD / sCT, both processes), sampled in 1, 2 and 4 evaluations.
 
     python -m experiments.fewstep.consistency [--num_steps 4000] [--ict_steps 8000] [--process condot|vp]
+        [--methods cd,ict,scd,sct] [--seed 0]
 
 CD   `consistency_distillation_loss`: one Heun step of the exact teacher between neighbours of the EDM
      grid with N = 18 steps (ρ = 7 in σ̃ = σ/α, reversed: data end → noise end), l2 distance,
@@ -12,7 +14,17 @@ iCT  `consistency_training_loss` (pseudo-Huber, levels from `ict_num_levels`' cu
      count is traced). Its levels end at σ̃ = 80, so sampling starts there: x = σ(t_80)·z (iCT's
      x_T = σ_max z; the oracle row 'exact f* from σ̃ = 80' measures what this start costs).
 
-Both train a `ConsistencyModel` around `common.make_network(prediction='x0', time_scale=250)`
+sCD  `continuous_consistency_loss` with the exact teacher (sCM, Lu & Song 2024: the tangent of f by
+     one jax.jvp, normalised with c = 0.1 in units of σ_d/0.5, TrigFlow's log-normal τ), warm-up r
+     rising from 0 (x0-regression) to 1 over the first ¾ of the steps (without it, or with r = 1 from
+     ½ of the steps on, the low-noise levels settle near f = x/α), adam 2e-3; TrigFlow's τ as the
+     network's noise input (`noise_input='trig'`, time_scale 100: the noise end τ = π/2 lies next to
+     the trained levels, where EDM's ¼ ln σ̃ jumps to its clip), sCM's learned adaptive weighting
+     (`WithUncertainty`: on 2 of 3 seeds without it the 2- and 4-step samples fell off the ring).
+     Sampled from z at t_noise.
+sCT  the same without a teacher (conditional velocity, x̂0 = x0).
+
+CD and iCT train a `ConsistencyModel` around `common.make_network(prediction='x0', time_scale=250)`
 (σ_d = the ring's std per dimension) and evaluate the EMA parameters. Sampling: one evaluation
 f(z, t_start), then multistep consistency sampling (`flow_map_sample`) through intermediate times of
 the EDM grid (for CD snapped to its training grid), re-noised with fresh noise (Song et al. 2023,
@@ -21,7 +33,8 @@ trajectory, so for NFE ≥ 2 the endpoint error also measures that departure (th
 scores 0 at NFE 1 and 0.5–5 at NFE 2, 4): read log_p_gap beside it.
 
 Rows (`experiments.fewstep.common`): method 'consistency', variants 'CD (Heun, N=18, l2), re-noised',
-'…, implied noise', 'iCT, re-noised', 'iCT, implied noise'; method 'oracle', the exact consistency
+'…, implied noise', 'iCT, re-noised', 'iCT, implied noise', 'sCD (exact teacher), warm-up 0.75,
+adaptive weight, …', 'sCT, …'; method 'oracle', the exact consistency
 function `mixture.consistency_function` through the same samplers. Extra keys: times (the sampling
 grid), final_loss.
 """
@@ -33,6 +46,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 import diffjax as dj
 from diffjax.consistency import (
@@ -44,6 +58,7 @@ from diffjax.consistency import (
     ict_num_levels,
 )
 from diffjax.flow_map import flow_map_sample
+from diffjax.models import WithUncertainty
 from experiments.fewstep import common
 
 MAX_LEVELS = 1281  # iCT's s1 + 1
@@ -100,24 +115,24 @@ def consistency_rows(f, problem: common.Problem, method: str, name: str, x_start
 
 def train_consistency(loss, problem: common.Problem, *, num_steps: int, seed: int, lr: float, batch_size: int,
                       levels_at=None, t_eps: float | None = None, time_scale: float = 250.0,
-                      noise_input: str = "log_sigma"):  # fmt: skip
+                      noise_input: str = "log_sigma", adaptive: bool = False):  # fmt: skip
     """Train ConsistencyModel(network, t_eps) on loss(model, x0, key[, level]) (level: iCT's number
-    of levels or sCM's warm-up factor, from levels_at(step)); returns (EMA model, losses, wall time
-    in s)."""
+    of levels or sCM's warm-up factor, from levels_at(step)); adaptive: the network carries a learned
+    weighting u(λ) (`WithUncertainty`) passed to the loss as log_uncertainty. Returns (EMA model,
+    losses, wall time in s)."""
     process, sigma_data = problem.process, problem.sigma_data
     network = common.make_network(seed, prediction="x0", time_scale=time_scale)
+    if adaptive:
+        network = WithUncertainty(network, rngs=nnx.Rngs(seed))
 
     def wrap(net):
         return ConsistencyModel(net, process, sigma_data, t_eps=t_eps, noise_input=noise_input)
 
-    if levels_at is None:
-
-        def model_loss(net, x0, key):
-            return loss(wrap(net), x0, key)
-    else:
-
-        def model_loss(net, batch, key):
-            return loss(wrap(net), batch[0], key, batch[1])
+    def model_loss(net, batch, key):
+        weight = {"log_uncertainty": net.uncertainty} if adaptive else {}
+        if levels_at is None:
+            return loss(wrap(net), batch, key, **weight)
+        return loss(wrap(net), batch[0], key, batch[1], **weight)
 
     net, losses, wall = common.train(network, model_loss, problem.data_batch(batch_size), num_steps=num_steps,
                                      seed=seed, lr=lr, levels_at=levels_at)  # fmt: skip
@@ -126,19 +141,20 @@ def train_consistency(loss, problem: common.Problem, *, num_steps: int, seed: in
 
 def train_scm(problem: common.Problem, *, distil: bool, num_steps: int, seed: int, lr: float, batch_size: int,
               warmup_steps: int = 0, tangent_c: float | None = None, time_scale: float = SCM_TIME_SCALE,
-              noise_input: str = "trig"):  # fmt: skip
+              noise_input: str = "trig", adaptive: bool = True):  # fmt: skip
     """sCT (distil=False) or sCD from the exact teacher: `continuous_consistency_loss` on a
     ConsistencyModel with its boundary at σ̃ = 0 (t_eps = 0: TrigFlow's parameterisation) and TrigFlow's
     τ as the network's noise input, the warm-up factor r rising linearly from 0 to 1 over
-    warmup_steps (0: r = 1 throughout); tangent_c None: sCM's 0.1 in units of σ_d/0.5."""
+    warmup_steps (0: r = 1 throughout); tangent_c None: sCM's 0.1 in units of σ_d/0.5; adaptive: sCM's
+    learned weighting (EDM2's u(λ), `diffjax.models.WithUncertainty`)."""
     c = 0.1 * problem.sigma_data / 0.5 if tangent_c is None else tangent_c
     loss = functools.partial(continuous_consistency_loss, process=problem.process, tangent_c=c,
                              teacher=problem.teacher() if distil else None)  # fmt: skip
     common_args = dict(num_steps=num_steps, seed=seed, lr=lr, batch_size=batch_size, t_eps=0.0,
-                       time_scale=time_scale, noise_input=noise_input)  # fmt: skip
+                       time_scale=time_scale, noise_input=noise_input, adaptive=adaptive)  # fmt: skip
     if warmup_steps <= 0:
         return train_consistency(loss, problem, **common_args)
-    return train_consistency(lambda m, x0, k, r: loss(m, x0, k, warmup=r), problem,
+    return train_consistency(lambda m, x0, k, r, **kw: loss(m, x0, k, warmup=r, **kw), problem,
                              levels_at=lambda step: min(step / warmup_steps, 1.0), **common_args)  # fmt: skip
 
 
@@ -182,7 +198,8 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, ict_steps
         warmup = round(scm_warmup * num_steps)
         model, losses, wall = train_scm(problem, distil=name == "scd", num_steps=num_steps, seed=seed,
                                         lr=scm_lr, batch_size=batch_size, warmup_steps=warmup)  # fmt: skip
-        variant = f"{'sCD (exact teacher)' if name == 'scd' else 'sCT'}, warm-up {scm_warmup:g}"
+        method = "sCD (exact teacher)" if name == "scd" else "sCT"
+        variant = f"{method}, warm-up {scm_warmup:g}, adaptive weight"
         rows += consistency_rows(model, problem, "consistency", variant, problem.z, process.t_noise,
                                  how=modes, train_wall_s=wall, train_steps=num_steps,
                                  final_loss=float(losses[-250:].mean()))  # fmt: skip
@@ -192,8 +209,12 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, ict_steps
 def main(argv=None) -> list[dict]:
     p = common.parser(__doc__, default_steps=4000)
     p.add_argument("--ict_steps", type=int, default=None, help="iCT training steps (default 2 × num_steps)")
+    p.add_argument("--methods", default="cd,ict,scd,sct", help="comma-separated subset of cd,ict,scd,sct")
     args = p.parse_args(argv)
-    return common.run_processes(run, args, ict_steps=args.ict_steps)
+    methods = tuple(m for m in args.methods.split(",") if m)
+    if not methods or set(methods) - {"cd", "ict", "scd", "sct"}:
+        p.error(f"--methods must name some of cd, ict, scd, sct; got {args.methods!r}")
+    return common.run_processes(run, args, ict_steps=args.ict_steps, methods=methods)
 
 
 if __name__ == "__main__":
