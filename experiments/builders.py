@@ -248,6 +248,10 @@ def few_step_checks(cfg, need) -> None:
     """What the few-step losses and samplers need of the rest of the config."""
     name, precond, sampler = cfg.loss.name, cfg.model.preconditioning, cfg.sample.sampler
     two_time = bool(cfg.model.kwargs.get("second_time", False))
+    weighted = (*LOSSES, "consistency_continuous")  # the losses with a log_uncertainty argument
+    need(not cfg.loss.get("learned_weighting", False) or name in weighted,
+         f"loss.learned_weighting trains a weighting through the loss's log_uncertainty, which only "
+         f"{weighted} have; got loss.name={name!r}")
     need(name not in TWO_TIME_LOSSES or two_time,
          f"loss.name={name!r} trains an average velocity u(x, t, s) (a flow map x + (s − t)·u): set "
          "model.kwargs.second_time=True")

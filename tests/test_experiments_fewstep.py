@@ -85,7 +85,7 @@ def test_consistency_training_and_distillation_runs_load_as_consistency_models(t
     cd = {"loss.name": "consistency_distillation", "loss.options": {"num_steps": 8, "solver": "heun"},
           "teacher.workdir": flow_run}
     scd = {"loss.name": "consistency_continuous", "loss.options": {"warmup": 0.5},
-           "teacher.workdir": flow_run, "model.noise_input": "trig"}
+           "teacher.workdir": flow_run, "model.noise_input": "trig", "loss.learned_weighting": True}
     for name, edits in (("ict", {}), ("cd", cd), ("scd", scd)):
         workdir = str(tmp_path / name)
         summary = train_and_evaluate(tiny(checkerboard_ict, **edits), workdir)
@@ -172,6 +172,9 @@ def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_p
     (dict(module=checkerboard_ict, **{"model.preconditioning": "none"}), "go together"),
     (dict(module=checkerboard_ict, **{"sample.sampler": "heun"}), "sample.sampler='consistency'"),
     (dict(module=checkerboard_ict, **{"loss.name": "consistency_distillation"}), "teacher.workdir"),
+    (dict(module=checkerboard_ict, **{"loss.learned_weighting": True}), "log_uncertainty"),
+    (dict(module=checkerboard_ict, **{"model.noise_input": "tau"}), "noise_input"),
+    (dict(module=checkerboard_fm, **{"model.noise_input": "trig"}), "consistency"),
     (dict(module=checkerboard_fm, **{"sample.sampler": "flow_map"}), "second_time=True"),
     (dict(module=checkerboard_fm, **{"loss.options": {"ratio": 0.5}}), "options of a few-step loss"),
     (dict(module=checkerboard_fm, **{"loss.name": "progressive_distillation", "teacher.workdir": "x"}),
