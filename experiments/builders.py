@@ -29,6 +29,7 @@ from diffjax.models import MODELS
 from diffjax.preconditioning import PRECONDITIONINGS, apply_preconditioning
 from diffjax.processes import PROCESSES
 from diffjax.training import Checkpointer, TrainedModel
+from diffjax.training.step import uses_step
 from diffjax.training.workdir import RunMismatchError
 from experiments.configs import base
 
@@ -274,6 +275,13 @@ def few_step_checks(cfg, need) -> None:
     need(name != "progressive_distillation" or "num_student_steps" in cfg.loss.options,
          "loss.name='progressive_distillation' needs loss.options.num_student_steps (the student's steps; "
          "it matches two teacher DDIM steps in one)")
+    warmup_steps = dict(cfg.loss.options).get("warmup_steps", 0)
+    need(name == "consistency_continuous" or "warmup_steps" not in cfg.loss.options,
+         "loss.options.warmup_steps is sCM's tangent warm-up (loss.name='consistency_continuous')")
+    constant = "warmup" in cfg.loss.options
+    need(isinstance(warmup_steps, int) and warmup_steps >= 0 and not (warmup_steps and constant),
+         f"loss.options.warmup_steps must be an int >= 0 (r rises from 0 to 1 over them), and not given "
+         f"with a constant warmup; got warmup_steps={warmup_steps!r}, options={dict(cfg.loss.options)}")
     need(not dict(cfg.loss.options) or name in FEW_STEP_LOSSES,
          f"loss.options are options of a few-step loss {FEW_STEP_LOSSES}, not of {name!r}")
 
@@ -322,7 +330,16 @@ def build_few_step_loss(cfg, process):
             couplings_waypoint_times(cfg))  # fmt: skip
     if cfg.loss.name == "consistency_continuous":  # sCM: sCT, or sCD from teacher.workdir
         teacher = teacher_flow_velocity(cfg, process)[0] if cfg.teacher.workdir else None
-        return functools.partial(continuous_consistency_loss, process=process, teacher=teacher, **options)
+        warmup_steps = options.pop("warmup_steps", 0)
+        scm = functools.partial(continuous_consistency_loss, process=process, teacher=teacher, **options)
+        if not warmup_steps:
+            return scm
+
+        def scm_warmed_up(model, x0, key, *, step, **kwargs):  # r = min(step/warmup_steps, 1)
+            r = jnp.minimum(step.astype(jnp.float32) / warmup_steps, 1.0)
+            return scm(model, x0, key, warmup=r, **kwargs)
+
+        return uses_step(scm_warmed_up)
     if cfg.loss.name == "consistency_training":
         options.setdefault("num_levels", 41)
         return functools.partial(consistency_training_loss, process=process, **options)

@@ -84,7 +84,7 @@ def test_consistency_training_and_distillation_runs_load_as_consistency_models(t
     sampling."""
     cd = {"loss.name": "consistency_distillation", "loss.options": {"num_steps": 8, "solver": "heun"},
           "teacher.workdir": flow_run}
-    scd = {"loss.name": "consistency_continuous", "loss.options": {"warmup": 0.5},
+    scd = {"loss.name": "consistency_continuous", "loss.options": {"warmup_steps": 2},
            "teacher.workdir": flow_run, "model.noise_input": "trig", "loss.learned_weighting": True}
     for name, edits in (("ict", {}), ("cd", cd), ("scd", scd)):
         workdir = str(tmp_path / name)

@@ -85,6 +85,49 @@ def test_train_step_exact_sgd_update_ema_and_key():
     assert int(new.step) == 1 and bool(metrics["finite"]) and metrics["lr"] == np.float32(lr)
 
 
+def test_a_step_dependent_loss_sees_the_step_counter_under_one_compile():
+    """A loss marked with `uses_step` gets step=state.step (traced: one compiled step serves every
+    value), through `model_loss` too; an unmarked loss is called as before. The loss 0.5·min(k/4, 1)·‖w‖²
+    (a warm-up schedule) reports its value at k = 0, 1, …, 5 and the SGD update uses that weight."""
+    from flax import nnx
+
+    from diffjax.training import model_loss, takes_step, uses_step
+
+    def scheduled(params, batch, key, *, step):
+        return 0.5 * jnp.minimum(step / 4.0, 1.0) * jnp.sum(params["w"] ** 2)
+
+    assert takes_step(uses_step(scheduled)) and not takes_step(_noisy_quadratic)
+    tx = optax.sgd(0.1)
+    train_step = jax.jit(make_train_step(scheduled, tx, ema_decay=0.0))
+    state, w = create_train_state({"w": jnp.array([1.0, -2.0])}, tx, jax.random.key(0)), np.array([1.0, -2.0])
+    for k in range(6):
+        state, metrics = train_step(state, None)
+        r = min(k / 4.0, 1.0)
+        np.testing.assert_allclose(float(metrics["loss"]), 0.5 * r * np.sum(w**2), rtol=1e-6)
+        w = w - 0.1 * r * w
+        np.testing.assert_allclose(np.asarray(state.params["w"]), w, rtol=1e-6)
+    assert train_step._cache_size() == 1
+
+    class Scale(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.ones(()))
+
+        def __call__(self, x, t, labels=None, rngs=None):
+            return self.w * x
+
+    def recorded(model, x, key, *, step):
+        seen.append(step)
+        return jnp.sum(model(x, 0.5))
+
+    graphdef, params = nnx.split(Scale())
+    seen = []
+    fn = model_loss(graphdef, uses_step(recorded))
+    assert takes_step(fn)
+    make_train_step(fn, tx, ema_decay=0.0)(create_train_state(params, tx, jax.random.key(0)),
+                                           (jnp.ones((2, 1)), None))  # fmt: skip
+    assert int(seen[-1]) == 0
+
+
 def test_ema_warmup_decay_and_forgetting_of_the_initialisation():
     """d_k = min(d, (1 + k)/(10 + k)): 0.1 at step 0, d once (1 + k)/(10 + k) exceeds it; after
     381 steps the weight left on the initial parameters is Π d_k (≈ 2e-18 with warm-up at

@@ -14,6 +14,10 @@ Under `compile_train_step` with an fsdp mesh the loss sees the parameters gather
 
 If the loss or any gradient entry is NaN/Inf the whole state is returned unchanged (no update, no
 step increment, same key) and `metrics['finite']` is False; the training loop then stops.
+
+A loss that depends on the training step (a schedule inside the loss, e.g. sCM's tangent warm-up) is
+marked with `takes_step` (`uses_step(loss)`): `model_loss` and `make_train_step` then pass the
+step counter as `step=` (an int32 array, traced: one compiled step for the whole schedule).
 """
 
 from __future__ import annotations
@@ -53,6 +57,18 @@ def gathered(params: PyTree) -> PyTree:
     return jax.tree.map(lambda p: jax.lax.with_sharding_constraint(p, PartitionSpec()), params)
 
 
+def uses_step(loss: Callable) -> Callable:
+    """Mark `loss` (model, x, key, *, step, ...) as step-dependent: `model_loss` and `make_train_step`
+    pass it the training step counter. Returns `loss`."""
+    loss.takes_step = True
+    return loss
+
+
+def takes_step(fn: Callable) -> bool:
+    """Whether `fn` was marked by `uses_step` (or is a `model_loss` of such a loss)."""
+    return bool(getattr(fn, "takes_step", False))
+
+
 def model_loss(
     graphdef: nnx.GraphDef,
     loss: Callable[[Callable, jax.Array, jax.Array], jax.Array],
@@ -68,9 +84,10 @@ def model_loss(
     Ho & Salimans 2022). Unconditional networks ignore the labels. `wrap(network)` turns the network
     into the model the loss sees (e.g. `functools.partial(dj.precondition, process=p)`). A network
     bundled with a learned weighting (`diffjax.models.WithUncertainty`) trains it through the loss's
-    `log_uncertainty`."""
+    `log_uncertainty`. A step-dependent loss (`uses_step`) gets `step=` from `make_train_step`."""
+    with_step = takes_step(loss)
 
-    def loss_fn(params, batch, key):
+    def loss_fn(params, batch, key, step=None):
         x, labels = batch
         k_loss, k_dropout, k_label = jax.random.split(key, 3)
         if num_classes is None:
@@ -79,11 +96,12 @@ def model_loss(
             labels = drop_labels(k_label, labels, p_uncond, num_classes)
         network = nnx.merge(graphdef, params)
         model = BoundLabels(wrap(network) if wrap else network, labels, {"rngs": k_dropout})
+        kwargs = {"step": step} if with_step else {}
         if isinstance(network, WithUncertainty):  # EDM2's learned weighting, trained with the network
-            return loss(model, x, k_loss, log_uncertainty=network.uncertainty)
-        return loss(model, x, k_loss)
+            kwargs["log_uncertainty"] = network.uncertainty
+        return loss(model, x, k_loss, **kwargs)
 
-    return loss_fn
+    return uses_step(loss_fn) if with_step else loss_fn
 
 
 def make_train_step(
@@ -98,19 +116,23 @@ def make_train_step(
     """`train_step(state, batch) -> (state, metrics)`, pure and jit-able.
 
     `loss_fn(params, batch, key) -> scalar` is the mean loss over the (global) batch; `key` is a
-    typed PRNG key fresh for this step (split from `state.key`). metrics: 'loss', 'grad_norm'
+    typed PRNG key fresh for this step (split from `state.key`); a loss_fn marked by `uses_step` also
+    gets `step=state.step`. metrics: 'loss', 'grad_norm'
     (before clipping), 'finite' (bool) and, if `schedule` is given, 'lr' (rate of this step).
     Under `jax.jit` with a batch sharded over devices the gradient of the mean loss is the
     all-reduced (averaged) gradient of the per-device means; with fsdp-split parameters the loss sees
     them gathered and the optimizer updates the shards: see `diffjax.training.parallel`.
     posthoc_sigma_rels: widths of the power-function EMAs in `state.posthoc` (post-hoc EMA, EDM2)."""
     gammas = tuple(sigma_rel_to_gamma(s) for s in posthoc_sigma_rels)
+    with_step = takes_step(loss_fn)
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}.")
 
     def train_step(state: TrainState, batch: Batch):
         key, step_key = jax.random.split(jax.random.wrap_key_data(state.key))
-        loss, grads = jax.value_and_grad(lambda p: loss_fn(gathered(p), batch, step_key))(state.params)
+        extra = {"step": state.step} if with_step else {}  # a step-dependent loss (`uses_step`)
+        value_and_grad = jax.value_and_grad(lambda p: loss_fn(gathered(p), batch, step_key, **extra))
+        loss, grads = value_and_grad(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = jnp.asarray(ema_decay, jnp.float32)

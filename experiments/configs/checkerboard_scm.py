@@ -16,5 +16,6 @@ def get_config():
     c.model.noise_input = "trig"  # TrigFlow's τ ∈ [0, π/2] as the noise input (sCM)
     c.model.kwargs.update(time_scale=100.0)  # features of 100·τ (experiments.fewstep: 250 and 600 worse)
     c.loss.name = "consistency_continuous"
-    c.loss.options = dict(tangent_c=0.1)  # warm-up r constant here (options.warmup); schedules: see the loss
+    c.loss.options = dict(warmup_steps=4500)  # r: 0 → 1 over ¾ of the run (experiments.fewstep: essential)
+    c.loss.learned_weighting = True  # sCM's adaptive weighting u(λ)
     return c
