@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from conftest import x64
 from samplers_util import fitted_order, mixture_2d
+from test_consistency import _mlp as _network
+from test_consistency import _mlp_params
 
 import diffjax as dj
 from diffjax.consistency import ConsistencyModel, continuous_consistency_loss, trig_time
@@ -17,19 +19,6 @@ from diffjax.losses import constant_time
 from diffjax.preconditioning import edm_scalings
 
 PROCESSES = {"condot": dj.CondOTPath, "vp": dj.VPSDE, "cosine": dj.CosinePath}
-
-
-def _params(key, dim=2, width=32, dtype=jnp.float64):
-    k1, k2, k3 = jax.random.split(key, 3)
-    return {"w1": jax.random.normal(k1, (dim, width), dtype) / np.sqrt(dim),
-            "wt": jax.random.normal(k2, (width,), dtype),
-            "b1": jnp.zeros((width,), dtype),
-            "w2": jax.random.normal(k3, (width, dim), dtype) / np.sqrt(width)}  # fmt: skip
-
-
-def _network(params, x, c_noise):
-    """A raw network F(x_in, c_noise) (plain JAX)."""
-    return jnp.tanh(x @ params["w1"] + c_noise[:, None] * params["wt"] + params["b1"]) @ params["w2"]
 
 
 @pytest.mark.parametrize("name", ["condot", "vp"])
@@ -104,7 +93,7 @@ def test_loss_is_scms_formula_in_trigflow_coordinates(name, r, distil, noise_inp
         process, mix = PROCESSES[name](), mixture_2d()
         sd = 2.0
         x0 = mix.sample(jax.random.key(0), 64)[0].astype(jnp.float64)
-        params = _params(jax.random.key(2))
+        params = _mlp_params(jax.random.key(2), dtype=jnp.float64)
         teacher = mix.model(process, "x0") if distil else None
         key = jax.random.key(5)
 
