@@ -160,10 +160,21 @@ def _check_batch(x0: Array, owner: str) -> None:
         raise ValueError(f"{owner}: x0 must be floating point, got {x0.dtype}; scale the data first.")
 
 
+def _model_attribute(model, name: str):
+    """`name` of the model, looked up through label bindings (`BoundLabels`, as the training step wraps
+    every network), or None."""
+    from diffjax.losses import BoundLabels
+
+    while isinstance(model, BoundLabels):
+        model = model.model
+    return getattr(model, name, None)
+
+
 def _model_t_min(model, process: GaussianProcess) -> float:
-    """The boundary time of a `ConsistencyModel` (or of a wrapper exposing `t_min`); other callables
-    (an exact consistency function) have theirs at the process's default data end."""
-    t_min = getattr(model, "t_min", None)
+    """The boundary time of a `ConsistencyModel` (also inside `BoundLabels`, or any wrapper exposing
+    `t_min`); other callables (an exact consistency function) have theirs at the process's default
+    data end."""
+    t_min = _model_attribute(model, "t_min")
     return process.data_end() if t_min is None else float(t_min)
 
 
@@ -473,7 +484,8 @@ def continuous_consistency_loss(
     Distillation: v and x̂0 are the teacher's probability flow at (x_t, t) (one evaluation).
 
     model: a callable f(x, t) (`ConsistencyModel`, labels bound or not, or an exact consistency
-    function). sigma_data: σ_d of TrigFlow's coordinates (default: the model's, else 0.5).
+    function). sigma_data: σ_d of TrigFlow's coordinates (default: the model's, also through
+    `BoundLabels`, else 0.5).
     time_sampler(key, n) -> t on the process's axis; default sCM's τ = arctan(e^ξ/0.5), ξ ~ N(p_mean,
     p_std²) (their CIFAR-10 values −1.0, 1.4; written for σ_d = 0.5): ln σ̃ = ln(σ_d/0.5) + ξ, the
     same law of τ for any σ_d, mapped to t over the model's interval. warmup: r (a float, or traced:
@@ -483,7 +495,9 @@ def continuous_consistency_loss(
 
     owner = "continuous_consistency_loss"
     _check_batch(x0, owner)
-    sd = float(getattr(model, "sigma_data", 0.5) if sigma_data is None else sigma_data)
+    if sigma_data is None:
+        sigma_data = _model_attribute(model, "sigma_data") or 0.5
+    sd = float(sigma_data)
     if not sd > 0:
         raise ValueError(f"{owner}: sigma_data must be > 0, got {sd}.")
     if not p_std > 0:

@@ -184,6 +184,24 @@ def test_training_has_the_distillation_gradient_on_average():
             assert diff.std() > 10 * 4 * se, (r, diff.std(), se)
 
 
+def test_a_label_bound_model_keeps_its_sigma_data_and_boundary():
+    """The training step hands the loss `BoundLabels(ConsistencyModel(...))`: σ_d (TrigFlow's scale and
+    the default time law) and t_min are read through the binding, so the loss equals the one of the
+    bare model (σ_d = 2, VP with t_eps = 0.01: neither is the default)."""
+    from diffjax.losses import BoundLabels
+
+    process, mix = dj.VPSDE(), mixture_2d()
+    x0 = mix.sample(jax.random.key(0), 64)[0]
+    params = _mlp_params(jax.random.key(2))
+    net = jax.tree_util.Partial(lambda p, x, c, labels=None: _network(p, x, c), params)
+    model = ConsistencyModel(net, process, sigma_data=2.0, t_eps=0.01)
+    bare = continuous_consistency_loss(model, x0, jax.random.key(4), process=process)
+    bound = continuous_consistency_loss(BoundLabels(model, None), x0, jax.random.key(4), process=process)
+    default = continuous_consistency_loss(model, x0, jax.random.key(4), process=process, sigma_data=0.5)
+    np.testing.assert_allclose(float(bound), float(bare), rtol=1e-6)
+    assert abs(float(default) - float(bare)) > 1e-3 * float(bare)  # σ_d matters: the test can fail
+
+
 def test_bad_inputs_raise_before_any_evaluation():
     """Each bad argument is refused with a message naming it, before the model is called."""
     process, mix = dj.CondOTPath(), mixture_2d()
