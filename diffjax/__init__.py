@@ -24,6 +24,7 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that was not in
 
 from diffjax.consistency import (
     ConsistencyModel,
+    DDIMConsistencyModel,
     consistency_distillation_loss,
     consistency_training_loss,
     continuous_consistency_loss,
@@ -170,7 +171,8 @@ __all__ = [
     "cfgpp_sample", "guidance_interval",
     "uniform_time", "variational_bound",
     "AverageVelocityMap", "InstantaneousVelocity", "flow_map_sample", "solve_flow_map",
-    "progressive_distillation_loss", "ConsistencyModel", "consistency_distillation_loss",
+    "progressive_distillation_loss", "ConsistencyModel", "DDIMConsistencyModel",
+    "consistency_distillation_loss",
     "consistency_training_loss", "continuous_consistency_loss", "ict_noise_levels", "ict_num_levels",
     "Couplings", "load_couplings",
     "make_couplings", "average_velocity_and_derivative", "meanflow_loss", "meanflow_times",

@@ -130,6 +130,56 @@ class ConsistencyModel:
         return (expand(s.skip, x) * x + expand(s.out, x) * raw).astype(x.dtype)
 
 
+@pytree_dataclass(eq=False)
+class DDIMConsistencyModel:
+    """f(x, t) = α(t_min)·x̂0 + σ(t_min)·ε̂: the one-step DDIM jump to t_min of an ordinary diffusion
+    or flow network (x, t, *args) -> `prediction` on `process`, (x̂0, ε̂) its prediction converted
+    exactly (`diffjax.parameterization`).
+
+    The boundary condition holds for any network: x = α x̂0 + σ ε̂ at every t, so f(x, t_min) = x
+    (enforced bit-exactly where t = t_min). A network trained by diffusion or flow matching therefore
+    starts a consistency model as its own one-step sampler (`train.init_from`): sCM's recipe (Lu & Song
+    2024), whose TrigFlow parameterisation f = cos τ·x_τ − σ_d sin τ·F_θ(x_τ/σ_d, τ) is this one for a
+    velocity network, F_θ = (dx_τ/dτ)/σ_d; with σ(t_min) = 0 (flow paths) f = x̂0. At that start the
+    warm-up end (r = 0) of `continuous_consistency_loss` distilling the same network is stationary
+    (g ∝ h − x̂0 = 0). sigma_data: σ_d of the losses' TrigFlow time (`trig_time`); t_eps as for
+    `ConsistencyModel`."""
+
+    network: Any
+    process: GaussianProcess
+    prediction: str = static_field(default="velocity")
+    sigma_data: float = static_field(default=0.5)
+    t_eps: float | None = static_field(default=None)
+
+    def __post_init__(self):
+        from diffjax.parameterization import check_prediction
+
+        check_prediction(self.prediction)
+        if not self.sigma_data > 0:
+            raise ValueError(
+                f"DDIMConsistencyModel: sigma_data must be > 0 (the data's std), got {self.sigma_data}."
+            )
+        self.process.data_end(self.t_eps)  # raises on a bad t_eps
+
+    @property
+    def t_min(self) -> float:
+        """The boundary time, where f(x, t_min) = x: the data end moved by t_eps."""
+        return self.process.data_end(self.t_eps)
+
+    def __call__(self, x: Array, t: ArrayLike, *args, **kwargs) -> Array:
+        from diffjax.parameterization import to_x0_eps
+
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        out = self.network(x, t, *args, **kwargs)
+        check_model_output(out, x, "DDIMConsistencyModel")
+        x0, eps = to_x0_eps(out, self.prediction, x, self.process.coefficients(t))
+        end = self.process.coefficients(jnp.asarray(self.t_min, x.dtype))
+        f = end.alpha * x0
+        if not (is_concrete(end.sigma) and float(end.sigma) == 0.0):  # σ(t_min) = 0 (a flow's data
+            f = f + end.sigma * eps  # end): ε̂ is not needed, nor finite there for an x0-network
+        return jnp.where(expand(t == self.t_min, x), x, f).astype(x.dtype)
+
+
 # -- distances -------------------------------------------------------------------------------
 def _check_distance(distance: str, huber_c: float | None, owner: str) -> None:
     if distance not in DISTANCES:
@@ -549,7 +599,8 @@ def continuous_consistency_loss(
 
 
 __all__ = [
-    "DISTANCES", "ConsistencyModel", "ConsistencyScalings", "NoiseLevels", "consistency_distance",
+    "DISTANCES", "ConsistencyModel", "ConsistencyScalings", "DDIMConsistencyModel", "NoiseLevels",
+    "consistency_distance",
     "consistency_distillation_loss", "consistency_training_loss", "continuous_consistency_loss",
     "ict_noise_levels", "ict_num_levels", "inverse_gap_weighting", "sigma_tilde", "solver_step", "trig_time",
 ]  # fmt: skip

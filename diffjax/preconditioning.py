@@ -87,14 +87,16 @@ def precondition(network, process: GaussianProcess, sigma_data: float = 0.5) -> 
     return Preconditioned(network, process, float(sigma_data))
 
 
-PRECONDITIONINGS = ("none", "edm", "consistency")
+PRECONDITIONINGS = ("none", "edm", "consistency", "ddim_consistency")
 
 
 def apply_preconditioning(network, process: GaussianProcess, spec: dict | None):
     """The model a run record's model entry `preconditioning` describes: `network` itself for None
     or {'kind': 'none'}, `precondition(network, process, sigma_data)` for {'kind': 'edm', 'sigma_data'},
     the consistency model `diffjax.consistency.ConsistencyModel(network, process, sigma_data)` for
-    {'kind': 'consistency', 'sigma_data'}."""
+    {'kind': 'consistency', 'sigma_data'}, and `diffjax.consistency.DDIMConsistencyModel(network, process,
+    network.prediction, sigma_data)` (the network's own one-step DDIM jump) for {'kind':
+    'ddim_consistency', 'sigma_data'}."""
     spec = dict(spec or {"kind": "none"})
     kind = spec.pop("kind", "none")
     if kind == "none":
@@ -103,6 +105,11 @@ def apply_preconditioning(network, process: GaussianProcess, spec: dict | None):
         from diffjax.consistency import ConsistencyModel
 
         return ConsistencyModel(network, process, **spec)
+    if kind == "ddim_consistency":
+        from diffjax.consistency import DDIMConsistencyModel
+        from diffjax.flow import model_prediction
+
+        return DDIMConsistencyModel(network, process, model_prediction(network), **spec)
     if kind != "edm":
         raise ValueError(f"Unknown preconditioning {kind!r}; choose one of {PRECONDITIONINGS}.")
     return precondition(network, process, **spec)

@@ -40,6 +40,7 @@ FEW_STEP_LOSSES = ("meanflow", "shortcut", "consistency_training", "consistency_
                    "consistency_continuous", "progressive_distillation", *PAIR_LOSSES)
 TEACHER_OPTIONAL = ("meanflow", "shortcut", "consistency_continuous")  # distil with teacher.workdir, or not
 NEEDS_TEACHER = ("consistency_distillation", "progressive_distillation")
+CONSISTENCY_MODELS = ("consistency", "ddim_consistency")  # the preconditionings that make f(x, t)
 FREE_FORM = {"model.kwargs", "process.kwargs", "loss.time_kwargs", "loss.weighting_kwargs", "sample.options",
              "loss.options"}
 
@@ -196,7 +197,7 @@ def validate_config(cfg) -> None:
          f"loss.weighting {cfg.loss.weighting!r} is not one of {tuple(WEIGHTINGS)}")
     need(cfg.model.preconditioning in PRECONDITIONINGS,
          f"model.preconditioning {cfg.model.preconditioning!r} is not one of {PRECONDITIONINGS}")
-    need(cfg.model.preconditioning in ("none", "consistency") or cfg.model.prediction == "x0",
+    need(cfg.model.preconditioning in ("none", *CONSISTENCY_MODELS) or cfg.model.prediction == "x0",
          f"model.preconditioning={cfg.model.preconditioning!r} makes the network a denoiser: set "
          f"model.prediction='x0' (got {cfg.model.prediction!r})")
     noise_input = cfg.model.get("noise_input", "log_sigma")
@@ -263,8 +264,8 @@ def few_step_checks(cfg, need) -> None:
          f"loss.name in {PAIR_LOSSES} trains on data.couplings (a .npz of experiments.sample --couplings) "
          f"and only they do; got loss.name={name!r}, data.couplings={couplings_file(cfg)!r}")
     consistency = name.startswith("consistency_")
-    need(consistency == (precond == "consistency"),
-         "consistency losses and model.preconditioning='consistency' go together (got loss.name="
+    need(consistency == (precond in CONSISTENCY_MODELS),
+         f"consistency losses and model.preconditioning in {CONSISTENCY_MODELS} go together (got loss.name="
          f"{name!r}, model.preconditioning={precond!r})")
     need(consistency == (sampler == "consistency"),
          f"a consistency model samples with sample.sampler='consistency' (got {sampler!r} for "

@@ -225,3 +225,88 @@ def test_bad_inputs_raise_before_any_evaluation():
     with pytest.raises(ValueError, match="floating"):
         continuous_consistency_loss(model, jnp.ones((8, 2), jnp.int32), jax.random.key(0), process=process)
     assert not calls
+
+
+def _velocity_network(params):
+    """An ordinary (untrained) velocity network v(x, t) in plain JAX."""
+    return jax.tree_util.Partial(lambda p, x, t: _network(p, x, t), params)
+
+
+@pytest.mark.parametrize("name", ["condot", "vp", "cosine"])
+def test_ddim_consistency_model_is_trigflows_parameterisation_of_a_velocity_network(name):
+    """`DDIMConsistencyModel` of a velocity network v is sCM's f = cos τ·x_τ − σ_d sin τ·F with F the
+    TrigFlow velocity (dx_τ/dτ)/σ_d of the same network, computed here independently: along the flow
+    x_τ = k(t)·x_t with k = σ_d/√(σ² + α²σ_d²), so dx_τ/dt = k'·x_t + k·v (k' by autodiff) and
+    dx_τ/dτ = (dx_τ/dt)/(dτ/dt). The identity holds for any network (random weights; σ_d = 0.7, t_eps =
+    0 so σ(t_min) = 0, float64); f(x, t_min) = x bit for bit; a network of another prediction type
+    (the same function converted to ε) gives the same f."""
+    with x64():
+        process, sd = PROCESSES[name](), 0.7
+        net = _velocity_network(_mlp_params(jax.random.key(3), dtype=jnp.float64))
+        model = dj.DDIMConsistencyModel(net, process, "velocity", sigma_data=sd, t_eps=0.0)
+        x = jax.random.normal(jax.random.key(4), (64, 2), jnp.float64)
+        u = jax.random.uniform(jax.random.key(5), (64,), jnp.float64, 0.05, 0.95)
+        t = process.t_data + u * (process.t_noise - process.t_data)
+
+        def k(tt):
+            c = process.coefficients(tt)
+            return sd / jnp.sqrt(c.sigma**2 + (sd * c.alpha) ** 2)
+
+        kt, dk = jax.vmap(jax.value_and_grad(k))(t)
+        dtau_dt = jax.vmap(jax.grad(lambda tt: trig_time(process, tt, sd)))(t)
+        x_tau, tau = kt[:, None] * x, trig_time(process, t, sd)
+        big_f = (dk[:, None] * x + kt[:, None] * net(x, t)) / dtau_dt[:, None] / sd
+        trigflow = jnp.cos(tau)[:, None] * x_tau - sd * jnp.sin(tau)[:, None] * big_f
+        np.testing.assert_allclose(np.asarray(model(x, t)), np.asarray(trigflow), rtol=1e-10, atol=1e-10)
+        eps_net = dj.as_prediction(net, process, "velocity", "eps")
+        as_eps = dj.DDIMConsistencyModel(eps_net, process, "eps", sigma_data=sd, t_eps=0.0)
+        np.testing.assert_allclose(np.asarray(as_eps(x, t)), np.asarray(trigflow), rtol=1e-9, atol=1e-9)
+        assert np.array_equal(np.asarray(model(x, model.t_min)), np.asarray(x))
+
+
+def test_ddim_consistency_model_boundary_with_sigma_min_above_zero():
+    """On VP with t_eps = 1e-3 (σ(t_min) > 0) f = α_min x̂0 + σ_min ε̂ keeps both terms: f(x, t_min) = x
+    bit for bit, and next to it f moves off x at the rate of the DDIM jump (|f − x| = O(t − t_min))."""
+    process = dj.VPSDE()
+    net = _velocity_network(_mlp_params(jax.random.key(3)))
+    model = dj.DDIMConsistencyModel(net, process, "velocity", t_eps=1e-3)
+    x = jax.random.normal(jax.random.key(4), (32, 2))
+    assert np.array_equal(np.asarray(model(x, model.t_min)), np.asarray(x))
+    gaps = [float(jnp.max(jnp.abs(model(x, model.t_min + d) - x))) for d in (1e-2, 1e-3)]
+    assert 5.0 < gaps[0] / gaps[1] < 20.0, gaps  # first order in t − t_min
+
+
+def test_ddim_consistency_start_is_stationary_for_the_warm_up_and_moves_with_the_tangent():
+    """sCM starts the student at the teacher's weights: read through `DDIMConsistencyModel` the
+    teacher's network is its own one-step jump, h = x̂0, so sCD's warm-up end (r = 0: g ∝ h − x̂0) has
+    zero gradient there, while the consistency tangent (r = 1) moves it (the test can fail)."""
+    process, mix = dj.CondOTPath(), mixture_2d()
+    x0 = mix.sample(jax.random.key(0), 256)[0]
+    params = _mlp_params(jax.random.key(2))
+    teacher = _velocity_network(params)
+
+    def grad_norm(r):
+        def loss(p):
+            student = dj.DDIMConsistencyModel(_velocity_network(p), process, "velocity", sigma_data=0.5)
+            return continuous_consistency_loss(student, x0, jax.random.key(1), process=process,
+                                               teacher=teacher, prediction="velocity", warmup=r)  # fmt: skip
+
+        g = jax.grad(loss)(params)
+        return float(jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree_util.tree_leaves(g))))
+
+    at_start, tangent = grad_norm(0.0), grad_norm(1.0)
+    assert tangent > 1e-3, tangent
+    assert at_start <= 1e-6 * tangent, (at_start, tangent)
+
+
+def test_ddim_consistency_model_refuses_bad_arguments():
+    net = _velocity_network(_mlp_params(jax.random.key(3)))
+    with pytest.raises(ValueError, match="prediction"):
+        dj.DDIMConsistencyModel(net, dj.CondOTPath(), "noise")
+    with pytest.raises(ValueError, match="sigma_data"):
+        dj.DDIMConsistencyModel(net, dj.CondOTPath(), "velocity", sigma_data=0.0)
+    with pytest.raises(ValueError, match="t_eps"):
+        dj.DDIMConsistencyModel(net, dj.CondOTPath(), "velocity", t_eps=2.0)
+    model = dj.DDIMConsistencyModel(jax.tree_util.Partial(lambda x, t: x[:, :1]), dj.CondOTPath())
+    with pytest.raises(ValueError, match="shape"):
+        model(jnp.ones((4, 2)), 0.5)

@@ -101,6 +101,29 @@ def test_consistency_training_and_distillation_runs_load_as_consistency_models(t
     assert "(3 evaluations per sample)" in out
 
 
+def test_scd_fine_tunes_the_teachers_own_network_read_as_its_one_step_jump(tmp_path, flow_run):
+    """sCM's recipe through the config: model.preconditioning='ddim_consistency' reads the flow run's
+    velocity network (train.init_from, also the teacher) as f = x̂0, so the run starts as the teacher's
+    one-step sampler; it loads as that consistency model and samples in jumps. A trig noise input
+    (a `ConsistencyModel` input) is refused for it before any work."""
+    from diffjax.consistency import DDIMConsistencyModel
+
+    edits = {"model.preconditioning": "ddim_consistency", "loss.name": "consistency_continuous",
+             "loss.options": {"warmup_steps": 2}, "teacher.workdir": flow_run, "train.init_from": flow_run,
+             "sample.sampler": "consistency", "sample.num_steps": 1}  # fmt: skip
+    workdir = str(tmp_path / "scd")
+    summary = train_and_evaluate(tiny(checkerboard_fm, **edits), workdir)
+    assert summary["nfe"] == 1 and np.isfinite(summary["loss"])
+    model = dj.load_model(workdir).model
+    assert isinstance(model, DDIMConsistencyModel) and model.prediction == "velocity"
+    x = np.random.default_rng(0).standard_normal((4, 2)).astype(np.float32)
+    assert np.array_equal(np.asarray(model(x, model.t_min)), x)
+    with pytest.raises(ConfigError, match="noise_input"):
+        validate_config(tiny(checkerboard_fm, **edits, **{"model.noise_input": "trig"}))
+    out = run("sample", "--workdir", workdir, "--sampler", "consistency", "--steps", "2", "--num", "8")
+    assert "(2 evaluations per sample)" in out
+
+
 def test_progressive_distillation_round_from_a_flow_run(tmp_path, flow_run):
     """One round of progressive distillation through the config: the student starts as the teacher
     (init_from), learns two teacher DDIM steps in one, and samples with its halved DDIM grid."""

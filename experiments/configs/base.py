@@ -42,10 +42,12 @@ def get_config():
     # num_levels, distance, sigma_max, ...) | consistency_distillation (needs teacher.workdir; options
     # num_steps (the grid), solver, distance) | consistency_continuous (sCM, Lu & Song 2024: sCT, or sCD
     # with teacher.workdir; options p_mean, p_std, warmup, tangent_c); the consistency losses need
-    # model.preconditioning='consistency') | progressive_distillation (needs teacher.workdir and
-    # options.num_student_steps, weighting; sample with 'ddim') | reflow (flow matching on data.couplings,
-    # Liu et al.; weighting and time as for cfm) | pair_distillation (k-step distillation of the couplings
-    # into a two-time network; options num_steps, grid). Two-time networks sample with 'flow_map'.
+    # model.preconditioning='consistency', or 'ddim_consistency': an ordinary network's one-step DDIM
+    # jump, which a trained diffusion/flow network starts with train.init_from) | progressive_distillation
+    # (needs teacher.workdir and options.num_student_steps, weighting; sample with 'ddim') | reflow (flow
+    # matching on data.couplings, Liu et al.; weighting and time as for cfm) | pair_distillation (k-step
+    # distillation of the couplings into a two-time network; options num_steps, grid). Two-time networks
+    # sample with 'flow_map'.
     c.loss = dict(name="cfm", weighting="none", weighting_kwargs={}, time="uniform", time_kwargs={},
                   t_eps=0.0, learned_weighting=False, options={})
     # teacher.workdir: a finished run (or 'pretrained:NAME') whose EMA model a distillation loss follows

@@ -9,7 +9,13 @@ or, without a teacher, improved consistency training (iCT, Song & Dhariwal 2023)
         --workdir outputs/mnist_ict --config.data.data_dir=../shared/data/mnist
 
 Variants 'scd' and 'sct': continuous-time consistency distillation / training (sCM, Lu & Song 2024,
-`continuous_consistency_loss`), the teacher 'outputs/mnist_fm' for 'scd' as for 'cd'.
+`continuous_consistency_loss`). 'scd' follows sCM's recipe: the student is the shipped flow-matching
+network itself (`pretrained:mnist_fm`, also the teacher), read as its own one-step DDIM jump
+(model.preconditioning='ddim_consistency': f = x̂0, TrigFlow's parameterisation of a velocity network), so
+it starts as the teacher's one-step sampler and the tangent warm-up moves it from there:
+
+    python -m experiments.train --config experiments/configs/mnist_consistency.py:scd \
+        --workdir outputs/mnist_scd --config.data.data_dir=../shared/data/mnist
 
 The network F sits inside Song et al.'s c_skip/c_out (f(x, t_data) = x exactly) with σ_d = 0.96 (the
 RMS of MNIST pixels in [−1, 1]); samples come from multistep consistency sampling.
@@ -18,6 +24,7 @@ RMS of MNIST pixels in [−1, 1]); samples come from multistep consistency sampl
 from experiments.configs import mnist_ddpm, mnist_fm
 
 SIGMA_DATA = 0.96
+STEPS, WARMUP = 800, 400  # sCD fine-tune: steps, and those over which the tangent warm-up r rises to 1
 
 
 def get_config(variant: str = "cd"):
@@ -30,9 +37,15 @@ def get_config(variant: str = "cd"):
         c.loss.update(name="consistency_distillation", options=dict(num_steps=18, solver="heun",
                                                                     distance="l2"))  # fmt: skip
         c.teacher.workdir = "outputs/mnist_fm"
-    elif variant in ("scd", "sct"):  # continuous time (sCM): the tangent of f by one jax.jvp per step
+    elif variant == "sct":  # continuous time (sCM): the tangent of f by one jax.jvp per step
+        c.model.update(noise_input="trig", kwargs=mnist_ddpm.unet_kwargs(time_scale=100.0))
         c.loss.update(name="consistency_continuous", options=dict(tangent_c=0.1))
-        c.teacher.workdir = "outputs/mnist_fm" if variant == "scd" else ""
+    elif variant == "scd":  # the teacher's network as its own one-step jump, fine-tuned by sCD
+        c.model.update(prediction="velocity", preconditioning="ddim_consistency",
+                       kwargs=mnist_fm.get_config().model.kwargs)  # fmt: skip
+        c.loss.update(name="consistency_continuous", options=dict(tangent_c=0.1, warmup_steps=WARMUP))
+        c.teacher.workdir = c.train.init_from = "pretrained:mnist_fm"
+        c.train.update(num_steps=STEPS, batch_size=64, learning_rate=1e-4, warmup_steps=0, ema_decay=0.99)
     else:
         raise ValueError(f"mnist_consistency: variant must be 'cd', 'ict', 'scd' or 'sct', got {variant!r}.")
     c.train.update(checkpoint_every=250, sample_every=0)
