@@ -2,8 +2,8 @@
 distillation trained for 30 steps and scored on 256 noise draws (one evaluation, then multistep
 consistency sampling with the implied noise) writes rows of the one format, the
 table reads them back, and the exact consistency function run through the same samplers and metric
-scores 0 at one evaluation; continuous-time consistency training (sCT, with its warm-up) runs through
-the same loop (the pipeline check: the metric compares like with like)."""
+scores 0 at one evaluation; continuous-time consistency training (sCT, with its warm-up) and sCM's
+recipe (a trained flow distilled into its own one-step jump) run through the same loop (the pipeline check: the metric compares like with like)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_consistency_pipeline_writes_rows_and_the_exact_map_scores_zero(tmp_path
     log_p = np.asarray(jax.jit(problem.mixture.log_prob)(problem.reference))
     assert abs(exact["log_p_gap"]) < 5 * log_p.std() / 2 / np.sqrt(log_p.size)  # 5 standard errors (≈ 0.03)
 
-    rows = consistency.run(problem, num_steps=30, batch_size=128, methods=("cd", "sct"),
+    rows = consistency.run(problem, num_steps=30, batch_size=128, methods=("cd", "sct", "scd_flow"),
                            modes=("implied noise",), scm_warmup=0.5)  # sCT's warm-up factor: a float32
     path = str(tmp_path / "results.jsonl")
     common.append_rows(rows, path)
@@ -32,9 +32,11 @@ def test_consistency_pipeline_writes_rows_and_the_exact_map_scores_zero(tmp_path
         assert r["problem"] == "ring2d" and r["process"] == "condot" and r["nfe"] in common.NFES
         assert np.isfinite([r["median"], r["rmse"], r["log_p_gap"]]).all()
     cd = [r for r in back if r["method"] == "consistency"]
-    variants = ["CD (Heun, N=18, l2), implied noise", "sCT, warm-up 0.5, adaptive weight, implied noise"]
+    variants = ["CD (Heun, N=18, l2), implied noise", "flow network's own jump (sCD's start), implied noise",
+                "sCD from and by a trained flow, warm-up 0.5, adaptive weight, implied noise",
+                "sCT, warm-up 0.5, adaptive weight, implied noise"]
     assert sorted((r["variant"], r["nfe"]) for r in cd) == [(v, k) for v in variants for k in common.NFES]
-    assert all(r["train_steps"] == 30 and r["train_wall_s"] > 0 for r in cd)
+    assert all(r["train_steps"] in (30, 60) and r["train_wall_s"] > 0 for r in cd)
     assert all(r["median"] > 0.01 for r in cd)  # 30 steps do not learn the map
     oracle = {(r["variant"], r["nfe"]): r for r in back if r["method"] == "oracle"}
     assert oracle[("exact f*, implied noise", 1)]["median"] == 0.0

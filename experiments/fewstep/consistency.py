@@ -3,7 +3,7 @@ improved consistency training from scratch (iCT, CondOT) and continuous-time con
 distillation / training (sCD / sCT, both processes), sampled in 1, 2 and 4 evaluations.
 
     python -m experiments.fewstep.consistency [--num_steps 4000] [--ict_steps 8000] [--process condot|vp]
-        [--methods cd,ict,scd,sct] [--seed 0]
+        [--methods cd,ict,scd,sct,scd_flow] [--seed 0]
 
 CD   `consistency_distillation_loss`: one Heun step of the exact teacher between neighbours of the EDM
      grid with N = 18 steps (ρ = 7 in σ̃ = σ/α, reversed: data end → noise end), l2 distance,
@@ -24,6 +24,10 @@ sCD  `continuous_consistency_loss` with the exact teacher (sCM, Lu & Song 2024: 
      (`WithUncertainty`; at 2e-3 it lowered the mean 2-step error but did not stop the collapses).
      Sampled from z at t_noise.
 sCT  the same without a teacher (conditional velocity, x̂0 = x0).
+sCD from a trained flow (`--methods scd_flow`): sCM's recipe — a velocity network trained by flow
+     matching (num_steps, adam 2e-3) is the teacher and, read as its own one-step DDIM jump
+     (`DDIMConsistencyModel`: f = x̂0, TrigFlow's parameterisation of a velocity network), the student's
+     start; then sCD as above. Rows for the start itself ('flow network's own jump') and the student.
 
 CD and iCT train a `ConsistencyModel` around `common.make_network(prediction='x0', time_scale=250)`
 (σ_d = the ring's std per dimension) and evaluate the EMA parameters. Sampling: one evaluation
@@ -52,6 +56,7 @@ from flax import nnx
 import diffjax as dj
 from diffjax.consistency import (
     ConsistencyModel,
+    DDIMConsistencyModel,
     consistency_distillation_loss,
     consistency_training_loss,
     continuous_consistency_loss,
@@ -64,6 +69,7 @@ from experiments.fewstep import common
 
 MAX_LEVELS = 1281  # iCT's s1 + 1
 CD_GRID_STEPS = 18
+METHODS = ("cd", "ict", "scd", "sct", "scd_flow")
 SCM_TIME_SCALE = 100.0  # features of 100·τ: sCT 1-step medians 0.69/0.73/0.58/4.0 at 10/30/100/600
 
 
@@ -116,17 +122,21 @@ def consistency_rows(f, problem: common.Problem, method: str, name: str, x_start
 
 def train_consistency(loss, problem: common.Problem, *, num_steps: int, seed: int, lr: float, batch_size: int,
                       levels_at=None, t_eps: float | None = None, time_scale: float = 250.0,
-                      noise_input: str = "log_sigma", adaptive: bool = False):  # fmt: skip
+                      noise_input: str = "log_sigma", adaptive: bool = False,
+                      start: nnx.Module | None = None):  # fmt: skip
     """Train ConsistencyModel(network, t_eps) on loss(model, x0, key[, level]) (level: iCT's number
     of levels or sCM's warm-up factor, from levels_at(step)); adaptive: the network carries a learned
-    weighting u(λ) (`WithUncertainty`) passed to the loss as log_uncertainty. Returns (EMA model,
-    losses, wall time in s)."""
+    weighting u(λ) (`WithUncertainty`) passed to the loss as log_uncertainty; start: a trained velocity
+    network to fine-tune as its own one-step jump (`DDIMConsistencyModel`) in place of a fresh
+    x0-network. Returns (EMA model, losses, wall time in s)."""
     process, sigma_data = problem.process, problem.sigma_data
-    network = common.make_network(seed, prediction="x0", time_scale=time_scale)
+    network = common.make_network(seed, prediction="x0", time_scale=time_scale) if start is None else start
     if adaptive:
         network = WithUncertainty(network, rngs=nnx.Rngs(seed))
 
     def wrap(net):
+        if start is not None:
+            return DDIMConsistencyModel(net, process, "velocity", sigma_data, t_eps=t_eps)
         return ConsistencyModel(net, process, sigma_data, t_eps=t_eps, noise_input=noise_input)
 
     def model_loss(net, batch, key):
@@ -142,16 +152,18 @@ def train_consistency(loss, problem: common.Problem, *, num_steps: int, seed: in
 
 def train_scm(problem: common.Problem, *, distil: bool, num_steps: int, seed: int, lr: float, batch_size: int,
               warmup_steps: int = 0, tangent_c: float | None = None, time_scale: float = SCM_TIME_SCALE,
-              noise_input: str = "trig", adaptive: bool = True):  # fmt: skip
+              noise_input: str = "trig", adaptive: bool = True, flow: nnx.Module | None = None):  # fmt: skip
     """sCT (distil=False) or sCD from the exact teacher: `continuous_consistency_loss` on a
     ConsistencyModel with its boundary at σ̃ = 0 (t_eps = 0: TrigFlow's parameterisation) and TrigFlow's
     τ as the network's noise input, the warm-up factor r rising linearly from 0 to 1 over
     warmup_steps (0: r = 1 throughout); tangent_c None: sCM's 0.1 in units of σ_d/0.5; adaptive: sCM's
-    learned weighting (EDM2's u(λ), `diffjax.models.WithUncertainty`)."""
+    learned weighting (EDM2's u(λ), `diffjax.models.WithUncertainty`). flow: sCM's recipe instead — a
+    trained velocity network is the teacher and, read as its own one-step jump, the student's start."""
     c = 0.1 * problem.sigma_data / 0.5 if tangent_c is None else tangent_c
+    teacher = (problem.teacher() if flow is None else nnx.merge(*nnx.split(flow))) if distil else None
     loss = functools.partial(continuous_consistency_loss, process=problem.process, tangent_c=c,
-                             teacher=problem.teacher() if distil else None)  # fmt: skip
-    common_args = dict(num_steps=num_steps, seed=seed, lr=lr, batch_size=batch_size, t_eps=0.0,
+                             teacher=teacher)  # fmt: skip
+    common_args = dict(num_steps=num_steps, seed=seed, lr=lr, batch_size=batch_size, t_eps=0.0, start=flow,
                        time_scale=time_scale, noise_input=noise_input, adaptive=adaptive)  # fmt: skip
     if warmup_steps <= 0:
         return train_consistency(loss, problem, **common_args)
@@ -193,10 +205,10 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, ict_steps
                                  train_steps=ict_steps, final_loss=float(losses[-250:].mean()))  # fmt: skip
         rows += consistency_rows(exact_f, problem, "oracle", "exact f* from σ̃ = 80", **start,
                                  how=("implied noise",))  # fmt: skip
+    warmup = round(scm_warmup * num_steps)
     for name in ("scd", "sct"):
         if name not in methods:
             continue
-        warmup = round(scm_warmup * num_steps)
         model, losses, wall = train_scm(problem, distil=name == "scd", num_steps=num_steps, seed=seed,
                                         lr=scm_lr, batch_size=batch_size, warmup_steps=warmup)  # fmt: skip
         method = "sCD (exact teacher)" if name == "scd" else "sCT"
@@ -204,17 +216,32 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, ict_steps
         rows += consistency_rows(model, problem, "consistency", variant, problem.z, process.t_noise,
                                  how=modes, train_wall_s=wall, train_steps=num_steps,
                                  final_loss=float(losses[-250:].mean()))  # fmt: skip
+    if "scd_flow" in methods:  # sCM's recipe: a trained flow teaches its own one-step jump
+        cfm = functools.partial(dj.cfm_loss, process=process)
+        flow, _, flow_wall = common.train(common.make_network(seed), cfm, problem.data_batch(batch_size),
+                                          num_steps=num_steps, seed=seed)  # fmt: skip
+        flow_jump = DDIMConsistencyModel(flow, process, "velocity", problem.sigma_data, t_eps=0.0)
+        rows += consistency_rows(flow_jump, problem, "consistency", "flow network's own jump (sCD's start)",
+                                 problem.z, process.t_noise, how=modes, train_wall_s=flow_wall,
+                                 train_steps=num_steps)  # fmt: skip
+        model, losses, wall = train_scm(problem, distil=True, num_steps=num_steps, seed=seed, lr=scm_lr,
+                                        batch_size=batch_size, warmup_steps=warmup, flow=flow)  # fmt: skip
+        variant = f"sCD from and by a trained flow, warm-up {scm_warmup:g}, adaptive weight"
+        rows += consistency_rows(model, problem, "consistency", variant, problem.z, process.t_noise,
+                                 how=modes, train_wall_s=flow_wall + wall, train_steps=2 * num_steps,
+                                 final_loss=float(losses[-250:].mean()))  # fmt: skip
     return rows
 
 
 def main(argv=None) -> list[dict]:
     p = common.parser(__doc__, default_steps=4000)
     p.add_argument("--ict_steps", type=int, default=None, help="iCT training steps (default 2 × num_steps)")
-    p.add_argument("--methods", default="cd,ict,scd,sct", help="comma-separated subset of cd,ict,scd,sct")
+    p.add_argument("--methods", default="cd,ict,scd,sct",
+                   help=f"comma-separated subset of {','.join(METHODS)}")
     args = p.parse_args(argv)
     methods = tuple(m for m in args.methods.split(",") if m)
-    if not methods or set(methods) - {"cd", "ict", "scd", "sct"}:
-        p.error(f"--methods must name some of cd, ict, scd, sct; got {args.methods!r}")
+    if not methods or set(methods) - set(METHODS):
+        p.error(f"--methods must name some of {', '.join(METHODS)}; got {args.methods!r}")
     return common.run_processes(run, args, ict_steps=args.ict_steps, methods=methods)
 
 
