@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 import diffjax as dj
 from diffjax.data import batches, in_checkerboard
-from diffjax.models import build_model, count_params
+from diffjax.models import WithUncertainty, build_model, count_params
 from diffjax.training import (
     TrainConfig,
     create_train_state,
@@ -201,11 +201,18 @@ def initial_parameters(source: str, params):
     new run whose network has the same parameter shapes; ConfigError naming the parameters whose shapes
     differ. Parameters the source does not have keep their initialisation and are listed: the interval
     embedding of a two-time network fine-tuned from a one-time one (MeanFlow from a flow-matching run),
-    whose output layer starts at zero so that the new network starts as the source, u(x, t, s) = v(x, t)."""
+    whose output layer starts at zero so that the new network starts as the source, u(x, t, s) = v(x, t),
+    and a learned loss weighting (`WithUncertainty`: the source's network goes inside, its weighting
+    starts fresh; a source's own learned weighting is not carried over)."""
     model = load_run(source)[1].model
-    theirs = nnx.state(model.network if isinstance(model, dj.Preconditioned) else model, nnx.Param)
+    while not isinstance(model, nnx.Module) and hasattr(model, "network"):  # preconditioning, consistency
+        model = model.network
+    if isinstance(model, WithUncertainty):
+        model = model.network
+    theirs = nnx.state(model, nnx.Param)
+    inside = (jax.tree_util.DictKey("network"),) if "uncertainty" in params else ()  # a WithUncertainty
     mine = jax.tree_util.tree_flatten_with_path(params)
-    other = dict(jax.tree_util.tree_flatten_with_path(theirs)[0])
+    other = {inside + k: v for k, v in jax.tree_util.tree_flatten_with_path(theirs)[0]}
     bad = [f"{jax.tree_util.keystr(k)}: {np.shape(other[k])} → {np.shape(v)}" for k, v in mine[0]
            if k in other and np.shape(other[k]) != np.shape(v)]  # fmt: skip
     mine_keys = {k for k, _ in mine[0]}

@@ -104,18 +104,24 @@ def test_consistency_training_and_distillation_runs_load_as_consistency_models(t
 def test_scd_fine_tunes_the_teachers_own_network_read_as_its_one_step_jump(tmp_path, flow_run):
     """sCM's recipe through the config: model.preconditioning='ddim_consistency' reads the flow run's
     velocity network (train.init_from, also the teacher) as f = x̂0, so the run starts as the teacher's
-    one-step sampler; it loads as that consistency model and samples in jumps. A trig noise input
-    (a `ConsistencyModel` input) is refused for it before any work."""
+    one-step sampler (with sCM's learned weighting the flow's network goes inside `WithUncertainty`);
+    it loads as that consistency model and samples in jumps. A trig noise input (a `ConsistencyModel`
+    input) is refused for it before any work."""
     from diffjax.consistency import DDIMConsistencyModel
 
     edits = {"model.preconditioning": "ddim_consistency", "loss.name": "consistency_continuous",
              "loss.options": {"warmup_steps": 2}, "teacher.workdir": flow_run, "train.init_from": flow_run,
-             "sample.sampler": "consistency", "sample.num_steps": 1}  # fmt: skip
+             "loss.learned_weighting": True, "sample.sampler": "consistency",
+             "sample.num_steps": 1}  # fmt: skip
     workdir = str(tmp_path / "scd")
     summary = train_and_evaluate(tiny(checkerboard_fm, **edits), workdir)
     assert summary["nfe"] == 1 and np.isfinite(summary["loss"])
     model = dj.load_model(workdir).model
     assert isinstance(model, DDIMConsistencyModel) and model.prediction == "velocity"
+    from flax import nnx
+
+    source = jax.tree_util.tree_leaves(nnx.state(dj.load_model(flow_run).model, nnx.Param))
+    assert len(jax.tree_util.tree_leaves(nnx.state(model.network.network, nnx.Param))) == len(source)
     x = np.random.default_rng(0).standard_normal((4, 2)).astype(np.float32)
     assert np.array_equal(np.asarray(model(x, model.t_min)), x)
     with pytest.raises(ConfigError, match="noise_input"):

@@ -1,9 +1,10 @@
 """The 2D few-step pipeline (experiments.fewstep) end to end in a tiny configuration: consistency
 distillation trained for 30 steps and scored on 256 noise draws (one evaluation, then multistep
-consistency sampling with the implied noise) writes rows of the one format, the
-table reads them back, and the exact consistency function run through the same samplers and metric
-scores 0 at one evaluation; continuous-time consistency training (sCT, with its warm-up) and sCM's
-recipe (a trained flow distilled into its own one-step jump) run through the same loop (the pipeline check: the metric compares like with like)."""
+consistency sampling with the implied noise) writes rows of the one format, the table reads them
+back, and the exact consistency function run through the same samplers and metric scores 0 at one
+evaluation; continuous-time consistency training (sCT, with its warm-up) and sCM's recipe (a trained
+flow distilled into its own one-step jump) run through the same loop (the pipeline check: the metric
+compares like with like)."""
 
 from __future__ import annotations
 
