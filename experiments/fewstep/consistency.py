@@ -174,7 +174,8 @@ def train_scm(problem: common.Problem, *, distil: bool, num_steps: int, seed: in
 def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, ict_steps: int | None = None,
         batch_size: int = 512, cd_lr: float = 5e-4, ict_lr: float = 2e-3, scm_lr: float = 5e-4,
         scm_warmup: float = 0.75, methods: tuple[str, ...] = ("cd", "ict", "scd", "sct"),
-        modes: tuple[str, ...] = ("re-noised", "implied noise")) -> list[dict]:  # fmt: skip
+        modes: tuple[str, ...] = ("re-noised", "implied noise"),
+        flow_time_scale: float = SCM_TIME_SCALE) -> list[dict]:  # fmt: skip
     """CD (num_steps), on CondOT iCT (ict_steps, default 2·num_steps), and sCD / sCT (num_steps, r
     warmed up over the fraction scm_warmup of them): rows (module docstring); modes: the multistep
     samplers evaluated."""
@@ -218,15 +219,15 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, ict_steps
                                  final_loss=float(losses[-250:].mean()))  # fmt: skip
     if "scd_flow" in methods:  # sCM's recipe: a trained flow teaches its own one-step jump
         cfm = functools.partial(dj.cfm_loss, process=process)
-        flow, _, flow_wall = common.train(common.make_network(seed), cfm, problem.data_batch(batch_size),
-                                          num_steps=num_steps, seed=seed)  # fmt: skip
+        flow, _, flow_wall = common.train(common.make_network(seed, time_scale=flow_time_scale), cfm,
+                                          problem.data_batch(batch_size), num_steps=num_steps, seed=seed)  # fmt: skip
         flow_jump = DDIMConsistencyModel(flow, process, "velocity", problem.sigma_data, t_eps=0.0)
         rows += consistency_rows(flow_jump, problem, "consistency", "flow network's own jump (sCD's start)",
                                  problem.z, process.t_noise, how=modes, train_wall_s=flow_wall,
                                  train_steps=num_steps)  # fmt: skip
         model, losses, wall = train_scm(problem, distil=True, num_steps=num_steps, seed=seed, lr=scm_lr,
                                         batch_size=batch_size, warmup_steps=warmup, flow=flow)  # fmt: skip
-        variant = f"sCD from and by a trained flow, warm-up {scm_warmup:g}, adaptive weight"
+        variant = f"sCD from and by a trained flow (time scale {flow_time_scale:g}), warm-up {scm_warmup:g}"
         rows += consistency_rows(model, problem, "consistency", variant, problem.z, process.t_noise,
                                  how=modes, train_wall_s=flow_wall + wall, train_steps=2 * num_steps,
                                  final_loss=float(losses[-250:].mean()))  # fmt: skip
@@ -236,13 +237,16 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, ict_steps
 def main(argv=None) -> list[dict]:
     p = common.parser(__doc__, default_steps=4000)
     p.add_argument("--ict_steps", type=int, default=None, help="iCT training steps (default 2 × num_steps)")
+    p.add_argument("--flow_time_scale", type=float, default=SCM_TIME_SCALE,
+                   help="scd_flow: the trained flow's time-feature scale (t ∈ [0, 1])")
     p.add_argument("--methods", default="cd,ict,scd,sct",
                    help=f"comma-separated subset of {','.join(METHODS)}")
     args = p.parse_args(argv)
     methods = tuple(m for m in args.methods.split(",") if m)
     if not methods or set(methods) - set(METHODS):
         p.error(f"--methods must name some of {', '.join(METHODS)}; got {args.methods!r}")
-    return common.run_processes(run, args, ict_steps=args.ict_steps, methods=methods)
+    return common.run_processes(run, args, ict_steps=args.ict_steps, methods=methods,
+                                flow_time_scale=args.flow_time_scale)
 
 
 if __name__ == "__main__":
