@@ -110,7 +110,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     train_step = make_train_step(loss_fn, optimizer, ema_decay=t.ema_decay, schedule=schedule,
                                  posthoc_sigma_rels=posthoc)  # fmt: skip
     if t.get("init_from"):
-        params = initial_parameters(t.init_from, params)
+        params = initial_parameters(t.init_from, params, model_spec(cfg))
     state = create_train_state(params, optimizer, jax.random.key(cfg.seed), num_posthoc=len(posthoc))
     record = run_record(model_spec(cfg), process_spec(cfg), optimizer_spec(cfg), data_shape, num_classes(cfg),
                         posthoc, latent)  # fmt: skip
@@ -196,7 +196,7 @@ def training_mesh(cfg):
     return mesh
 
 
-def initial_parameters(source: str, params):
+def initial_parameters(source: str, params, spec: dict | None = None):
     """The EMA parameters of the work directory (or 'pretrained:NAME') `source`, to start (fine-tune) a
     new run whose network has the same parameter shapes; ConfigError naming the parameters whose shapes
     differ. Parameters the source does not have keep their initialisation and are listed: the interval
@@ -204,7 +204,13 @@ def initial_parameters(source: str, params):
     whose output layer starts at zero so that the new network starts as the source, u(x, t, s) = v(x, t),
     and a learned loss weighting (`WithUncertainty`: the source's network goes inside, its weighting
     starts fresh; a source's own learned weighting is not carried over)."""
-    model = load_run(source)[1].model
+    trained = load_run(source)[1]
+    if spec is not None:  # fields that shape no parameter (time_scale, prediction) change the function
+        changes = config_changes({k: v for k, v in trained.record["model"].items() if k != "preconditioning"},
+                                 {k: v for k, v in spec.items() if k != "preconditioning"})  # fmt: skip
+        if changes:
+            print(f"note: this network differs from the one of {source} in " + "; ".join(changes))
+    model = trained.model
     while not isinstance(model, nnx.Module) and hasattr(model, "network"):  # preconditioning, consistency
         model = model.network
     if isinstance(model, WithUncertainty):

@@ -56,7 +56,9 @@ def test_meanflow_fine_tuned_and_distilled_from_a_flow_run_samples_in_jumps(tmp_
     x, t, s = np.ones((3, 2), np.float32), np.array([0.1, 0.5, 0.9]), np.array([0.9, 0.6, 0.95])
     np.testing.assert_allclose(start(x, t, s=s), dj.load_model(flow_run).model(x, t), rtol=1e-6, atol=1e-6)
     summary = train_and_evaluate(cfg, workdir)
-    assert "new, freshly initialised: ['interval_embed']" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "new, freshly initialised: ['interval_embed']" in out
+    assert "differs from the one of" in out and "second_time: None → True" in out, out  # said, not refused
     assert summary["nfe"] == 1
     trained = dj.load_model(workdir)
     assert trained.model.config.second_time

@@ -219,8 +219,9 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, ict_steps
                                  final_loss=float(losses[-250:].mean()))  # fmt: skip
     if "scd_flow" in methods:  # sCM's recipe: a trained flow teaches its own one-step jump
         cfm = functools.partial(dj.cfm_loss, process=process)
-        flow, _, flow_wall = common.train(common.make_network(seed, time_scale=flow_time_scale), cfm,
-                                          problem.data_batch(batch_size), num_steps=num_steps, seed=seed)  # fmt: skip
+        flow_net = common.make_network(seed, time_scale=flow_time_scale)
+        flow, _, flow_wall = common.train(flow_net, cfm, problem.data_batch(batch_size), num_steps=num_steps,
+                                          seed=seed)  # fmt: skip
         flow_jump = DDIMConsistencyModel(flow, process, "velocity", problem.sigma_data, t_eps=0.0)
         rows += consistency_rows(flow_jump, problem, "consistency", "flow network's own jump (sCD's start)",
                                  problem.z, process.t_noise, how=modes, train_wall_s=flow_wall,
