@@ -74,6 +74,17 @@ class ConsistencyScalings(NamedTuple):
     noise: Array  # c_noise
 
 
+def _t_min(model) -> float:
+    """The boundary time, where f(x, t_min) = x: the data end moved by t_eps."""
+    return model.process.data_end(model.t_eps)
+
+
+def _check_scale_and_boundary(model, owner: str) -> None:
+    if not model.sigma_data > 0:
+        raise ValueError(f"{owner}: sigma_data must be > 0 (the data's std), got {model.sigma_data}.")
+    model.process.data_end(model.t_eps)  # raises on a bad t_eps
+
+
 @pytree_dataclass(eq=False)
 class ConsistencyModel:
     """f(x, t) ≈ Φ_{t→t_min}(x) from the raw network `network` (module docstring).
@@ -93,20 +104,13 @@ class ConsistencyModel:
     noise_input: str = static_field(default="log_sigma")
 
     def __post_init__(self):
-        if not self.sigma_data > 0:
-            raise ValueError(
-                f"ConsistencyModel: sigma_data must be > 0 (the data's std), got {self.sigma_data}."
-            )
+        _check_scale_and_boundary(self, "ConsistencyModel")
         if self.noise_input not in NOISE_INPUTS:
             raise ValueError(
                 f"ConsistencyModel: noise_input must be one of {NOISE_INPUTS}, got {self.noise_input!r}."
             )
-        self.process.data_end(self.t_eps)  # raises on a bad t_eps
 
-    @property
-    def t_min(self) -> float:
-        """The boundary time, where f(x, t_min) = x: the data end moved by t_eps."""
-        return self.process.data_end(self.t_eps)
+    t_min = property(_t_min)
 
     def scalings(self, t: ArrayLike, like: Array) -> ConsistencyScalings:
         t = jnp.broadcast_to(jnp.asarray(t, like.dtype), like.shape[:1])
@@ -155,16 +159,9 @@ class DDIMConsistencyModel:
         from diffjax.parameterization import check_prediction
 
         check_prediction(self.prediction)
-        if not self.sigma_data > 0:
-            raise ValueError(
-                f"DDIMConsistencyModel: sigma_data must be > 0 (the data's std), got {self.sigma_data}."
-            )
-        self.process.data_end(self.t_eps)  # raises on a bad t_eps
+        _check_scale_and_boundary(self, "DDIMConsistencyModel")
 
-    @property
-    def t_min(self) -> float:
-        """The boundary time, where f(x, t_min) = x: the data end moved by t_eps."""
-        return self.process.data_end(self.t_eps)
+    t_min = property(_t_min)
 
     def __call__(self, x: Array, t: ArrayLike, *args, **kwargs) -> Array:
         from diffjax.parameterization import to_x0_eps
