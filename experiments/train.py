@@ -206,8 +206,9 @@ def initial_parameters(source: str, params, spec: dict | None = None):
     starts fresh; a source's own learned weighting is not carried over)."""
     trained = load_run(source)[1]
     if spec is not None:  # fields that shape no parameter (time_scale, prediction) change the function
+        mine = json.loads(json.dumps(spec))  # as recorded: tuples become lists
         changes = config_changes({k: v for k, v in trained.record["model"].items() if k != "preconditioning"},
-                                 {k: v for k, v in spec.items() if k != "preconditioning"})  # fmt: skip
+                                 {k: v for k, v in mine.items() if k != "preconditioning"})  # fmt: skip
         if changes:
             print(f"note: this network differs from the one of {source} in " + "; ".join(changes))
     model = trained.model

@@ -59,6 +59,7 @@ def test_meanflow_fine_tuned_and_distilled_from_a_flow_run_samples_in_jumps(tmp_
     out = capsys.readouterr().out
     assert "new, freshly initialised: ['interval_embed']" in out
     assert "differs from the one of" in out and "second_time: None → True" in out, out  # said, not refused
+    assert "→ (" not in out  # a tuple field equal to its recorded list is no difference
     assert summary["nfe"] == 1
     trained = dj.load_model(workdir)
     assert trained.model.config.second_time

@@ -162,20 +162,24 @@ def test_scripts_take_a_pretrained_source(tmp_path):
     assert "No pretrained network 'nothing'" in out and "Traceback" not in out
 
 
-def test_a_pretrained_network_starts_and_teaches_a_run():
+def test_a_pretrained_network_starts_and_teaches_a_run(capsys):
     """train.init_from / teacher.workdir = 'pretrained:mnist_fm': a two-time network (MeanFlow,
     shortcut) starts as the shipped flow model (its new interval embedding listed, its output layer
-    zero), and the teacher's velocity is the shipped model's."""
+    zero; the one differing field named, the U-Net's tuple fields equal to their recorded lists not),
+    and the teacher's velocity is the shipped model's."""
     from flax import nnx
 
-    from experiments.builders import network_spec, teacher_flow_velocity
+    from experiments.builders import model_spec, network_spec, teacher_flow_velocity
     from experiments.configs import mnist_shortcut
     from experiments.train import initial_parameters
 
     cfg = mnist_shortcut.get_config()
     cfg.teacher.workdir = cfg.train.init_from = "pretrained:mnist_fm"
     shipped = dj.load_pretrained("mnist_fm")
-    params = initial_parameters(cfg.train.init_from, nnx.split(build_model(network_spec(cfg)))[1])
+    params = initial_parameters(cfg.train.init_from, nnx.split(build_model(network_spec(cfg)))[1],
+                                model_spec(cfg))  # fmt: skip
+    note = [line for line in capsys.readouterr().out.splitlines() if "differs" in line]
+    assert len(note) == 1 and note[0].endswith("in second_time: None → True"), note
     theirs = dict(jax.tree_util.tree_flatten_with_path(nnx.state(shipped.model, nnx.Param))[0])
     mine = jax.tree_util.tree_flatten_with_path(params)[0]
     assert {k for k, _ in mine} > set(theirs)
