@@ -22,7 +22,8 @@ it, the same fine-tune scored FD-MNIST 1095 at one step, and diverged at lr 3e-4
         --workdir outputs/mnist_scd --config.data.data_dir=../shared/data/mnist
 
 Measured (FD-MNIST, 1000 samples, three draws): 1600 steps 235 / 180 / 150 at 1 / 2 / 4 steps, resumed to
-3200 203 / 143 / 115 (shipped as `pretrained:mnist_scd`); the teacher at midpoint 10 steps 70.2.
+3200 203 / 143 / 115, to 6400 178 / 131 / 106 (shipped as `pretrained:mnist_scd`); the teacher at midpoint
+10 steps 70.2.
 
 The network F sits inside Song et al.'s c_skip/c_out (f(x, t_data) = x exactly) with σ_d = 0.96 (the
 RMS of MNIST pixels in [−1, 1]); samples come from multistep consistency sampling.
