@@ -170,7 +170,8 @@ class DDIMConsistencyModel:
         out = self.network(x, t, *args, **kwargs)
         check_model_output(out, x, "DDIMConsistencyModel")
         x0, eps = to_x0_eps(out, self.prediction, x, self.process.coefficients(t))
-        end = self.process.coefficients(jnp.asarray(self.t_min, x.dtype))
+        with jax.ensure_compile_time_eval():  # concrete under jit too (unless the process is traced)
+            end = self.process.coefficients(jnp.asarray(self.t_min, x.dtype))
         f = end.alpha * x0
         if not (is_concrete(end.sigma) and float(end.sigma) == 0.0):  # σ(t_min) = 0 (a flow's data
             f = f + end.sigma * eps  # end): ε̂ is not needed, nor finite there for an x0-network

@@ -299,6 +299,24 @@ def test_ddim_consistency_start_is_stationary_for_the_warm_up_and_moves_with_the
     assert at_start <= 1e-6 * tangent, (at_start, tangent)
 
 
+def test_ddim_consistency_model_of_an_x0_network_has_finite_gradients_at_the_boundary_under_jit():
+    """On a flow (σ(t_min) = 0) an x0-network's ε̂ = (x − αx̂0)/σ is not finite at t_min; f = x̂0 there
+    never forms it — also under jit, where σ(t_min) must still be known to be 0 — so the gradient of a
+    batch that holds t_min is finite, compiled as eagerly."""
+    process = dj.CondOTPath()
+    params = _mlp_params(jax.random.key(3))
+    x = jax.random.normal(jax.random.key(4), (8, 2))
+    t = jnp.full((8,), process.data_end(0.0)).at[4:].set(0.5)
+
+    def loss(p):
+        model = dj.DDIMConsistencyModel(jax.tree_util.Partial(lambda q, x, t: _network(q, x, t), p), process,
+                                        "x0", t_eps=0.0)  # fmt: skip
+        return jnp.sum(model(x, t) ** 2)
+
+    for grad in (jax.grad(loss), jax.jit(jax.grad(loss))):
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grad(params)))
+
+
 def test_ddim_consistency_model_refuses_bad_arguments():
     net = _velocity_network(_mlp_params(jax.random.key(3)))
     with pytest.raises(ValueError, match="prediction"):
