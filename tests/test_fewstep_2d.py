@@ -34,7 +34,8 @@ def test_consistency_pipeline_writes_rows_and_the_exact_map_scores_zero(tmp_path
         assert np.isfinite([r["median"], r["rmse"], r["log_p_gap"]]).all()
     cd = [r for r in back if r["method"] == "consistency"]
     variants = ["CD (Heun, N=18, l2), implied noise", "flow network's own jump (sCD's start), implied noise",
-                "sCD from and by a trained flow, warm-up 0.5, adaptive weight, implied noise",
+                "sCD from and by a trained flow (time scale 100), warm-up 0.5, adaptive weight, "
+                "implied noise",
                 "sCT, warm-up 0.5, adaptive weight, implied noise"]
     assert sorted((r["variant"], r["nfe"]) for r in cd) == [(v, k) for v in variants for k in common.NFES]
     assert all(r["train_steps"] in (30, 60) and r["train_wall_s"] > 0 for r in cd)

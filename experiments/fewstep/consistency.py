@@ -230,7 +230,8 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, ict_steps
                                  train_steps=num_steps)  # fmt: skip
         model, losses, wall = train_scm(problem, distil=True, num_steps=num_steps, seed=seed, lr=scm_lr,
                                         batch_size=batch_size, warmup_steps=warmup, flow=flow)  # fmt: skip
-        variant = f"sCD from and by a trained flow (time scale {flow_time_scale:g}), warm-up {scm_warmup:g}"
+        variant = (f"sCD from and by a trained flow (time scale {flow_time_scale:g}), "
+                   f"warm-up {scm_warmup:g}, adaptive weight")
         rows += consistency_rows(model, problem, "consistency", variant, problem.z, process.t_noise,
                                  how=modes, train_wall_s=flow_wall + wall, train_steps=2 * num_steps,
                                  final_loss=float(losses[-250:].mean()))  # fmt: skip
