@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -460,21 +461,73 @@ FEW_STEP_SAMPLERS = {"flow_map": (False, 1.0), "flow_map_renoise": (True, 1.0), 
                      "consistency": (True, 1.0)}  # fmt: skip
 
 
-def parse_sampler_spec(spec: str, flag: str = "--sampler") -> tuple[str, int | None, float | None]:
-    """(name, steps or None, guidance scale w or None) of a sampler spec `name[:steps[:w]]` — the one
-    vocabulary of the scripts (e.g. heun:10, dpm_solver_pp:20:4); a clear ConfigError otherwise."""
+class SamplerSpec(NamedTuple):
+    """A parsed sampler spec (`parse_sampler_spec`): the solver's name, its steps and guidance scale
+    (None: the config's) and its options (keyword arguments of the solver, e.g. order=3)."""
+
+    name: str
+    steps: int | None
+    guidance_scale: float | None
+    options: dict
+
+    def apply(self, cfg) -> None:
+        """Set cfg.sample to this spec: sampler, steps and w where given; the options update the
+        config's `sample.options` when the spec names the config's own sampler and replace them
+        otherwise (one solver's options are not another's)."""
+        same = self.name == cfg.sample.sampler
+        cfg.sample.sampler = self.name
+        if self.steps is not None:
+            cfg.sample.num_steps = self.steps
+        if self.guidance_scale is not None:
+            cfg.sample.guidance_scale = self.guidance_scale
+        cfg.sample.options = {**(dict(cfg.sample.options) if same else {}), **self.options}
+
+
+def _option_value(text: str):
+    """An option's value from its text: int, float, true/false/none, else the string itself."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_sampler_spec(spec: str, flag: str = "--sampler") -> SamplerSpec:
+    """The sampler spec `name[:steps[:w]][:key=value...]` — the one vocabulary of the scripts (e.g.
+    heun:10, dpm_solver_pp:20:4, deis:10:order=3:interpolate_in=log_snr); the options are checked by
+    constructing the solver. A clear ConfigError otherwise."""
     name, *rest = spec.split(":")
-    ok = len(rest) <= 2 and all(rest)
+    positional = [part for part in rest if "=" not in part]
+    pairs = [part.split("=", 1) for part in rest if "=" in part]
+    ok = len(positional) <= 2 and all(rest) and rest[: len(positional)] == positional
+    ok = ok and all(key.isidentifier() and value for key, value in pairs)
     try:
-        steps = int(rest[0]) if rest else None
-        w = float(rest[1]) if len(rest) == 2 else None
+        steps = int(positional[0]) if positional else None
+        w = float(positional[1]) if len(positional) == 2 else None
     except ValueError:
         ok = False
     if not ok or (steps is not None and steps < 1):
-        raise ConfigError(f"{flag}: {spec!r} is not name[:steps[:w]] (e.g. heun:10, dpm_solver_pp:20:4).")
+        raise ConfigError(f"{flag}: {spec!r} is not name[:steps[:w]][:key=value...] (e.g. heun:10, "
+                          "dpm_solver_pp:20:4, deis:10:order=3).")  # fmt: skip
     if name not in (*dj.SOLVERS, *FEW_STEP_SAMPLERS):
         raise ConfigError(f"{flag}: {name!r} is not one of {(*dj.SOLVERS, *FEW_STEP_SAMPLERS)}.")
-    return name, steps, w
+    options = {key: _option_value(value) for key, value in pairs}
+    if len(options) < len(pairs):
+        raise ConfigError(f"{flag}: {spec!r} gives an option twice.")
+    if options and name in FEW_STEP_SAMPLERS:
+        raise ConfigError(f"{flag}: {spec!r}: the few-step sampler {name!r} takes no options.")
+    if options:
+        try:
+            dj.make_solver(name, **options)
+        except ValueError as err:
+            raise ConfigError(f"{flag}: {spec!r}: {err}") from None
+    return SamplerSpec(name, steps, w, options)
 
 
 def generate(cfg, model, process, key, n, data_shape, *, labels=None, save_trajectory=False, x_init=None,

@@ -69,7 +69,10 @@ def main(argv):
         cfg, trained = load_run(FLAGS.workdir)
         sampler, steps = cfg.sample.sampler, cfg.sample.num_steps
         if FLAGS.sampler:
-            sampler, steps, _ = parse_sampler_spec(FLAGS.sampler)
+            sampler, steps, _, options = parse_sampler_spec(FLAGS.sampler)
+            if options:
+                raise ConfigError(f"--sampler {FLAGS.sampler!r}: a card records a sampler's name and steps, "
+                                  "not its options.")
             steps = steps or cfg.sample.num_steps
         cfg.sample.update(sampler=sampler, num_steps=int(steps))
         model = os.path.basename(os.path.normpath(FLAGS.workdir))

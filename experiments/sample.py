@@ -43,8 +43,10 @@ from experiments.builders import (
 from experiments.optimize_grid import use_grid_file
 
 flags.DEFINE_string("workdir", None, "A work directory written by experiments.train.")
-flags.DEFINE_string("sampler", None, f"Sampler spec name[:steps[:w]] (as experiments.evaluate's --samplers; "
-                    f"steps and w override --steps, --guidance), name one of {tuple(dj.SOLVERS)} or a "
+flags.DEFINE_string("sampler", None, "Sampler spec name[:steps[:w]][:key=value...] (as "
+                    "experiments.evaluate's --samplers; steps and w override --steps, --guidance; "
+                    "key=value are the solver's options, e.g. dpm_solver_pp:10:order=3), name one of "
+                    f"{tuple(dj.SOLVERS)} or a "
                     "few-step sampler 'flow_map' / 'flow_map_renoise' / 'flow_map_ddim' (two-time "
                     "networks) / 'consistency' (default: the config's)")
 flags.DEFINE_integer("steps", None, "Number of sampler steps (default: the config's).")
@@ -91,16 +93,18 @@ def main(argv):
         for name in ("steps", "num", "batch"):
             if FLAGS[name].value is not None and FLAGS[name].value < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {FLAGS[name].value}.")
-        name, steps, w = parse_sampler_spec(FLAGS.sampler) if FLAGS.sampler else (None, None, None)
+        spec = parse_sampler_spec(FLAGS.sampler) if FLAGS.sampler else None
         record = source_record(FLAGS.workdir)  # checked before any parameters are restored
         labels = parse_labels(FLAGS.labels, FLAGS.num, record.get("num_classes"))
         if FLAGS.guide_by:
             check_guide(FLAGS.workdir, record, FLAGS.guide_by)
         cfg, trained = load_run(FLAGS.workdir)
-        cfg.sample.sampler = name or cfg.sample.sampler
-        cfg.sample.num_steps = steps or FLAGS.steps or cfg.sample.num_steps
-        if w is not None or FLAGS.guidance is not None:
-            cfg.sample.guidance_scale = w if w is not None else FLAGS.guidance
+        if FLAGS.steps is not None:
+            cfg.sample.num_steps = FLAGS.steps
+        if FLAGS.guidance is not None:
+            cfg.sample.guidance_scale = FLAGS.guidance
+        if spec is not None:  # the spec's steps and w win over --steps and --guidance
+            spec.apply(cfg)
         if FLAGS.clip_denoised is not None:
             cfg.sample.clip_denoised = FLAGS.clip_denoised
         if FLAGS.guidance_interval:

@@ -13,7 +13,7 @@ def markdown_table(rows) -> str:
     """One line per row; a later row for the same model × sampler × NFE × w replaces an earlier one."""
     latest = {(r["model"], r.get("ema"), r["sampler"], r["nfe"], r.get("guidance_scale"),
                r.get("clip_denoised", False), r.get("grid"), r.get("guided_by"),
-               str(r.get("guidance_interval"))): r
+               str(r.get("guidance_interval")), str(r.get("options"))): r
               for r in rows}  # fmt: skip
     header = ["model", "EMA", "sampler", "NFE", "w", "clip x̂0", "FD-MNIST", "class TV", "cond. acc.",
               "bits/dim (PF-ODE)", "ELBO bits/dim", "train steps", "train time"]  # fmt: skip
@@ -31,6 +31,8 @@ def markdown_table(rows) -> str:
         w = r.get("guidance_scale", "–")
         clip = "yes" if r.get("clip_denoised") else "no"
         sampler = r["sampler"] + (" (optimized grid)" if r.get("grid") == "optimized" else "")
+        if r.get("options"):
+            sampler += " (" + ", ".join(f"{k}={v}" for k, v in r["options"].items()) + ")"
         if r.get("guided_by"):
             sampler += f", autoguided by {r['guided_by']}"
         if r.get("guidance_interval"):

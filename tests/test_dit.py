@@ -121,6 +121,8 @@ def expected_param_count(cfg: DiTConfig) -> int:
     final = (2 * d * d + 2 * d) + (d * pc * c_out + pc * c_out)
     total = pc * cfg.in_channels * d + d + time_mlp + cfg.depth * block + final
     total += (cfg.num_classes + 1) * d if cfg.num_classes is not None else 0
+    total += (cfg.depth // 2) * (2 * d * d + d) if cfg.long_skips else 0  # U-ViT's skip Linears
+    total += 9 * c_out * c_out + c_out if cfg.conv_out else 0  # its 3×3 output convolution
     return total + (time_mlp if cfg.second_time else 0)
 
 
@@ -262,6 +264,45 @@ def test_wrong_input_shape_is_a_clear_error():
     net = make_abstract(DiTConfig(**TINY))  # the shape check comes before any computation
     with pytest.raises(ValueError, match=r"x must be \(batch, 8, 8, 1\)"):
         net(jnp.zeros((2, 8, 8, 3)), jnp.zeros(2))
+
+def test_long_skips_and_the_output_convolution_are_u_vits_wiring():
+    """long_skips (U-ViT, Bao et al. 2023): for depth 5 the blocks run 0, 1, 2 (middle), then 3 on
+    Linear([h, h₁]) and 4 on Linear([h, h₀]) (h_i the output of block i); conv_out adds a 3×3
+    convolution of the unpatchified output. Checked against that wiring written out by hand, with
+    every zero-initialised layer perturbed so each path reaches the output."""
+    cfg = DiTConfig(**{**TINY, "depth": 5}, num_classes=3, long_skips=True, conv_out=True)
+    net = perturbed(make(cfg))
+    for skip in net.skips:  # away from the pass-through start, so the skip half matters
+        skip.kernel.value = skip.kernel.value + 0.1 * jax.random.normal(jax.random.key(3), skip.kernel.shape)
+    x, t = inputs()
+    y = jnp.array([0, 1, 2, 3])
+    c = net.time_embed(t, y)
+    h = net.patch_embed(patchify(x, 2)) + jnp.asarray(sincos_position_embedding(32, 4))[None]
+    h0 = net.blocks[0](h, c)
+    h1 = net.blocks[1](h0, c)
+    h2 = net.blocks[2](h1, c)
+    h3 = net.blocks[3](net.skips[1](jnp.concatenate([h2, h1], -1)), c)
+    h4 = net.blocks[4](net.skips[0](jnp.concatenate([h3, h0], -1)), c)
+    out = unpatchify(net.final_layer(h4, c), 2, 8, 8)
+    expected = out + net.conv_out(out)
+    np.testing.assert_allclose(np.asarray(net(x, t, y)), np.asarray(expected), rtol=1e-5, atol=1e-6)
+    assert count_params(net) == expected_param_count(cfg)
+
+
+@pytest.mark.parametrize("depth", [4, 5])
+def test_a_dit_with_long_skips_starts_as_the_plain_dit(depth):
+    """The skip Linears start as [I; 0] (pass h through), the output convolution at zero: with the
+    plain DiT's parameters (perturbed: every path active) the U-ViT variant computes the same
+    function; a fresh one outputs exactly zero."""
+    plain = perturbed(make(DiTConfig(**{**TINY, "depth": depth})))
+    cfg = dataclasses.replace(plain.config, long_skips=True, conv_out=True)
+    fresh = make(cfg)
+    x, t = inputs()
+    assert not np.any(np.asarray(jitted(fresh, x, t)))
+    nnx.update(fresh, nnx.state(plain, nnx.Param))  # the shared layers; skips and conv keep their init
+    np.testing.assert_allclose(np.asarray(jitted(fresh, x, t)), np.asarray(jitted(plain, x, t)),
+                               rtol=1e-6, atol=1e-7)  # fmt: skip
+
 
 
 # -- the experiment script ----------------------------------------------------------------------------

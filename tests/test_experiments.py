@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from diffjax.training import RunMismatchError
-from experiments.builders import ConfigError, validate_config
+from experiments.builders import ConfigError, parse_sampler_spec, validate_config
 from experiments.configs import checkerboard_fm, mnist_cfg
 from experiments.train import train_and_evaluate
 
@@ -121,12 +121,14 @@ def test_mnist_class_conditional_tiny_run_with_guided_sampling(tmp_path):
     out = run("sample", "--workdir", workdir, "--labels", "3,10", expect=2)
     assert "outside the classes 0..9" in out and "Traceback" not in out
     results = str(tmp_path / "results.json")
-    out = run("evaluate", "--workdirs", workdir, "--samplers", "euler:2,euler:2:0", "--num", "20",
+    out = run("evaluate", "--workdirs", workdir, "--samplers", "euler:2,euler:2:0,deis:2:order=1", "--num", "20",  # noqa: E501
               "--bpd_examples", "2", "--bpd_solver", "heun", "--bpd_steps", "2", "--data_dir", MNIST,
               "--classifier_steps", "20",
               "--cache_dir", str(tmp_path / "cache"), "--out", results)  # fmt: skip
     rows = [json.loads(line) for line in open(results)]
-    assert [(r["sampler"], r["guidance_scale"]) for r in rows] == [("euler", 2.0), ("euler", 0.0)]
+    scales = [("euler", 2.0), ("euler", 0.0), ("deis", 0.0)]
+    assert [(r["sampler"], r["guidance_scale"]) for r in rows] == scales
+    assert [r.get("options") for r in rows] == [None, None, {"order": 1}]  # the spec's solver options
     for r in rows:
         assert r["train_steps"] == 3 and np.isfinite(r["fd_mnist"]) and r["fd_mnist"] > 0
         assert 0 <= r["conditional_accuracy"] <= 1 and sum(r["class_histogram"]) == pytest.approx(1, abs=0.01)
@@ -136,6 +138,32 @@ def test_mnist_class_conditional_tiny_run_with_guided_sampling(tmp_path):
     assert 0 <= rows[0]["class_tv"] <= 1
     table = run("evaluate", "--table", results)
     assert table.count("| mnist | decay 0.995 | euler |") == 2  # one row per guidance scale
+    assert "| mnist | decay 0.995 | deis (order=1) |" in table
+
+
+def test_a_sampler_spec_names_steps_guidance_and_the_solvers_options():
+    """name[:steps[:w]][:key=value...]: values typed (int, float, bool, string), checked by building the
+    solver; the options update the config's own sampler's options and replace another's."""
+    spec = parse_sampler_spec("deis:10:order=3:interpolate_in=log_snr")
+    assert spec == ("deis", 10, None, {"order": 3, "interpolate_in": "log_snr"})
+    assert parse_sampler_spec("dpm_solver_pp:20:4:order=2") == ("dpm_solver_pp", 20, 4.0, {"order": 2})
+    assert parse_sampler_spec("heun") == ("heun", None, None, {})
+    cfg = mnist_cfg.get_config()
+    cfg.sample.update(sampler="heun", options={"stale": 1})
+    parse_sampler_spec("dpm_solver_pp:10:order=3").apply(cfg)  # another sampler: replaced
+    assert (cfg.sample.sampler, cfg.sample.num_steps) == ("dpm_solver_pp", 10)
+    assert dict(cfg.sample.options) == {"order": 3}
+    w = cfg.sample.guidance_scale
+    parse_sampler_spec("dpm_solver_pp:12:lower_order_final=false").apply(cfg)  # the same one: updated
+    assert dict(cfg.sample.options) == {"order": 3, "lower_order_final": False}
+    assert (cfg.sample.num_steps, cfg.sample.guidance_scale) == (12, w)
+    validate_config(cfg)
+    for bad, match in [("deis:order=3:10", "is not name"), ("deis:10:=3", "is not name"),
+                       ("deis:10:1:2", "is not name"), ("deis:10:order=7", "order must be"),
+                       ("deis:10:bogus=1", "bogus"), ("deis:10:order=3:order=2", "twice"),
+                       ("consistency:2:order=1", "takes no options")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            parse_sampler_spec(bad)
 
 
 def tiny_checkerboard(num_steps, **edits):

@@ -68,7 +68,11 @@ class DiTConfig:
     ...); dtype: computation dtype (e.g. 'bfloat16' on GPU), param_dtype: parameter dtype;
     second_time: also condition on a target time s (net(x, t, y, s=s)) through the interval t − s;
     remat: recompute each block's activations in the backward pass instead of storing them
-    (`nnx.remat`, gradient checkpointing: less memory, ≈ one more forward pass; same numbers).
+    (`nnx.remat`, gradient checkpointing: less memory, ≈ one more forward pass; same numbers);
+    long_skips: U-ViT's long skip connections (Bao et al. 2023): block depth−1−i (i < depth/2) reads
+    Linear([h, h_i]) with h_i the output of block i (a middle block, for odd depth, has none);
+    conv_out: U-ViT's 3×3 convolution on the unpatchified output (smooths patch edges; zero-initialised
+    residual, so the untrained network still outputs zero).
     """
 
     in_channels: int = 1
@@ -90,6 +94,8 @@ class DiTConfig:
     param_dtype: Any = "float32"
     second_time: bool = False
     remat: bool = False
+    long_skips: bool = False
+    conv_out: bool = False
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
@@ -281,6 +287,18 @@ class FinalLayer(nnx.Module):
         return self.linear(_modulate(self.norm(h), shift, scale))
 
 
+def _skip_linear(cfg: DiTConfig, rngs) -> nnx.Linear:
+    """U-ViT's long-skip fusion Linear([h, h_skip]) (2D → D), initialised to pass h through unchanged
+    (kernel [I; 0], bias 0): a DiT with long skips starts as the plain DiT and learns to use them."""
+    d = cfg.hidden_size
+
+    def init(key, shape, dtype):
+        return jnp.concatenate([jnp.eye(d, dtype=dtype), jnp.zeros((d, d), dtype)], axis=0)
+
+    return nnx.Linear(2 * d, d, kernel_init=init, bias_init=_zeros, dtype=cfg.dtype,
+                      param_dtype=cfg.param_dtype, rngs=rngs)  # fmt: skip
+
+
 class DiT(nnx.Module):
     """Diffusion transformer; `prediction` declares what its output is ('eps', 'x0', 'v', ...)."""
 
@@ -301,7 +319,14 @@ class DiT(nnx.Module):
         self.patch_embed = nnx.Linear(cfg.patch_size**2 * cfg.in_channels, d, kernel_init=_xavier,
                                       dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)  # fmt: skip
         self.blocks = nnx.List([DiTBlock(cfg, rngs=rngs) for _ in range(cfg.depth)])
+        if cfg.long_skips:  # only then: plain DiTs keep their parameters (and checkpoints)
+            self.skips = nnx.List([_skip_linear(cfg, rngs) for _ in range(cfg.depth // 2)])
         self.final_layer = FinalLayer(cfg, rngs=rngs)
+        if cfg.conv_out:
+            channels = cfg.out_channels or cfg.in_channels
+            self.conv_out = nnx.Conv(channels, channels, (3, 3), padding="SAME", kernel_init=_zeros,
+                                     bias_init=_zeros, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                     rngs=rngs)  # fmt: skip
 
     @property
     def prediction(self) -> str:
@@ -326,7 +351,15 @@ class DiT(nnx.Module):
         key = as_dropout_key(rngs)
         pos = jnp.asarray(sincos_position_embedding(cfg.hidden_size, cfg.grid_size), cfg.dtype)
         h = self.patch_embed(patchify(x.astype(cfg.dtype), cfg.patch_size)) + pos[None]
+        saved = []  # outputs of the first depth // 2 blocks, for the long skips
         for i, block in enumerate(self.blocks):
+            j = cfg.depth - 1 - i  # block i reads block j's output through a long skip when j < i
+            if cfg.long_skips and j < i:
+                h = self.skips[j](jnp.concatenate([h, saved[j]], axis=-1))
             h = run_block(block, cfg.remat, h, c, block_key(key, i))
+            if cfg.long_skips and i < cfg.depth // 2:
+                saved.append(h)
         out = unpatchify(self.final_layer(h, c), cfg.patch_size, size, size)
+        if cfg.conv_out:
+            out = out + self.conv_out(out)
         return out.astype(output_dtype(x))

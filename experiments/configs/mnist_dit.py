@@ -16,7 +16,7 @@ from experiments.configs import mnist_fm
 
 def dit_kwargs(**overrides):
     kw = dict(in_channels=1, image_size=28, patch_size=4, hidden_size=128, depth=6, num_heads=4,
-              mlp_ratio=4.0, dropout=0.0, time_scale=1000.0)  # fmt: skip
+              mlp_ratio=4.0, dropout=0.0, time_scale=1000.0, long_skips=False, conv_out=False)  # fmt: skip
     kw.update(overrides)
     return kw
 
