@@ -18,7 +18,8 @@ B(h) = −h ('bh1') or e^{−h} − 1 ('bh2') in the paper's sign convention; or
 corrector of step k is applied at the start of step k + 1, with the evaluation that step makes
 anyway (the uncorrected point's m_new is kept as the stored prediction, as in the paper), so it costs
 no evaluation; the last step is not corrected. With the corrector, UniPC-p is of order p + 1; the
-predictor alone is of order p. One evaluation per step; needs only α and σ (runs on the DDPM chain),
+predictor alone is of order p (measured on a mixture, float64: UniPC-3 4.01, UniP-3 2.95;
+`tests/test_solvers_multistep.py`). One evaluation per step; needs only α and σ (runs on the DDPM chain),
 runs on pytree states (a likelihood's log-density leaf) and in either direction.
 
 Lower order: warm-up (order ≤ k + 1 on step k), order 1 on steps whose h is infinite (ending at σ = 0
