@@ -6,8 +6,12 @@ budget (same U-Net, same steps and batch, same seed), each row trained (or resum
 
 Rows (`ROWS`): the EDM recipe of `configs/mnist_edm.py`, then each with one change — no
 preconditioning (a raw x0-network), uniform instead of log-normal noise levels, min-SNR-5 instead
-of EDM's weighting — and the textbook ε-prediction VP SDE (`configs/mnist_vp.py`). EMA length is
-ablated after training by `experiments.evaluate --sigma_rels` on a run with `train.posthoc_ema`.
+of EDM's weighting, EDM2's learned uncertainty weighting on top of EDM's — then the textbook
+ε-prediction VP SDE (`configs/mnist_vp.py`) and flow matching (`configs/mnist_fm.py`: a velocity
+network on the CondOT path, unweighted) with uniform and with logit-normal times. Every row shares
+the U-Net (its time-feature scale aside), optimiser, learning rate, EMA, batch, steps and seed.
+EMA length is ablated after training by `experiments.evaluate --sigma_rels` on a run with
+`train.posthoc_ema`.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments.builders import user_errors
-from experiments.configs import mnist_edm, mnist_vp
+from experiments.builders import user_errors, validate_config
+from experiments.configs import mnist_edm, mnist_fm, mnist_vp
 from experiments.train import train_and_evaluate
 
 flags.DEFINE_string("data_dir", None, "MNIST IDX directory.")
@@ -45,13 +49,20 @@ def no_preconditioning():
 
 def uniform_noise():
     c = edm()
-    c.loss.update(time="uniform", time_kwargs={}, t_eps=1e-3)
+    c.loss.update(time="uniform", t_eps=1e-3)
+    c.loss.time_kwargs = {}  # assigned: ConfigDict.update would merge {} into EDM's (p_mean, p_std)
     return c
 
 
 def min_snr():
     c = edm()
-    c.loss.update(weighting="min_snr", weighting_kwargs=dict(gamma=5.0))
+    c.loss.weighting, c.loss.weighting_kwargs = "min_snr", dict(gamma=5.0)  # (update would keep σ_d)
+    return c
+
+
+def learned_weighting():
+    c = edm()
+    c.loss.learned_weighting = True  # EDM2: e^{−u(σ)}·L + u(σ), u a small network of c_noise
     return c
 
 
@@ -59,8 +70,21 @@ def eps_vp():
     return mnist_vp.get_config()
 
 
+def flow_matching():
+    c = mnist_fm.get_config()
+    c.loss.time, c.loss.time_kwargs = "uniform", {}
+    return c
+
+
+def flow_matching_logit_normal():
+    c = mnist_fm.get_config()
+    c.loss.time, c.loss.time_kwargs = "logit_normal", {}  # Esser et al. 2024: t = sigmoid(N(0, 1))
+    return c
+
+
 ROWS = {"edm": edm, "no_precond": no_preconditioning, "uniform_noise": uniform_noise, "min_snr": min_snr,
-        "eps_vp": eps_vp}  # fmt: skip
+        "learned_weighting": learned_weighting, "eps_vp": eps_vp, "fm": flow_matching,
+        "fm_logit_normal": flow_matching_logit_normal}  # fmt: skip
 
 
 def row_config(name: str):
@@ -81,6 +105,8 @@ def main(argv):
         unknown = sorted(set(names) - set(ROWS))
         if unknown:
             raise ValueError(f"unknown rows {unknown}; choose from {tuple(ROWS)}.")
+        for name in names:  # every row checked before the first one trains
+            validate_config(row_config(name))
         workdirs = []
         for name in names:
             workdir = os.path.join(FLAGS.out, name)

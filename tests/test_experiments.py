@@ -101,6 +101,41 @@ def test_every_config_validates_and_the_cli_lists_its_use():
     assert "--workdir" in run("train", "--help", expect=1)  # absl's help exits with status 1
 
 
+def test_every_ablation_row_validates_and_changes_only_its_ingredient():
+    """`experiments.ablation`: every row is a valid config (two rows once were not: `ConfigDict.update`
+    merged their new keyword dicts into EDM's), all rows share the budget (steps, batch, optimiser,
+    EMA, seed) and the U-Net but its time-feature scale, and each EDM variant differs from the EDM
+    row in its named ingredient only."""
+    from absl import flags
+
+    from experiments import ablation
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(["ablation"])
+    rows = {name: ablation.row_config(name) for name in ablation.ROWS}
+    for cfg in rows.values():
+        validate_config(cfg)
+
+    def budget(c):
+        unet = {k: v for k, v in c.model.kwargs.to_dict().items() if k != "time_scale"}
+        return c.seed, c.train.num_steps, c.train.batch_size, c.train.learning_rate, c.train.ema_decay, unet
+
+    assert len({json.dumps(budget(c), sort_keys=True, default=str) for c in rows.values()}) == 1
+    edm = rows["edm"].to_dict()
+    changed = {"no_precond": {("model", "preconditioning"), ("model", "kwargs")},
+               "uniform_noise": {("loss", "time"), ("loss", "time_kwargs"), ("loss", "t_eps")},
+               "min_snr": {("loss", "weighting"), ("loss", "weighting_kwargs")},
+               "learned_weighting": {("loss", "learned_weighting")}}  # fmt: skip
+    for name, keys in changed.items():
+        row = rows[name].to_dict()
+        diff = {(section, key) for section, fields in row.items() if isinstance(fields, dict)
+                for key in fields if fields[key] != edm[section][key]}  # fmt: skip
+        assert diff == keys, (name, diff)
+    assert dict(rows["min_snr"].loss.weighting_kwargs) == {"gamma": 5.0}
+    assert rows["uniform_noise"].loss.time == "uniform" and not rows["uniform_noise"].loss.time_kwargs
+    assert (rows["fm"].loss.time, rows["fm_logit_normal"].loss.time) == ("uniform", "logit_normal")
+
+
 @pytest.mark.skipif(not os.path.exists(os.path.join(MNIST, "train-images-idx3-ubyte.gz")),
                     reason="MNIST IDX files not found in ../shared/data/mnist")
 def test_mnist_class_conditional_tiny_run_with_guided_sampling(tmp_path):
