@@ -468,16 +468,27 @@ def consistency_training_loss(
     return jnp.mean(per_example) if reduce else per_example
 
 
-def ict_num_levels(step: int, total_steps: int, s0: int = 10, s1: int = 1280) -> int:
+def ict_num_levels(step: int | Array, total_steps: int, s0: int = 10, s1: int = 1280) -> int | Array:
     """iCT's exponential curriculum N(k) = min(s0·2^{⌊k/K'⌋}, s1) + 1 with
     K' = ⌊K/(log₂⌊s1/s0⌋ + 1)⌋ (Song & Dhariwal 2023, eq. 11): 11, 21, 41, …, 1281 levels over K
-    training steps for the defaults (8 stages)."""
-    if not (isinstance(total_steps, int | np.integer) and total_steps >= 1 and 0 <= step):
-        raise ValueError(f"ict_num_levels: need total_steps >= 1 and step >= 0, got {step}, {total_steps}.")
+    training steps for the defaults (8 stages). A Python int step gives an int; a traced (scalar,
+    integer) step — the train step's counter inside `jit` — gives an int32 array, the same values, for
+    `consistency_training_loss(..., max_levels=s1 + 1)` (one compile for the whole curriculum)."""
+    if not (isinstance(total_steps, int | np.integer) and total_steps >= 1):
+        raise ValueError(f"ict_num_levels: need an int total_steps >= 1, got {total_steps!r}.")
     if not (isinstance(s0, int | np.integer) and isinstance(s1, int | np.integer) and 1 <= s0 <= s1):
         raise ValueError(f"ict_num_levels: need integers 1 <= s0 <= s1, got s0={s0}, s1={s1}.")
     stage_len = max(int(total_steps // (math.floor(math.log2(s1 // s0)) + 1)), 1)
-    return int(min(s0 * 2 ** (int(step) // stage_len), s1) + 1)
+    if isinstance(step, int | np.integer):
+        if step < 0:
+            raise ValueError(f"ict_num_levels: need step >= 0, got {step}.")
+        return int(min(s0 * 2 ** (int(step) // stage_len), s1) + 1)
+    step = jnp.asarray(step)
+    if step.shape != () or not jnp.issubdtype(step.dtype, jnp.integer):
+        raise ValueError(f"ict_num_levels: a traced step must be an integer scalar, got "
+                         f"{step.dtype}{step.shape}.")
+    doublings = jnp.minimum(jnp.maximum(step, 0) // stage_len, math.ceil(math.log2(s1 / s0)))  # no overflow
+    return jnp.minimum(s0 * 2**doublings.astype(jnp.int32), s1) + 1
 
 
 # -- continuous-time consistency (sCM) -------------------------------------------------------

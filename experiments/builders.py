@@ -247,6 +247,17 @@ def validate_config(cfg) -> None:
         raise ConfigError("invalid config: the DDPM chain has no velocity (model.prediction='velocity').")
 
 
+def ict_curriculum(option) -> tuple[int, int]:
+    """(s0, s1) of loss.options.curriculum: True (iCT's 10 → 1280) or [s0, s1], integers 1 <= s0 <= s1
+    (False, or no such option: a fixed loss.options.num_levels)."""
+    pair = (10, 1280) if option is True else tuple(option) if isinstance(option, list | tuple) else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair) \
+            or not 1 <= pair[0] <= pair[1]:  # fmt: skip
+        raise ConfigError("loss.options.curriculum is iCT's level curriculum: True (s0, s1 = 10, 1280) or "
+                          f"[s0, s1] with integers 1 <= s0 <= s1; got {option!r}")
+    return pair
+
+
 def few_step_checks(cfg, need) -> None:
     """What the few-step losses and samplers need of the rest of the config."""
     name, precond, sampler = cfg.loss.name, cfg.model.preconditioning, cfg.sample.sampler
@@ -284,6 +295,15 @@ def few_step_checks(cfg, need) -> None:
     need(isinstance(warmup_steps, int) and warmup_steps >= 0 and not (warmup_steps and constant),
          f"loss.options.warmup_steps must be an int >= 0 (r rises from 0 to 1 over them), and not given "
          f"with a constant warmup; got warmup_steps={warmup_steps!r}, options={dict(cfg.loss.options)}")
+    options = dict(cfg.loss.options)
+    if options.get("curriculum", False) is not False:
+        need(name == "consistency_training" and "num_levels" not in options,
+             "loss.options.curriculum grows iCT's number of levels over train.num_steps "
+             "(loss.name='consistency_training'), instead of a fixed loss.options.num_levels")
+        try:
+            ict_curriculum(options["curriculum"])
+        except ConfigError as err:
+            need(False, str(err))
     need(not dict(cfg.loss.options) or name in FEW_STEP_LOSSES,
          f"loss.options are options of a few-step loss {FEW_STEP_LOSSES}, not of {name!r}")
 
@@ -304,6 +324,7 @@ def build_few_step_loss(cfg, process):
         consistency_distillation_loss,
         consistency_training_loss,
         continuous_consistency_loss,
+        ict_num_levels,
     )
     from diffjax.flow_map import AverageVelocityMap
     from diffjax.meanflow import meanflow_loss, meanflow_times
@@ -343,8 +364,19 @@ def build_few_step_loss(cfg, process):
 
         return uses_step(scm_warmed_up)
     if cfg.loss.name == "consistency_training":
-        options.setdefault("num_levels", 41)
-        return functools.partial(consistency_training_loss, process=process, **options)
+        curriculum = options.pop("curriculum", False)
+        if curriculum is False:
+            options.setdefault("num_levels", 41)
+            return functools.partial(consistency_training_loss, process=process, **options)
+        s0, s1 = ict_curriculum(curriculum)
+        total = cfg.train.num_steps
+
+        def ict_with_curriculum(model, x0, key, *, step, **kwargs):  # N(step) of iCT's eq. 11, traced
+            levels = ict_num_levels(step, total, s0, s1)
+            return consistency_training_loss(model, x0, key, process=process, num_levels=levels,
+                                             max_levels=s1 + 1, **options, **kwargs)  # fmt: skip
+
+        return uses_step(ict_with_curriculum)
     teacher, _ = teacher_flow_velocity(cfg, process)
     if cfg.loss.name == "progressive_distillation":
         return functools.partial(dj.progressive_distillation_loss, teacher=teacher, process=process,

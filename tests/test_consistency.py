@@ -179,6 +179,13 @@ def test_ict_curriculum_and_levels():
     assert [ict_num_levels(k, total) for k in (0, 999, 1000, 2000, 6999, 7000, 7999, 10**6)] == \
         [11, 11, 21, 41, 641, 1281, 1281, 1281]  # fmt: skip
     assert len({ict_num_levels(k, total) for k in range(total)}) == 8
+    # traced (the train step's counter inside jit): the same values, int32, no overflow far past the end
+    steps = np.array([0, 999, 1000, 2000, 6999, 7000, 7999, 10**6, 2**31 - 1], np.int32)
+    traced = jax.jit(jax.vmap(lambda k: ict_num_levels(k, total)))(steps)
+    assert traced.dtype == jnp.int32
+    assert traced.tolist() == [ict_num_levels(int(k), total) for k in steps]
+    with pytest.raises(ValueError, match="integer scalar"):
+        ict_num_levels(jnp.float32(3.0), total)
     process = dj.CondOTPath()
     lv = ict_noise_levels(process, 11, 1.0)
     sig, times = np.asarray(lv.sigmas), np.asarray(lv.times)

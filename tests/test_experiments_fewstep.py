@@ -198,6 +198,37 @@ def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_p
                            str(tmp_path / "missing"))  # fmt: skip
 
 
+def test_ict_curriculum_grows_the_levels_inside_the_compiled_step():
+    """loss.options.curriculum = [s0, s1]: the built loss takes the train step and, compiled once, equals
+    `consistency_training_loss` with iCT's eq. 11 level count N(step) = `ict_num_levels(step, K, s0, s1)`
+    given concretely (no padding), at steps of every stage (float32 rounding)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from diffjax.consistency import consistency_training_loss, ict_num_levels
+    from diffjax.models import build_model
+    from diffjax.training.step import takes_step
+    from experiments.builders import build_loss, network_spec, process_spec, wrap_network
+
+    cfg = tiny(checkerboard_ict, num_steps=40, **{"loss.options": {"curriculum": [2, 16]}})
+    validate_config(cfg)
+    process = dj.build_process(process_spec(cfg))
+    loss = build_loss(cfg, process)
+    assert takes_step(loss)
+    graphdef, params = nnx.split(build_model(network_spec(cfg), 0))
+    wrap = wrap_network(cfg, process)
+    x0 = jax.random.normal(jax.random.key(1), (64, 2))
+    key = jax.random.key(2)
+    traced = jax.jit(lambda p, step: loss(wrap(nnx.merge(graphdef, p)), x0, key, step=step))
+    for step in (0, 9, 10, 25, 39, 80):
+        levels = ict_num_levels(step, 40, 2, 16)
+        direct = consistency_training_loss(wrap(nnx.merge(graphdef, params)), x0, key, process=process,
+                                           num_levels=levels)  # fmt: skip
+        assert np.isclose(float(traced(params, jnp.int32(step))), float(direct), rtol=1e-5), (step, levels)
+    assert traced._cache_size() == 1
+    assert [ict_num_levels(k, 40, 2, 16) for k in (0, 10, 20, 30, 39)] == [3, 5, 9, 17, 17]
+
+
 @pytest.mark.parametrize("edit, match", [
     (dict(module=checkerboard_meanflow, **{"model.kwargs.second_time": False}), "second_time=True"),
     (dict(module=checkerboard_fm, **{"model.kwargs.second_time": True}), "MeanFlow network"),
@@ -209,6 +240,9 @@ def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_p
     (dict(module=checkerboard_fm, **{"model.noise_input": "trig"}), "consistency"),
     (dict(module=checkerboard_fm, **{"sample.sampler": "flow_map"}), "second_time=True"),
     (dict(module=checkerboard_fm, **{"loss.options": {"ratio": 0.5}}), "options of a few-step loss"),
+    (dict(module=checkerboard_ict, **{"loss.options": {"curriculum": True, "num_levels": 41}}), "fixed"),
+    (dict(module=checkerboard_ict, **{"loss.options": {"curriculum": [5, 2]}}), "1 <= s0 <= s1"),
+    (dict(module=checkerboard_ict, **{"loss.options": {"curriculum": "yes"}}), "1 <= s0 <= s1"),
     (dict(module=checkerboard_fm, **{"loss.name": "progressive_distillation", "teacher.workdir": "x"}),
      "num_student_steps"),
     (dict(module=checkerboard_fm, **{"loss.name": "reflow"}), "trains on data.couplings"),

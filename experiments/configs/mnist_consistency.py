@@ -1,6 +1,7 @@
 """MNIST consistency models on the CondOT path (Song et al. 2023): consistency distillation from the
 flow-matching run (one Heun step of the teacher between neighbouring levels of an 18-step EDM grid)
-or, without a teacher, improved consistency training (iCT, Song & Dhariwal 2023):
+or, without a teacher, improved consistency training (iCT, Song & Dhariwal 2023; pseudo-Huber distance,
+log-normal levels and its curriculum of 11 → 1281 levels over the run, `loss.options.curriculum`):
 
     python -m experiments.train --config experiments/configs/mnist_consistency.py \
         --workdir outputs/mnist_cd --config.data.data_dir=../shared/data/mnist \
@@ -41,7 +42,7 @@ def get_config(variant: str = "cd"):
     c.model.update(prediction="x0", preconditioning="consistency", sigma_data=SIGMA_DATA,
                    kwargs=mnist_ddpm.unet_kwargs(time_scale=250.0))  # fmt: skip
     if variant == "ict":
-        c.loss.update(name="consistency_training", options=dict(num_levels=161, distance="pseudo_huber"))
+        c.loss.update(name="consistency_training", options=dict(curriculum=True, distance="pseudo_huber"))
     elif variant == "cd":
         c.loss.update(name="consistency_distillation", options=dict(num_steps=18, solver="heun",
                                                                     distance="l2"))  # fmt: skip
