@@ -48,3 +48,14 @@ def on_files(files, config):
             html_depth = depth + bool(config.use_directory_urls)
         files.append(File.generated(config, uri, content=rewrite_links(body, depth, html_depth)))
     return files
+
+
+SECTION_TITLES = {"Api": "API reference", "Guide": "Guide"}
+
+
+def on_nav(nav, config, files):
+    """Name the sections of the automatic navigation ('Api' → 'API reference')."""
+    for item in nav.items:
+        if getattr(item, "is_section", False) and item.title in SECTION_TITLES:
+            item.title = SECTION_TITLES[item.title]
+    return nav
