@@ -32,7 +32,6 @@ prints a markdown table.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -64,7 +63,7 @@ from experiments.builders import (
     user_errors,
 )
 from experiments.optimize_grid import use_grid_file
-from experiments.tables import markdown_table, print_tables
+from experiments.tables import emit_row, markdown_table, print_tables
 
 flags.DEFINE_string("workdirs", None, "Comma-separated work directories written by experiments.train, or "
                     "pretrained:NAME for a network shipped with diffjax (e.g. pretrained:mnist_fm).")
@@ -185,10 +184,7 @@ def evaluate_workdir(workdir, clf, test_stats, test_x, test_freq, sigma_rel=None
         if FLAGS.guidance_interval:
             row["guidance_interval"] = list(cfg.sample.guidance_interval)
         rows.append(row)
-        print(json.dumps(row), flush=True)
-        if out:
-            with open(out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        emit_row(row, out)
     return rows
 
 

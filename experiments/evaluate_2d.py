@@ -14,7 +14,6 @@ to `--out` as JSON lines and printed as a markdown table.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -34,7 +33,7 @@ from experiments.builders import (
     train_wall_time,
     user_errors,
 )
-from experiments.tables import markdown_table_2d, print_tables
+from experiments.tables import emit_row, markdown_table_2d, print_tables
 
 flags.DEFINE_string("workdirs", None, "Comma-separated work directories of 2D models (experiments.train).")
 flags.DEFINE_string("samplers", "heun:32,euler:10,dpm_solver_pp:10", "name:steps, comma-separated.")
@@ -111,10 +110,7 @@ def evaluate_workdir(workdir, out=None):
             row.update(nll_nats=nll[0], data_nll_nats=nll[1], kl_nats=nll[2], kl_se=nll[3],
                        nll_examples=FLAGS.nll_examples)  # fmt: skip
         rows.append(row)
-        print(json.dumps(row), flush=True)
-        if out:
-            with open(out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        emit_row(row, out)
     return rows
 
 

@@ -61,6 +61,15 @@ def markdown_table_2d(rows) -> str:
     return "\n".join(lines)
 
 
+def emit_row(row: dict, out: str | None) -> None:
+    """Print one result row as JSON and append it to the JSON lines file `out` at once (a later
+    failure loses no row already computed)."""
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def print_tables(path: str) -> None:
     """The markdown tables of a results file of either evaluator (MNIST rows, 2-D rows)."""
     with user_errors():
