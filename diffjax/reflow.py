@@ -284,7 +284,7 @@ def pair_distillation_loss(
     key: Array | None = None,
     *,
     process: GaussianProcess,
-    num_steps: int = 1,
+    num_steps: int | tuple[int, ...] = 1,
     grid: str | Array = "uniform",
     t_eps: float | None = None,
     reduce: bool = True,
@@ -300,50 +300,77 @@ def pair_distillation_loss(
     (`Couplings.waypoints`) they are the teacher's own trajectory and the grid is every ((m + 1)/k)-th
     of (t_noise, *waypoint_times, data end) (k must divide m + 1): trajectory distillation, where each
     jump is a piece of the teacher's flow map (the `grid` argument must then be left at its default).
-    k = 1 is one-step distillation Φ_θ(z, t_noise, t_data) → x (the key is not used). The map of a flow whose
-    trajectories are the pairs' lines has loss 0 at every k; the exact map of a flow with curved
-    trajectories only at k = 1, or at every k on its own waypoints (tests/test_reflow.py). A scalar
-    (or (batch,))."""
+    k = 1 is one-step distillation Φ_θ(z, t_noise, t_data) → x (the key is not used).
+
+    num_steps a tuple (k_1, k_2, …): one network for several budgets — each example draws k uniformly
+    among them, then its step i ~ U{0, …, k−1} on the k-step grid (with waypoints (1, 2) regresses the
+    whole jump z → x and both halves z → x_½ → x of the teacher's trajectory; `grid` must be a name).
+    A single k, as an int or a 1-tuple, draws exactly as before.
+
+    The map of a flow whose trajectories are the pairs' lines has loss 0 at every k; the exact map of
+    a flow with curved trajectories only at k = 1, or at every k (and every tuple) on its own
+    waypoints (tests/test_reflow.py). A scalar (or (batch,))."""
     noise, data = (pair.noise, pair.data) if isinstance(pair, Couplings) else pair
     check_same_shape(noise, data, "noise and data", "pair_distillation_loss")
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"pair_distillation_loss: num_steps must be an int >= 1, got {num_steps!r}.")
+    ks = tuple(num_steps) if isinstance(num_steps, tuple | list) else (num_steps,)
+    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks) \
+            or len(set(ks)) != len(ks):  # fmt: skip
+        raise ValueError("pair_distillation_loss: num_steps must be an int >= 1 or a tuple of distinct "
+                         f"ints >= 1, got {num_steps!r}.")  # fmt: skip
+    if len(ks) > 1 and not isinstance(grid, str):
+        raise ValueError("pair_distillation_loss: several num_steps need a named grid, not an array.")
     waypoints = pair.waypoints if isinstance(pair, Couplings) else None
-    if waypoints is None:
-        ts = make_grid(process, num_steps, grid, t_eps) if isinstance(grid, str) else jnp.asarray(grid)
-    else:
+    if waypoints is not None:
         m = len(pair.waypoint_times)
-        if (m + 1) % num_steps:
-            raise ValueError(f"pair_distillation_loss: couplings with {m} waypoints split the path into "
-                             f"{m + 1} pieces; num_steps={num_steps} must divide {m + 1}.")  # fmt: skip
         if not (isinstance(grid, str) and grid == "uniform"):
             raise ValueError("pair_distillation_loss: with waypoints the grid is theirs; leave grid unset.")
-        stride = (m + 1) // num_steps
-        ts = jnp.asarray([float(process.t_noise), *pair.waypoint_times, process.data_end(t_eps)])[::stride]
-    if ts.shape != (num_steps + 1,):
-        raise ValueError(f"pair_distillation_loss: the grid must have num_steps + 1 = {num_steps + 1} times, "
-                         f"got shape {ts.shape}.")  # fmt: skip
-    ts = ts.astype(data.dtype)
-    n = data.shape[0]
-    if num_steps == 1:
-        i = jnp.zeros((n,), jnp.int32)
+        trajectory_ts = jnp.asarray([float(process.t_noise), *pair.waypoint_times, process.data_end(t_eps)])
+    # every jump of every k-step grid: start/end times and the indices of its start/end states
+    starts, ends, first, last, weights = [], [], [], [], []
+    for k in ks:
+        if waypoints is None:
+            ts = make_grid(process, k, grid, t_eps) if isinstance(grid, str) else jnp.asarray(grid)
+            index = list(range(k + 1))
+        else:
+            if (m + 1) % k:
+                raise ValueError(f"pair_distillation_loss: couplings with {m} waypoints split the path into "
+                                 f"{m + 1} pieces; num_steps={k} must divide {m + 1}.")  # fmt: skip
+            stride = (m + 1) // k
+            ts, index = trajectory_ts[::stride], list(range(0, m + 2, stride))
+        if ts.shape != (k + 1,):
+            raise ValueError(f"pair_distillation_loss: the grid must have num_steps + 1 = {k + 1} times, "
+                             f"got shape {ts.shape}.")  # fmt: skip
+        starts.append(ts[:-1])
+        ends.append(ts[1:])
+        first += index[:-1]
+        last += index[1:]
+        weights += [1.0 / (len(ks) * k)] * k
+    t_of, s_of = jnp.concatenate(starts).astype(data.dtype), jnp.concatenate(ends).astype(data.dtype)
+    n, num_jumps = data.shape[0], len(weights)
+    if num_jumps == 1:
+        j = jnp.zeros((n,), jnp.int32)
     else:
         if key is None:
-            raise ValueError("pair_distillation_loss: num_steps > 1 draws a step per example; pass key.")
-        i = jax.random.randint(check_key(key, "pair_distillation_loss"), (n,), 0, num_steps)
-    t, s = ts[i], ts[i + 1]
+            raise ValueError("pair_distillation_loss: more than one jump draws a jump per example; pass key.")
+        key = check_key(key, "pair_distillation_loss")
+        if len(ks) == 1:
+            j = jax.random.randint(key, (n,), 0, num_jumps)
+        else:
+            j = jax.random.choice(key, num_jumps, (n,), p=jnp.asarray(weights))
+    t, s = t_of[j], s_of[j]
+    a, b = jnp.asarray(first)[j], jnp.asarray(last)[j]
     if waypoints is None:
         eps = _paired_noise(process, noise)
 
         def on_line(tau):
             return expand(process.alpha(tau), data) * data + expand(process.sigma(tau), data) * eps
 
-        x_t = jnp.where(expand(i == 0, data), noise, on_line(t))  # the state at t_noise is z itself
+        x_t = jnp.where(expand(a == 0, data), noise, on_line(t))  # the state at t_noise is z itself
         target = on_line(s)
     else:
         states = jnp.concatenate([noise[:, None], waypoints.astype(data.dtype), data[:, None]], axis=1)
-        states, rows = states[:, ::stride], jnp.arange(n)
-        x_t, target = states[rows, i], states[rows, i + 1]
+        rows = jnp.arange(n)
+        x_t, target = states[rows, a], states[rows, b]
     out = flow_map(x_t, t, s)
     check_model_output(out, data, "pair_distillation_loss")
     per_example = jnp.mean(jnp.square(out - target).reshape(n, -1), axis=-1)

@@ -226,3 +226,44 @@ def test_trajectory_distillation_regresses_the_teachers_own_waypoints(tmp_path):
                            waypoints=1)  # fmt: skip
         with pytest.raises(ValueError, match="come together"):
             Couplings(pairs.noise, pairs.data, waypoints=pairs.waypoints)
+
+
+def test_several_jump_counts_train_one_map_on_every_piece_of_the_trajectory():
+    """num_steps=(k_1, k_2, …): each example draws k uniformly, then a step of the k-step grid. On the
+    pair's line with the exact (curved) Gaussian map and (1, 2): every example's loss is one of the
+    closed forms (r(b)ℓ(a)/r(a) − ℓ(b))²·‖z‖²/D of the jumps (0 → 1: zero; 0 → ½; ½ → 1), drawn ½, ¼, ¼
+    of the time (binomial, 4 standard errors); on the teacher's own trajectory with 3 waypoints the
+    exact map's loss over (1, 2, 4) is its solve error squared (< 1e-12); a 1-tuple draws exactly as
+    the int; bad counts are refused."""
+    with x64():
+        path, std, n = dj.CondOTPath(), 0.5, 4000
+        gauss = dj.gaussian(MEAN, std**2)
+        exact_map = gauss.flow_map(path)
+        z = _noise(n, seed=3)
+        line = Couplings(z, MEAN + std * z)
+        key = jax.random.key(5)
+        per = np.asarray(pair_distillation_loss(exact_map, line, key, process=path, num_steps=(1, 2),
+                                                reduce=False))  # fmt: skip
+        jumps = [(0.0, 1.0), (0.0, 0.5), (0.5, 1.0)]
+        c = np.array([(_r(b, std) * _ell(a, std) / _r(a, std) - _ell(b, std)) ** 2 for a, b in jumps])
+        assert c[0] < 1e-20 and min(c[1:]) > 1e-3
+        ratio = per / (np.sum(np.asarray(z) ** 2, axis=1) / DIM)
+        which = np.argmin(np.abs(ratio[:, None] - c[None]), axis=1)
+        assert np.all(np.abs(ratio - c[which]) < 1e-9 * c.max())
+        for j, p in enumerate((0.5, 0.25, 0.25)):
+            assert abs(np.mean(which == j) - p) < 4 * np.sqrt(p * (1 - p) / n), (j, np.mean(which == j))
+        single = pair_distillation_loss(exact_map, line, key, process=path, num_steps=(2,), reduce=False)
+        assert np.array_equal(np.asarray(single), np.asarray(
+            pair_distillation_loss(exact_map, line, key, process=path, num_steps=2, reduce=False)))
+        pairs = make_couplings(gauss.model(path, "velocity"), path, jax.random.key(1), (256, DIM),
+                               solver="rk4", num_steps=32, waypoints=3)  # fmt: skip
+        on_trajectory = pair_distillation_loss(exact_map, pairs, key, process=path, num_steps=(1, 2, 4))
+        assert float(on_trajectory) < 1e-12 * float(np.mean(per[which > 0]))
+        for bad in ((), (1, 1), (0, 2), (True,), 2.0):
+            with pytest.raises(ValueError, match="num_steps must be"):
+                pair_distillation_loss(exact_map, line, key, process=path, num_steps=bad)
+        with pytest.raises(ValueError, match="must divide 4"):
+            pair_distillation_loss(exact_map, pairs, key, process=path, num_steps=(1, 3))
+        with pytest.raises(ValueError, match="named grid"):
+            pair_distillation_loss(exact_map, line, key, process=path, num_steps=(1, 2),
+                                   grid=jnp.linspace(0.0, 1.0, 3))  # fmt: skip

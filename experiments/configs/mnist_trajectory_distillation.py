@@ -4,7 +4,8 @@ with 10 steps, the state after step 5 kept as a waypoint), so that two jumps lan
 20 evaluations do. Unlike distillation on the pair's straight line (`mnist_pair_distillation.py`),
 each jump is a piece of the teacher's flow map, and unlike the shortcut model's self-consistency no
 target is the network's own output. Fine-tuned from the shortcut model (which already jumps at
-dyadic steps):
+dyadic steps). `--config.loss.options.num_steps='[1, 2]'` trains one network on the whole jump and both
+halves at once (not yet measured on MNIST):
 
     python -m experiments.sample --workdir pretrained:mnist_fm --sampler midpoint --steps 10 \
         --num 16000 --couplings outputs/couplings/mnist_fm_midpoint10_w1.npz --waypoints 1
