@@ -155,8 +155,8 @@ def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_p
     """`sample --couplings` writes (noise, sample) pairs: the noise is the prior draw of the seed, the
     samples those of the .npz, and they do not depend on --batch; --waypoints 1 keeps the solve's
     state at t = ½ (the state after 2 of the 4 steps); a reflow run (started from the teacher) and a
-    two-step trajectory distillation of it (a two-time network, fine-tuned from the reflow run, on the
-    waypoints) train on them; couplings of another process are refused before training."""
+    trajectory distillation of it on the whole jump and both halves (num_steps (1, 2); a two-time
+    network, fine-tuned from the reflow run, on the waypoints) train on them; couplings of another process are refused before training."""
     from diffjax.reflow import load_couplings
 
     pairs_file = str(tmp_path / "pairs.npz")
@@ -186,7 +186,7 @@ def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_p
     summary = train_and_evaluate(tiny(checkerboard_fm, **reflow), str(tmp_path / "rf"))
     assert summary["nfe"] == 1 and np.isfinite(summary["loss"])
     distil = {"loss.name": "pair_distillation", "data.couplings": pairs_file,
-              "loss.options": {"num_steps": 2}, "model.kwargs.second_time": True,
+              "loss.options": {"num_steps": (1, 2)}, "model.kwargs.second_time": True,
               "train.init_from": str(tmp_path / "rf"), "sample.sampler": "flow_map",
               "sample.num_steps": 2}  # fmt: skip
     summary = train_and_evaluate(tiny(checkerboard_meanflow, **distil), str(tmp_path / "pd"))

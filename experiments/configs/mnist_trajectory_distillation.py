@@ -4,7 +4,7 @@ with 10 steps, the state after step 5 kept as a waypoint), so that two jumps lan
 20 evaluations do. Unlike distillation on the pair's straight line (`mnist_pair_distillation.py`),
 each jump is a piece of the teacher's flow map, and unlike the shortcut model's self-consistency no
 target is the network's own output. Fine-tuned from the shortcut model (which already jumps at
-dyadic steps). `--config.loss.options.num_steps='[1, 2]'` trains one network on the whole jump and both
+dyadic steps). `--config.loss.options.num_steps='(1, 2)'` trains one network on the whole jump and both
 halves at once (not yet measured on MNIST):
 
     python -m experiments.sample --workdir pretrained:mnist_fm --sampler midpoint --steps 10 \
@@ -20,7 +20,7 @@ def get_config():
     c = mnist_fm.get_config()
     c.data.couplings = "outputs/couplings/mnist_fm_midpoint10_w1.npz"
     c.loss.name = "pair_distillation"
-    c.loss.options = dict(num_steps=2)
+    c.loss.options = dict(num_steps=(2,))  # a tuple, so that the flag can give several: (1, 2)
     c.model.kwargs = {**c.model.kwargs, "second_time": True}
     c.train.update(init_from="outputs/mnist_shortcut_2200", num_steps=800, learning_rate=3e-4,
                    warmup_steps=20, ema_decay=0.995, checkpoint_every=200, sample_every=0)  # fmt: skip
