@@ -156,7 +156,8 @@ def test_reflow_and_pair_distillation_train_on_couplings_written_by_sample(tmp_p
     samples those of the .npz, and they do not depend on --batch; --waypoints 1 keeps the solve's
     state at t = ½ (the state after 2 of the 4 steps); a reflow run (started from the teacher) and a
     trajectory distillation of it on the whole jump and both halves (num_steps (1, 2); a two-time
-    network, fine-tuned from the reflow run, on the waypoints) train on them; couplings of another process are refused before training."""
+    network, fine-tuned from the reflow run, on the waypoints) train on them; couplings of another
+    process are refused before training."""
     from diffjax.reflow import load_couplings
 
     pairs_file = str(tmp_path / "pairs.npz")
