@@ -50,7 +50,7 @@ def on_files(files, config):
     return files
 
 
-SECTION_TITLES = {"Api": "API reference", "Guide": "Guide"}
+SECTION_TITLES = {"Api": "API reference"}  # the folder names, where they read badly
 
 
 def on_nav(nav, config, files):

@@ -285,17 +285,17 @@ def few_step_checks(cfg, need) -> None:
     need(bool(cfg.teacher.workdir) == (name in NEEDS_TEACHER) or name in TEACHER_OPTIONAL,
          f"teacher.workdir is what loss.name in {NEEDS_TEACHER} distils (and {TEACHER_OPTIONAL} may); got "
          f"teacher.workdir={cfg.teacher.workdir!r} with loss.name={name!r}")
-    need(name != "progressive_distillation" or "num_student_steps" in cfg.loss.options,
+    options = dict(cfg.loss.options)
+    need(name != "progressive_distillation" or "num_student_steps" in options,
          "loss.name='progressive_distillation' needs loss.options.num_student_steps (the student's steps; "
          "it matches two teacher DDIM steps in one)")
-    warmup_steps = dict(cfg.loss.options).get("warmup_steps", 0)
-    need(name == "consistency_continuous" or "warmup_steps" not in cfg.loss.options,
+    warmup_steps = options.get("warmup_steps", 0)
+    need(name == "consistency_continuous" or "warmup_steps" not in options,
          "loss.options.warmup_steps is sCM's tangent warm-up (loss.name='consistency_continuous')")
-    constant = "warmup" in cfg.loss.options
+    constant = "warmup" in options
     need(isinstance(warmup_steps, int) and warmup_steps >= 0 and not (warmup_steps and constant),
          f"loss.options.warmup_steps must be an int >= 0 (r rises from 0 to 1 over them), and not given "
-         f"with a constant warmup; got warmup_steps={warmup_steps!r}, options={dict(cfg.loss.options)}")
-    options = dict(cfg.loss.options)
+         f"with a constant warmup; got warmup_steps={warmup_steps!r}, options={options}")
     if options.get("curriculum", False) is not False:
         need(name == "consistency_training" and "num_levels" not in options,
              "loss.options.curriculum grows iCT's number of levels over train.num_steps "
@@ -304,7 +304,7 @@ def few_step_checks(cfg, need) -> None:
             ict_curriculum(options["curriculum"])
         except ConfigError as err:
             need(False, str(err))
-    need(not dict(cfg.loss.options) or name in FEW_STEP_LOSSES,
+    need(not options or name in FEW_STEP_LOSSES,
          f"loss.options are options of a few-step loss {FEW_STEP_LOSSES}, not of {name!r}")
 
 
