@@ -54,6 +54,7 @@ from diffjax.likelihood import (
     log_likelihood,
     sample_with_log_prob,
     variational_bound,
+    vdm_loss,
 )
 from diffjax.losses import (
     EDMWeighting,
@@ -143,6 +144,8 @@ _LAZY = {  # heavier subpackages and helpers, imported on first use
     "encode_dataset": "diffjax.latent",
     "decode_latents": "diffjax.latent",
     "load_latent_space": "diffjax.training.workdir",
+    "WithSchedule": "diffjax.models",  # a network with VDM's learned schedule
+    "process_of": "diffjax.models",
 }
 
 
@@ -156,7 +159,8 @@ def __getattr__(name: str):
 __all__ = [
     "DDIM", "EDM", "EDMWeighting", "MinSNRWeighting", "PREDICTIONS", "Preconditioned",
     "antithetic_uniform_time", "edm_scalings", "effective_weighting", "lognormal_time", "make_weighting",
-    "precondition", "continuous_elbo", "LearnedSchedule", "RK4", "SOLVERS", "VESDE", "VPSDE", "Adaptive",
+    "precondition", "continuous_elbo", "vdm_loss", "LearnedSchedule",
+    "WithSchedule", "process_of", "RK4", "SOLVERS", "VESDE", "VPSDE", "Adaptive",
     "Ancestral",
     "CondOTPath", "CosinePath", "CosineVPSDE", "DDPMChain", "DPMSolverPP", "Euler", "EulerMaruyama",
     "GaussianMixture", "GaussianPath", "GaussianProcess", "Heun", "LinearSDE", "Midpoint",

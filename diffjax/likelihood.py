@@ -510,6 +510,7 @@ class ContinuousELBO(NamedTuple):
 def continuous_elbo(
     model, process: GaussianProcess, x0: Array, key: Array, *, prediction: str | None = None,
     num_times: int = 16, t_eps: float | None = None, decoder: Literal["gaussian", "discrete"] = "gaussian",
+    stratify: Literal["example", "batch"] = "example",
 ) -> ContinuousELBO:  # fmt: skip
     """The continuous-time variational bound (Kingma et al. 2021, eqs. 11–17; Song et al. 2021b):
 
@@ -517,8 +518,11 @@ def continuous_elbo(
                     + ½ ∫_{t0}^{T} |dλ/dt| E_ε ‖ε − ε̂(x_t, t)‖² dt,
 
     λ the log-SNR, t0 the data end moved by t_eps, p(x_T) = N(0, σ(T)²I) the process's prior. The
-    integral is estimated with `num_times` stratified times per example (one shared uniform offset,
-    VDM's low-discrepancy sampler) and a fresh ε per time. decoder 'gaussian': p(x | x_{t0}) =
+    integral is estimated with `num_times` stratified times per example and a fresh ε per time:
+    stratify 'example' gives each example its own uniform offset u and the times u + k/num_times
+    (mod 1); 'batch' stratifies all batch·num_times times with one shared offset (VDM's low-discrepancy
+    sampler: in training, with num_times = 1, the batch covers [t0, T] evenly).
+    decoder 'gaussian': p(x | x_{t0}) =
     N(x; x_{t0}/α, (σ/α)² I) (continuous data; its expectation is closed form); 'discrete': VDM's
     8-bit decoder p(x_d = k | x_{t0}) ∝ exp(−(x_{t0,d}/α − c_k)²/(2(σ/α)²)), c_k = k/127.5 − 1, with
     x0 on that grid (one draw of x_{t0}). Bits/dim: total / (D·ln 2). x0: (batch, *event)."""
@@ -529,8 +533,15 @@ def continuous_elbo(
     flow = as_flow(model, process, prediction or getattr(model, "prediction", None) or "eps")
     batch, dim = x0.shape[0], x0[0].size
     lo, hi = process.time_interval(t_eps)
+    if stratify not in ("example", "batch"):
+        raise ValueError(f"continuous_elbo: stratify must be 'example' or 'batch', got {stratify!r}.")
     k_u, k_eps, k_rec = jax.random.split(key, 3)
-    u = jnp.mod(jax.random.uniform(k_u, (batch, 1)) + jnp.arange(num_times) / num_times, 1.0)
+    if stratify == "example":
+        u = jnp.mod(jax.random.uniform(k_u, (batch, 1)) + jnp.arange(num_times) / num_times, 1.0)
+    else:  # one offset u: example i takes u + (i + b·k)/(b·m), k < m (stratified per example too)
+        n = batch * num_times
+        offsets = (jnp.arange(batch)[:, None] + batch * jnp.arange(num_times)) / n  # (batch, num_times)
+        u = jnp.mod(jax.random.uniform(k_u) + offsets, 1.0)
     t = (lo + (hi - lo) * u).reshape(-1).astype(x0.dtype)  # (batch·num_times,)
     xs = jnp.repeat(x0, num_times, axis=0)
     noised = process.sample_marginal(k_eps, xs, t)
@@ -557,6 +568,24 @@ def continuous_elbo(
         log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), index[..., None], -1)[..., 0]
         reconstruction = -jnp.sum(log_p, axis=-1)
     return ContinuousELBO(prior + diffusion + reconstruction, prior, diffusion, reconstruction)
+
+
+def vdm_loss(
+    model, x0: Array, key: Array, *, process: GaussianProcess, prediction: str | None = None,
+    decoder: Literal["gaussian", "discrete"] = "discrete", num_times: int = 1, t_eps: float | None = None,
+    reduce: bool = True,
+) -> Float[Array, ""] | Float[Array, " batch"]:  # fmt: skip
+    """VDM's training objective (Kingma et al. 2021): the negative ELBO of `continuous_elbo` in
+    bits/dim, prior + reconstruction + ½∫|λ'|‖ε − ε̂‖² over (D·ln 2), with `num_times` times per
+    example stratified over the whole batch (VDM's low-discrepancy sampler) and its 8-bit decoder by
+    default (x0 on the grid k/127.5 − 1). The mean over the batch, or with reduce=False the (batch,)
+    values a learned schedule's variance gradient needs (`diffjax.models.WithSchedule`,
+    `diffjax.processes.learned.mean_with_variance_gradient`). With a fixed process it is ε-matching
+    under the likelihood weighting plus terms that do not depend on the network."""
+    bound = continuous_elbo(model, process, x0, key, prediction=prediction, num_times=num_times, t_eps=t_eps,
+                            decoder=decoder, stratify="batch")  # fmt: skip
+    bits = bound.total / (x0[0].size * math.log(2.0))
+    return jnp.mean(bits) if reduce else bits
 
 
 # -- 8-bit data -------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ from diffjax.training.workdir import RunMismatchError
 from experiments.configs import base
 
 LOSSES = {"dsm": "eps", "cfm": "velocity", "ddpm": "eps"}  # name → regression target
+ELBO_LOSSES = ("vdm",)  # the negative ELBO in bits/dim (dj.vdm_loss), with its own times and weighting
+EIGHT_BIT_DATA = ("mnist", "cifar10")  # pixels k/127.5 − 1: the ELBO reconstructs them by VDM's 8-bit decoder
 PAIR_LOSSES = ("reflow", "pair_distillation")  # trained on data.couplings (noise, sample) pairs
 TWO_TIME_LOSSES = ("meanflow", "shortcut", "pair_distillation")  # train u(x, t, s): second_time=True
 FEW_STEP_LOSSES = ("meanflow", "shortcut", "consistency_training", "consistency_distillation",
@@ -116,6 +118,8 @@ def model_spec(cfg) -> dict:
             spec["preconditioning"]["noise_input"] = cfg.model.noise_input
     if cfg.loss.get("learned_weighting", False):
         spec["learned_weighting"] = True
+    if cfg.process.name == "learned":  # VDM: the network carries its schedule (diffjax.models.WithSchedule)
+        spec["learned_schedule"] = dict(cfg.process.kwargs)
     return spec
 
 
@@ -191,9 +195,10 @@ def validate_config(cfg) -> None:
     need(isinstance(s.num_samples, int) and s.num_samples >= 1,
          f"sample.num_samples must be >= 1, got {s.num_samples!r}")
     need(cfg.data.num_examples >= 0, f"data.num_examples must be >= 0 (0: all), got {cfg.data.num_examples}")
-    need(cfg.loss.name in (*LOSSES, *FEW_STEP_LOSSES),
-         f"loss.name {cfg.loss.name!r} is not one of {(*LOSSES, *FEW_STEP_LOSSES)}")
+    need(cfg.loss.name in (*LOSSES, *ELBO_LOSSES, *FEW_STEP_LOSSES),
+         f"loss.name {cfg.loss.name!r} is not one of {(*LOSSES, *ELBO_LOSSES, *FEW_STEP_LOSSES)}")
     few_step_checks(cfg, need)
+    elbo_checks(cfg, need)
     need(cfg.loss.weighting in WEIGHTINGS,
          f"loss.weighting {cfg.loss.weighting!r} is not one of {tuple(WEIGHTINGS)}")
     need(cfg.model.preconditioning in PRECONDITIONINGS,
@@ -256,6 +261,24 @@ def ict_curriculum(option) -> tuple[int, int]:
         raise ConfigError("loss.options.curriculum is iCT's level curriculum: True (s0, s1 = 10, 1280) or "
                           f"[s0, s1] with integers 1 <= s0 <= s1; got {option!r}")
     return pair
+
+
+def elbo_checks(cfg, need) -> None:
+    """What the ELBO loss (VDM) and a learned schedule need of the rest of the config."""
+    vdm, learned = cfg.loss.name in ELBO_LOSSES, cfg.process.name == "learned"
+    need(not learned or vdm,
+         "process.name='learned' (VDM's schedule, trained with the network) is trained by the ELBO whose "
+         "variance its shape minimises: set loss.name='vdm'")
+    need(not vdm or (cfg.loss.weighting == "none" and cfg.loss.time == "uniform" and not cfg.loss.time_kwargs
+                     and not cfg.loss.get("learned_weighting", False)),
+         "loss.name='vdm' is the ELBO itself (its weighting, its low-discrepancy uniform times): leave "
+         "loss.weighting='none', loss.time='uniform' and loss.learned_weighting=False")  # fmt: skip
+    need(not vdm or cfg.process.name not in ("ddpm", "ddpm_cosine"),
+         "loss.name='vdm' is the continuous-time ELBO; the DDPM chain's is its variational bound "
+         "(loss.name='ddpm')")
+    need(not learned or cfg.model.preconditioning == "none",
+         "process.name='learned' feeds the network the schedule's normalised γ, not a preconditioning's "
+         "c_noise: set model.preconditioning='none'")
 
 
 def few_step_checks(cfg, need) -> None:
@@ -477,6 +500,12 @@ def build_loss(cfg, process):
     or few-step loss (`build_few_step_loss`)."""
     if cfg.loss.name in FEW_STEP_LOSSES:
         return build_few_step_loss(cfg, process)
+    if cfg.loss.name == "vdm":  # a learned schedule comes as process= from the network, per example
+        learned = cfg.process.name == "learned"
+        eight_bit = cfg.data.name in EIGHT_BIT_DATA and not latents_workdir(cfg)  # VDM's discrete decoder
+        return functools.partial(dj.vdm_loss, prediction=cfg.model.prediction, t_eps=cfg.loss.t_eps or None,
+                                 decoder="discrete" if eight_bit else "gaussian", reduce=not learned,
+                                 **({} if learned else {"process": process}))  # fmt: skip
     return functools.partial(
         dj.denoising_loss, process=process, prediction=cfg.model.prediction,
         target=LOSSES[cfg.loss.name],

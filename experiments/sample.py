@@ -58,7 +58,8 @@ flags.DEFINE_list("guidance_interval", [], "σ_lo,σ_hi: guide only where σ/α 
 flags.DEFINE_string("labels", "", "Comma-separated class labels, cycled over the samples.")
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_string("out", None, "Output prefix (default WORKDIR/sample_<sampler>_<steps>).")
+flags.DEFINE_string("out", None, "Output prefix (default WORKDIR/sample_<sampler>_<steps>; for "
+                    "pretrained:NAME outputs/pretrained/NAME/sample_<sampler>_<steps>).")
 flags.DEFINE_string("grid_file", None, "A grid JSON of experiments.optimize_grid (solver, steps, times).")
 flags.DEFINE_integer("batch", 1000, "Samples per compiled batch (memory).")
 flags.DEFINE_string("couplings", None, "Also write the pairs (noise, sample) to this .npz file (reflow's "
@@ -119,7 +120,9 @@ def main(argv):
             raise ConfigError(f"--waypoints {FLAGS.waypoints}: the states of a fixed-grid ODE solve kept "
                               f"with --couplings; --steps ({cfg.sample.num_steps}) must be a multiple of "
                               f"{FLAGS.waypoints + 1}.")  # fmt: skip
-        out = FLAGS.out or os.path.join(FLAGS.workdir, f"sample_{cfg.sample.sampler}_{cfg.sample.num_steps}")
+        home = (os.path.join("outputs", "pretrained", FLAGS.workdir.split(":", 1)[1])  # not a directory
+                if FLAGS.workdir.startswith("pretrained:") else FLAGS.workdir)  # fmt: skip
+        out = FLAGS.out or os.path.join(home, f"sample_{cfg.sample.sampler}_{cfg.sample.num_steps}")
         if FLAGS.couplings and os.path.abspath(FLAGS.couplings) == os.path.abspath(out + ".npz"):
             raise ConfigError(f"--couplings {FLAGS.couplings!r} is the samples' file {out}.npz: "
                               "name another.")
@@ -152,6 +155,7 @@ def main(argv):
         save_couplings(FLAGS.couplings, pairs)
         print(f"wrote {FLAGS.num} couplings to {FLAGS.couplings}"
               + (f" with waypoints at t = {', '.join(f'{t:g}' for t in times)}" if times else ""))
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     np.savez(out + ".npz", samples=samples, labels=labels if labels is not None else np.zeros(0))
     if samples.ndim == 4:  # the grid shows the first 400
         save_image_grid(out + ".png", samples[:400], ncol=10 if labels is not None else None)

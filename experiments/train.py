@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 import diffjax as dj
 from diffjax.data import batches, in_checkerboard
-from diffjax.models import WithUncertainty, build_model, count_params
+from diffjax.models import WithUncertainty, build_model, count_params, process_of
 from diffjax.training import (
     TrainConfig,
     create_train_state,
@@ -122,8 +122,9 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
                        process_index=jax.process_index(), process_count=jax.process_count())
 
     def preview(step, state):
-        model = wrap(nnx.merge(graphdef, gather(state.ema_params, mesh)))
-        res = generate(cfg, model, process, jax.random.key(step), 64, data_shape, latent_space=space)
+        network = nnx.merge(graphdef, gather(state.ema_params, mesh))
+        res = generate(cfg, wrap(network), process_of(network, process), jax.random.key(step), 64, data_shape,
+                       latent_space=space)  # fmt: skip
         if is_main and len(data_shape) == 3:  # an image model (U-Net, DiT): preview grids
             save_image_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), res.samples, 8)
             log_image(workdir, "samples", step, image_grid(res.samples, 8))  # also in TensorBoard
@@ -157,8 +158,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         return summary
 
     n = cfg.sample.num_samples
-    model = wrap(nnx.merge(graphdef, gather(result.state.ema_params, mesh)))
-    res = generate(cfg, model, process, jax.random.key(10_000), n,
+    network = nnx.merge(graphdef, gather(result.state.ema_params, mesh))
+    res = generate(cfg, wrap(network), process_of(network, process), jax.random.key(10_000), n,
                    data_shape, save_trajectory=cfg.model.kind == "mlp", latent_space=space)  # fmt: skip
     samples = np.asarray(res.samples)
     summary["nfe"] = int(res.nfe)

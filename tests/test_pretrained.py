@@ -178,6 +178,17 @@ def test_scripts_take_a_pretrained_source(tmp_path):
               "--out", str(tmp_path / "s"))  # fmt: skip
     assert "(2 evaluations per sample)" in out
     assert np.load(tmp_path / "s.npz")["samples"].shape == (4, 28, 28, 1)
+    # without --out the files go to outputs/pretrained/NAME/ (a pretrained source is no directory)
+    default = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "outputs",
+                           "pretrained", "mnist_fm", "sample_euler_3")  # fmt: skip
+    try:
+        out = run("sample", "--workdir", "pretrained:mnist_fm", "--sampler", "euler:3", "--num", "2")
+        assert "wrote outputs/pretrained/mnist_fm/sample_euler_3.png" in out
+        assert np.load(default + ".npz")["samples"].shape == (2, 28, 28, 1)
+    finally:
+        for suffix in (".npz", ".png"):
+            if os.path.exists(default + suffix):
+                os.remove(default + suffix)
     out = run("sample", "--workdir", "pretrained:nothing", expect=2)
     assert "No pretrained network 'nothing'" in out and "Traceback" not in out
 

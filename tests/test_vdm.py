@@ -1,18 +1,24 @@
 """Variational diffusion models (Kingma et al. 2021): the learned monotone schedule, the continuous-time
 ELBO against the exact negative log-likelihood of Gaussian data, the invariance of the diffusion loss
-to the schedule's shape, and the variance-minimising schedule update."""
+to the schedule's shape, the variance-minimising schedule update, and a network that carries its
+schedule through training (`WithSchedule`, `model_loss`)."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import diffjax as dj
 from diffjax.likelihood import continuous_elbo
-from diffjax.processes.learned import variance_gradient
+from diffjax.losses import BoundLabels
+from diffjax.models import WithSchedule, build_model, process_of
+from diffjax.processes.learned import mean_with_variance_gradient, variance_gradient
+from diffjax.training import model_loss
 
 S, MU = 0.7, jnp.array([0.3, -0.2])
 GAUSSIAN = dj.gaussian(MU, S**2 * jnp.eye(2))
@@ -101,3 +107,78 @@ def test_diffusion_loss_depends_only_on_the_endpoints_and_the_shape_update_lower
     assert abs(mean1 - exact) < 4 * se1, (mean1, exact, se1)
     # the variance must drop well beyond the sampling error of a variance ratio (heavy tails: 20%)
     assert var1 < 0.8 * var0, (var0, var1)
+
+
+# -- a network that carries its learned schedule (training) ------------------------------------
+def test_mean_with_variance_gradient_gives_the_chosen_leaves_the_gradient_of_the_mean_square():
+    """The custom VJP against plain autodiff: chosen leaves get ∇(1/n)Σ L_i², the others ∇(1/n)Σ L_i."""
+    params = {"shape": jnp.array([0.3, -1.2]), "rest": jnp.array(0.7)}
+    x = jax.random.normal(jax.random.key(0), (64, 2))
+
+    def per_example(p, x):
+        return jnp.sin(x @ p["shape"]) ** 2 + p["rest"] * jnp.sum(x, -1) + p["rest"] ** 2 * x[:, 0]
+
+    chosen = lambda path: path[0].key == "shape"  # noqa: E731
+    value, got = jax.value_and_grad(
+        lambda p: mean_with_variance_gradient(per_example, p, x, square=chosen))(params)  # fmt: skip
+    mean_grad = jax.grad(lambda p: jnp.mean(per_example(p, x)))(params)
+    square_grad = jax.grad(lambda p: jnp.mean(per_example(p, x) ** 2))(params)
+    assert float(value) == pytest.approx(float(jnp.mean(per_example(params, x))), rel=1e-6)
+    np.testing.assert_allclose(got["shape"], square_grad["shape"], rtol=1e-5)
+    np.testing.assert_allclose(got["rest"], mean_grad["rest"], rtol=1e-5)
+    assert not np.allclose(mean_grad["shape"], square_grad["shape"], rtol=0.1)  # the test can tell them apart
+
+
+def small_with_schedule(learn_endpoints=True):
+    spec = {"kind": "mlp", "dim": 2, "width": 32, "depth": 2, "prediction": "eps",
+            "learned_schedule": {"gamma_min": -9.0, "gamma_max": 6.0, "hidden": 8,
+                                 "learn_endpoints": learn_endpoints}}  # fmt: skip
+    return build_model(spec, seed=3)
+
+
+def test_a_network_with_a_schedule_sees_its_normalised_gamma_and_carries_its_process():
+    model = small_with_schedule()
+    assert isinstance(model, WithSchedule) and model.prediction == "eps"
+    process = process_of(model, dj.VPSDE())
+    assert isinstance(process, dj.LearnedSchedule)
+    assert float(process.gamma(0.0)) == pytest.approx(-9.0, abs=1e-5)
+    assert float(process.gamma(1.0)) == pytest.approx(6.0, abs=1e-5)
+    x, t = jax.random.normal(jax.random.key(1), (5, 2)), jnp.linspace(0.05, 0.95, 5)
+    tau = process.unit_gamma(t)
+    np.testing.assert_allclose(tau, (process.gamma(t) + 9.0) / 15.0, atol=1e-6)
+    np.testing.assert_allclose(model(x, t), model.network(x, tau), atol=1e-6)
+    vp = dj.VPSDE()
+    assert process_of(model.network, vp) is vp  # a plain network carries none
+
+
+def test_the_training_loss_gives_the_shape_the_variance_gradient_and_the_rest_the_mean_gradient():
+    """`diffjax.training.model_loss` of a `WithSchedule` network with the per-example VDM loss, against
+    autodiff of the same per-example values: the network and the endpoints descend the mean (the
+    bound), the schedule's shape descends the mean square (the variance of its estimate); with
+    learn_endpoints=False no gradient reaches the endpoints."""
+    x = GAUSSIAN.sample(jax.random.key(2), 128)[0]
+    key = jax.random.key(3)
+    loss = functools.partial(dj.vdm_loss, decoder="gaussian", reduce=False)
+    for learn_endpoints in (True, False):
+        graphdef, params = nnx.split(small_with_schedule(learn_endpoints))
+        got = jax.grad(model_loss(graphdef, loss))(params, (x, None), key)
+
+        def per_example(p, graphdef=graphdef):  # what model_loss computes, by hand
+            k_loss, k_dropout, _ = jax.random.split(key, 3)
+            network = nnx.merge(graphdef, p)
+            return loss(BoundLabels(network, None, {"rngs": k_dropout}), x, k_loss, process=network.process)
+
+        mean_grad = jax.grad(lambda p: jnp.mean(per_example(p)))(params)
+        square_grad = jax.grad(lambda p: jnp.mean(per_example(p) ** 2))(params)
+        for name in dj.LearnedSchedule.SHAPE_FIELDS:
+            np.testing.assert_allclose(got["schedule"][name][...], square_grad["schedule"][name][...],
+                                       rtol=1e-4, atol=1e-6)  # fmt: skip
+        for a, b in zip(jax.tree.leaves(got["network"]), jax.tree.leaves(mean_grad["network"]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        for name in ("gamma_min", "gamma_max"):
+            endpoint = float(got["schedule"][name][...])
+            if learn_endpoints:
+                assert endpoint == pytest.approx(float(mean_grad["schedule"][name][...]), rel=1e-4)
+                assert endpoint != 0.0
+            else:
+                assert endpoint == 0.0

@@ -17,6 +17,7 @@ from diffjax.models.autoencoder import Autoencoder, AutoencoderConfig
 from diffjax.models.dit import DiT, DiTConfig
 from diffjax.models.embeddings import TimeEmbedding, fourier_embedding, null_labels, sinusoidal_embedding
 from diffjax.models.mlp import ResidualMLP, ResidualMLPConfig
+from diffjax.models.schedule import WithSchedule, process_of
 from diffjax.models.uncertainty import UncertaintyWeight, WithUncertainty
 from diffjax.models.unet import UNet, UNetConfig
 
@@ -29,10 +30,15 @@ def build_model(spec: dict, seed: int = 0) -> nnx.Module:
     config fields (including `prediction`), initialised from `seed`. A 'preconditioning' entry describes
     how the network is wrapped (`diffjax.preconditioning.apply_preconditioning`), not the network:
     ignored here. 'learned_weighting': True bundles the network with EDM2's learned loss weighting
-    (`WithUncertainty`)."""
+    (`WithUncertainty`); 'learned_schedule': {gamma_min, gamma_max, hidden, learn_endpoints} bundles
+    it with VDM's learned noise schedule (`WithSchedule`)."""
     spec = dict(spec)
     spec.pop("preconditioning", None)
     learned_weighting = spec.pop("learned_weighting", False)
+    learned_schedule = spec.pop("learned_schedule", None)
+    if learned_weighting and learned_schedule:
+        raise ValueError("a learned weighting (EDM2) and a learned schedule (VDM) are not combined: "
+                         "the schedule descends the variance of the ELBO, which a weighting changes.")
     kind = spec.pop("kind", None)
     if kind not in MODELS:
         raise ValueError(f"Unknown model kind {kind!r}; choose one of {tuple(MODELS)}.")
@@ -44,6 +50,8 @@ def build_model(spec: dict, seed: int = 0) -> nnx.Module:
 
     def make():
         network = module(cfg, rngs=nnx.Rngs(seed))
+        if learned_schedule:
+            return WithSchedule(network, **learned_schedule, rngs=nnx.Rngs(seed + 2))
         return WithUncertainty(network, rngs=nnx.Rngs(seed + 1)) if learned_weighting else network
 
     return initialise(make)
@@ -95,6 +103,6 @@ def count_params(tree) -> int:
 __all__ = [
     "Autoencoder", "AutoencoderConfig", "DiT", "DiTConfig", "MODELS", "ResidualMLP", "ResidualMLPConfig",
     "TimeEmbedding", "UNet", "UNetConfig",
-    "UncertaintyWeight", "WithUncertainty", "build_model", "initialise",
+    "UncertaintyWeight", "WithSchedule", "WithUncertainty", "process_of", "build_model", "initialise",
     "count_params", "fourier_embedding", "null_labels", "sinusoidal_embedding",
 ]  # fmt: skip

@@ -26,6 +26,7 @@ PROCESSES = {
     "vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine_vp": CosineVPSDE,
     "condot": CondOTPath, "cosine_path": CosinePath, "polynomial_path": PolynomialPath,
     "vp_path": VPPath, "ddpm": DDPMChain.linear, "ddpm_cosine": DDPMChain.cosine,
+    "learned": LearnedSchedule.create,  # VDM: the initial schedule; a trained one lives in the network
 }  # fmt: skip
 
 

@@ -32,7 +32,9 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from diffjax.losses import BoundLabels, drop_labels
+from diffjax.models.schedule import WithSchedule, is_schedule_shape
 from diffjax.models.uncertainty import WithUncertainty
+from diffjax.processes.learned import mean_with_variance_gradient
 from diffjax.training.posthoc_ema import sigma_rel_to_gamma, update_power_emas
 from diffjax.training.state import PyTree, TrainState
 
@@ -84,10 +86,15 @@ def model_loss(
     Ho & Salimans 2022). Unconditional networks ignore the labels. `wrap(network)` turns the network
     into the model the loss sees (e.g. `functools.partial(dj.precondition, process=p)`). A network
     bundled with a learned weighting (`diffjax.models.WithUncertainty`) trains it through the loss's
-    `log_uncertainty`. A step-dependent loss (`uses_step`) gets `step=` from `make_train_step`."""
+    `log_uncertainty`. A step-dependent loss (`uses_step`) gets `step=` from `make_train_step`.
+
+    A network carrying VDM's learned schedule (`diffjax.models.WithSchedule`) passes it to the loss as
+    `process=`; the loss must then return per-example values (batch,) (e.g. `dj.vdm_loss(...,
+    reduce=False)`), whose mean is the loss and whose mean square gives the schedule's shape its
+    (variance-minimising) gradient (`mean_with_variance_gradient`)."""
     with_step = takes_step(loss)
 
-    def loss_fn(params, batch, key, step=None):
+    def per_example_or_mean(params, batch, key, step=None):
         x, labels = batch
         k_loss, k_dropout, k_label = jax.random.split(key, 3)
         if num_classes is None:
@@ -99,7 +106,15 @@ def model_loss(
         kwargs = {"step": step} if with_step else {}
         if isinstance(network, WithUncertainty):  # EDM2's learned weighting, trained with the network
             kwargs["log_uncertainty"] = network.uncertainty
+        if isinstance(network, WithSchedule):  # VDM's learned schedule: the process the network carries
+            kwargs["process"] = network.process
         return loss(model, x, k_loss, **kwargs)
+
+    def loss_fn(params, batch, key, step=None):
+        if not isinstance(nnx.merge(graphdef, params), WithSchedule):  # (at trace time)
+            return per_example_or_mean(params, batch, key, step)
+        return mean_with_variance_gradient(lambda p, b, k: per_example_or_mean(p, b, k, step), params, batch,
+                                           key, square=is_schedule_shape)  # fmt: skip
 
     return uses_step(loss_fn) if with_step else loss_fn
 

@@ -37,6 +37,7 @@ import jax
 from flax import nnx
 
 from diffjax.models import build_model
+from diffjax.models.schedule import process_of
 from diffjax.preconditioning import apply_preconditioning
 from diffjax.processes import GaussianProcess, build_process
 from diffjax.training.checkpoint import Checkpointer
@@ -200,7 +201,7 @@ def load_model(
     if record["model"].get("kind") == "autoencoder":
         raise ValueError(f"{workdir} holds an autoencoder, not a diffusion model: load it with "
                          "dj.load_latent_space, or load the latent model trained on it.")  # fmt: skip
-    process = build_process(record["process"])
+    process = process_of(network, build_process(record["process"]))  # a learned schedule: the network's
     model = apply_preconditioning(network, process, record["model"].get("preconditioning"))
     space = load_latent_space(record["latent"]) if record.get("latent") else None
     return TrainedModel(model, process, step, record, record.get("num_classes"), residual, space)
