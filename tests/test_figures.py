@@ -85,6 +85,7 @@ def test_fig7_reads_the_benchmark_csv(tmp_path, capsys):
         ("fig7_error_vs_nfe", ["--csv", "no/such.csv"], "bench/bench_samplers.py"),
         ("fig3_forward_noising", ["--data-dir", "no/such/dir"], "MNIST"),
         ("fig13_fewstep_mnist", ["--panels", "no/a:euler:1:x;no/b:flow_map:2:y"], "mnist_reflow"),
+        ("fig14_learned_schedule", ["--workdir", "no/such/workdir"], "mnist_vdm.py"),
     ],
 )
 def test_missing_inputs_are_skipped(tmp_path, capsys, name, argv, needle):
