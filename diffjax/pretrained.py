@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from diffjax.models import build_model
+from diffjax.models.schedule import process_of
 from diffjax.preconditioning import apply_preconditioning
 from diffjax.processes import build_process
 from diffjax.training.workdir import TrainedModel
@@ -72,9 +73,12 @@ def pretrained_card(name_or_path: str) -> dict:
 
 
 def network_parameters(model) -> dict[str, np.ndarray]:
-    """{'down/0/conv1/kernel': array, ...}: the state of a network (the raw network under a
-    preconditioning or consistency wrapper), flattened and named as `save_pretrained` stores it."""
-    network = getattr(model, "network", model)
+    """{'down/0/conv1/kernel': array, ...}: the state of a network (the NNX module under a
+    preconditioning or consistency wrapper, with what it bundles: a learned weighting or schedule),
+    flattened and named as `save_pretrained` stores it."""
+    network = model
+    while not isinstance(network, nnx.Module):  # the wrappers are pytrees around the module
+        network = network.network
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.split(network)[1]))
     return {"/".join(map(str, key)): np.asarray(value) for key, value in flat.items()}
 
@@ -147,8 +151,8 @@ def load_pretrained(name_or_path: str, *, seed: int = 0) -> TrainedModel:
                              f"needs {want.shape}.")  # fmt: skip
         values[key] = jnp.asarray(stored[name], want.dtype)
     nnx.replace_by_pure_dict(params, traverse_util.unflatten_dict(values))
-    process = build_process(record["process"])
     network = nnx.merge(graphdef, params)
+    process = process_of(network, build_process(record["process"]))  # a learned schedule: the network's
     model = apply_preconditioning(network, process, record["model"].get("preconditioning"))
     return TrainedModel(model, process, int(card.get("step", 0)), record, record.get("num_classes"))
 

@@ -426,6 +426,9 @@ def test_vdm_trains_its_schedule_with_the_network_and_samples_through_it(tmp_pat
     assert isinstance(learned, dj.LearnedSchedule)
     assert float(learned.gamma(0.0)) == -10.0 and float(learned.gamma(1.0)) == 6.0
     assert abs(float(learned.gamma(0.5)) - float(initial.gamma(0.5))) > 1e-3  # the shape trained
+    path = dj.save_pretrained(trained, str(tmp_path / "vdm.npz"), storage_dtype="float32")
+    shipped = dj.load_pretrained(path)
+    assert float(shipped.process.gamma(0.5)) == float(learned.gamma(0.5))  # a pretrained copy carries it too
     other = dataclasses.replace(learned, linear=jnp.asarray(-6.0), out_weight=jnp.linspace(-3.0, 3.0, 16),
                                 in_weight=jnp.full((16,), 4.0), in_bias=jnp.linspace(-1.0, -5.0, 16))
     assert abs(float(other.gamma(0.5)) - float(learned.gamma(0.5))) > 2.0  # a very different shape
