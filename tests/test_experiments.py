@@ -98,10 +98,11 @@ def test_configs_are_validated_before_any_work(edit, match):
 
 def test_every_config_validates_and_the_cli_lists_its_use():
     names = ("base", "checkerboard_fm", "mnist_ddpm", "mnist_fm", "mnist_cfg", "mnist_vp", "mnist_edm",
-             "cifar10", "mnist_dit", "mnist_latent_dit", "mnist_vdm")
+             "cifar10", "mnist_dit", "mnist_latent_dit", "mnist_vdm", "mnist_vdm:vp")
     for name in names:
+        name, *variant = name.split(":")
         module = __import__(f"experiments.configs.{name}", fromlist=["get_config"])
-        validate_config(module.get_config())
+        validate_config(module.get_config(*variant))
     assert "--workdir" in run("train", "--help", expect=1)  # absl's help exits with status 1
 
 
