@@ -17,7 +17,8 @@ that already jumps), so the recipe needs nothing but the shipped networks:
 Measured (FD-MNIST, 1000 samples, noise seeds 1 / 2 / 3; the teacher at 20 evaluations 67.7): after 1600
 steps (16.4 min on 2 CPU cores) one jump 138.5 / 131.5 / 151.3, two jumps with DDIM re-noising 83.8 /
 79.7 / 94.8; resumed to 2400 steps (`--config.train.num_steps=2400`, 7 more minutes) 134.4 / 127.6 / 147.9
-and 82.4 / 78.4 / 93.9, shipped as `pretrained:mnist_few_step`. The earlier two-network recipe (`num_steps=(2,)` from a 2200-step shortcut model, then
+and 82.4 / 78.4 / 93.9, shipped as `pretrained:mnist_few_step`. The earlier two-network recipe
+(`num_steps=(2,)` from a 2200-step shortcut model, then
 `num_steps=(1,)` fine-tuned from it: `--config.loss.options.num_steps='(1,)'`) gave 93.7 at two jumps
 and 134.0 at one, mean of the same three seeds, from two different networks.
 """
