@@ -182,3 +182,5 @@ def test_the_training_loss_gives_the_shape_the_variance_gradient_and_the_rest_th
                 assert endpoint != 0.0
             else:
                 assert endpoint == 0.0
+    with pytest.raises(ValueError, match=r"must return per-example values \(batch,\), got shape \(\)"):
+        model_loss(graphdef, functools.partial(dj.vdm_loss, decoder="gaussian"))(params, (x, None), key)

@@ -113,8 +113,16 @@ def model_loss(
     def loss_fn(params, batch, key, step=None):
         if not isinstance(nnx.merge(graphdef, params), WithSchedule):  # (at trace time)
             return per_example_or_mean(params, batch, key, step)
-        return mean_with_variance_gradient(lambda p, b, k: per_example_or_mean(p, b, k, step), params, batch,
-                                           key, square=is_schedule_shape)  # fmt: skip
+
+        def per_example(p, b, k):
+            values = per_example_or_mean(p, b, k, step)
+            if values.ndim != 1:
+                raise ValueError(f"model_loss: the network carries a learned schedule, so the loss must "
+                                 f"return per-example values (batch,), got shape {values.shape}; e.g. "
+                                 "dj.vdm_loss(..., reduce=False).")  # fmt: skip
+            return values
+
+        return mean_with_variance_gradient(per_example, params, batch, key, square=is_schedule_shape)
 
     return uses_step(loss_fn) if with_step else loss_fn
 
