@@ -35,7 +35,7 @@ def schedules(workdir: str):
     from diffjax.models import build_model
 
     trained = dj.load_model(workdir)
-    if not isinstance(trained.process, dj.LearnedSchedule):
+    if not trained.record["model"].get("learned_schedule"):
         raise ValueError(f"{workdir} was not trained with a learned schedule (process.name='learned').")
     with open(os.path.join(workdir, "config.json")) as f:
         seed = json.load(f).get("seed", 0)
