@@ -1,8 +1,8 @@
 """A network that carries its own learned noise schedule (VDM, Kingma et al. 2021).
 
 `WithSchedule` bundles a network with the parameters of a `diffjax.LearnedSchedule` (a monotone
-γ(t) = −λ(t) with endpoints of its own): the schedule trains, is averaged (EMA), sharded and
-checkpointed with the network, and `process` is the schedule of the current parameters — the process
+γ(t) = −λ(t) with endpoints of its own): the schedule trains, is averaged (EMA), checkpointed and
+exported with the network, and `process` is the schedule of the current parameters — the process
 its samplers, likelihoods and losses must use (`process_of`).
 
 The network is fed the schedule's normalised γ instead of t,

@@ -63,8 +63,8 @@ def integrand(network, process, x, key, t):
         sq = jnp.sum(jnp.square(noised.eps - eps_hat).reshape(x.shape[0], -1), -1)
         return 0.5 * jnp.abs(d_gamma) * sq / (dim * np.log(2.0))
 
-    keys = jax.random.split(key, len(t))
-    return jnp.stack([jax.jit(at)(t_k, k) for t_k, k in zip(t, keys, strict=True)])
+    over_times = jax.jit(lambda ts, keys: jax.lax.map(lambda pair: at(*pair), (ts, keys)))  # one program
+    return over_times(jnp.asarray(t), jax.random.split(key, len(t)))
 
 
 def one_time_estimates(network, process, x, key):
