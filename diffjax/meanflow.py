@@ -28,6 +28,16 @@ with the irreducible loss E ‖DΦ·(v_c − v)‖²/D (for Gaussian data DΦ is
 flow map and the loss is k²·`irreducible_loss_gaussian(..., 'velocity')`). At s = t the loss is
 conditional flow matching of u(x, t, t).
 
+**Improved MeanFlow** (iMF; Geng et al. 2025b, "Improved Mean Flows: On the Challenges of
+Fastforward Generative Models", §4.1): the same loss is ‖V_θ − v‖² with the compound velocity
+V_θ = u_θ + (t − s)·sg(du/dt), and MF's du/dt runs along the regression's own v, so with the
+conditional velocity the target multiplies the noise v_c by the Jacobian (Δ = DΦ·(v − v_c) above).
+`tangent='model'` takes the total derivative along the network's own instantaneous velocity
+sg(u_θ(x_t, t, t)) instead (one more forward pass): V_θ is then a function of x_t alone and the loss an
+ordinary regression of it onto v. At the exact u, with u(x, t, t) = v, V = v exactly, so each example's
+loss (p = 0) is the flow-matching residual ‖v − v_c‖²/D and its mean the untransported irreducible loss
+`irreducible_loss_gaussian(..., 'velocity')` — for Gaussian data 1/k² times MF's.
+
 The adaptive weight (their eq. 13; p = 1 in the paper, p = 0 the plain squared error) uses the
 per-example mean over dimensions ‖Δ‖²/D, as the loss does; the paper sums over dimensions, which is
 this loss with c_paper = D·c times the constant D^{1−p}. The weight depends on the sampled v_c, so
@@ -62,6 +72,8 @@ from diffjax.processes.base import GaussianProcess
 AverageVelocityFn = Callable[[Array, Array, Array], Array]
 VelocityFn = Callable[[Array, Array], Array]
 TwoTimeSampler = Callable[[Array, int], tuple[Array, Array]]
+TANGENTS: tuple[str, ...] = ("velocity", "model")
+"""Directions of MeanFlow's total derivative: the target's velocity (MF) or the network's own (iMF)."""
 
 
 def meanflow_times(
@@ -124,6 +136,7 @@ def meanflow_loss(
     velocity: VelocityFn | None = None,
     adaptive_p: float = 1.0,
     adaptive_c: float = 1e-3,
+    tangent: str = "velocity",
     reduce: bool = True,
 ) -> Array:
     """The MeanFlow loss (module docstring): a scalar, or the per-example losses (N,).
@@ -131,7 +144,9 @@ def meanflow_loss(
     model(x, t, s) -> u (the average velocity on the process's axis); time_sampler(key, n) ->
     (t, s) (default `meanflow_times(process)`); velocity(x, t) -> v: a teacher's marginal velocity
     (distillation) instead of the conditional velocity α̇ x0 + σ̇ ε; adaptive_p, adaptive_c: the
-    adaptive weight sg(1/(‖Δ‖²/D + c)^p) (p = 0: plain squared error)."""
+    adaptive weight sg(1/(‖Δ‖²/D + c)^p) (p = 0: plain squared error); tangent: the direction of the
+    total derivative du/dt — 'velocity' (v, the target's own velocity: MeanFlow) or 'model' (the
+    network's sg(u(x_t, t, t)): improved MeanFlow, one more forward pass)."""
     if x0.ndim < 1 or x0.shape[0] == 0:
         raise ValueError(f"meanflow_loss: x0 must be a non-empty batch (batch, *event), got {x0.shape}.")
     if not jnp.issubdtype(x0.dtype, jnp.floating):
@@ -141,6 +156,8 @@ def meanflow_loss(
             f"meanflow_loss: need adaptive_p >= 0 and adaptive_c > 0, got p={adaptive_p}, "
             f"c={adaptive_c} (p = 0 is the plain squared error; the paper uses p = 1, c = 1e-3)."
         )
+    if tangent not in TANGENTS:
+        raise ValueError(f"meanflow_loss: tangent must be one of {TANGENTS}, got {tangent!r}.")
     time_sampler = time_sampler or meanflow_times(process)
     n = x0.shape[0]
     k_t, k_eps = jax.random.split(check_key(key, "meanflow_loss"))
@@ -154,7 +171,11 @@ def meanflow_loss(
     else:
         v = jax.lax.stop_gradient(velocity(x_t, t))
         check_model_output(v, x0, "meanflow_loss (velocity)")
-    u, du_dt = average_velocity_and_derivative(model, x_t, t, s, v.astype(x_t.dtype))
+    direction = v.astype(x_t.dtype)
+    if tangent == "model":
+        direction = jax.lax.stop_gradient(model(x_t, t, t))
+        check_model_output(direction, x0, "meanflow_loss (u(x, t, t))")
+    u, du_dt = average_velocity_and_derivative(model, x_t, t, s, direction)
     check_model_output(u, x0, "meanflow_loss")
     target = jax.lax.stop_gradient(v - expand(t - s, v) * du_dt)
     per_example = jnp.mean(jnp.square(u - target).reshape(n, -1), axis=-1)
@@ -163,4 +184,4 @@ def meanflow_loss(
     return jnp.mean(per_example) if reduce else per_example
 
 
-__all__ = ["TwoTimeSampler", "average_velocity_and_derivative", "meanflow_loss", "meanflow_times"]
+__all__ = ["TANGENTS", "TwoTimeSampler", "average_velocity_and_derivative", "meanflow_loss", "meanflow_times"]

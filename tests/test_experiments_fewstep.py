@@ -274,7 +274,12 @@ def test_few_step_configs_validate():
         mnist_trajectory_distillation,
     )
 
-    validate_config(mnist_meanflow.get_config())
+    for variant in mnist_meanflow.VARIANTS:
+        validate_config(mnist_meanflow.get_config(variant))
+    smooth = mnist_meanflow.get_config("smooth").model.kwargs
+    assert smooth["time_scale"] == 1.0 and smooth["second_time"]
+    with pytest.raises(ValueError, match="variant must be one of"):
+        mnist_meanflow.get_config("fast")
     validate_config(mnist_progressive.get_config())
     validate_config(mnist_reflow.get_config())
     validate_config(mnist_shortcut.get_config())

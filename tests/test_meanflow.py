@@ -173,6 +173,58 @@ def test_meanflow_loss_with_conditional_velocity_is_transported_irreducible_term
         assert float(zero) < 1e-20 * irreducible
 
 
+def test_improved_meanflow_tangent_makes_the_exact_loss_the_untransported_flow_matching_residual():
+    """iMF (`tangent='model'`): du/dt along the network's own u(x, t, t). At the exact average
+    velocity (Gaussian data, CondOT, fixed (t, s) = (0.3, 0.9)) the compound velocity
+    u + (t − s)·du/dt is the exact v, so every example's loss equals the flow-matching residual
+    ‖v − v_c‖²/D of the same draw — the MF loss at s = t with the same key — to float64 rounding, and
+    its mean is irreducible_loss_gaussian(t, 'velocity') (z-test, 20000 draws), not MF's k²-transported
+    value (k² = 0.27: rejected by > 10 s.e.). An MLP's loss differs between the two tangents (so
+    the option is live), and a bad tangent is refused."""
+    with x64():
+        process, mean, std = dj.CondOTPath(), jnp.array([1.0, -2.0]), 0.5
+        t_val, s_val, n = 0.3, 0.9, 20000
+        x0 = mean + std * jax.random.normal(jax.random.key(16), (n, 2))
+
+        def exact_v(x, t):
+            flow = lambda ss: gaussian_flow_map(process, mean, std, x, t[:, None], ss[:, None])  # noqa: E731
+            return jax.jvp(flow, (t,), (jnp.ones_like(t),))[1]
+
+        def exact_u(x, t, s):  # (Φ_{t→s}(x) − x)/(s − t), and v on the diagonal
+            same = (s == t)[:, None]
+            gap = jnp.where(same, 1.0, (s - t)[:, None])
+            jump = (gaussian_flow_map(process, mean, std, x, t[:, None], s[:, None]) - x) / gap
+            return jnp.where(same, exact_v(x, t), jump)
+
+        def at(t_fixed, s_fixed):
+            return lambda key, m: (jnp.full(m, t_fixed), jnp.full(m, s_fixed))
+
+        @jax.jit
+        def losses(x0):
+            kw = dict(process=process, adaptive_p=0.0, reduce=False)
+            key = jax.random.key(17)
+            return (meanflow_loss(exact_u, x0, key, time_sampler=at(t_val, s_val), tangent="model", **kw),
+                    meanflow_loss(exact_u, x0, key, time_sampler=at(t_val, t_val), **kw))  # fmt: skip
+
+        improved, residual = losses(x0)
+        np.testing.assert_allclose(improved, residual, rtol=1e-9, atol=1e-12)
+        irreducible = float(irreducible_loss_gaussian(process, t_val, std, "velocity"))
+        var = lambda tt: process.alpha(tt) ** 2 * std**2 + process.sigma(tt) ** 2  # noqa: E731
+        k2 = float(var(s_val) / var(t_val))
+        mean_loss, se = float(jnp.mean(improved)), float(jnp.std(improved)) / np.sqrt(n)
+        assert abs(mean_loss - irreducible) < 4 * se, (mean_loss, irreducible, se)
+        assert abs(mean_loss - k2 * irreducible) > 10 * se, (mean_loss, k2 * irreducible, se)
+
+        params = _mlp_params(jax.random.key(18))
+        net = functools.partial(_mlp, params)
+        kw = dict(process=process, time_sampler=meanflow_times(process, ratio=1.0), adaptive_p=0.0)
+        plain = float(meanflow_loss(net, x0[:256], jax.random.key(19), **kw))
+        own = float(meanflow_loss(net, x0[:256], jax.random.key(19), tangent="model", **kw))
+        assert abs(plain - own) > 1e-3 * plain, (plain, own)
+        with pytest.raises(ValueError, match="tangent must be one of"):
+            meanflow_loss(net, x0[:4], jax.random.key(1), process=process, tangent="teacher")
+
+
 def test_meanflow_train_step_compiles_once_with_one_forward_mode_pass():
     """The jitted train step (value_and_grad of meanflow_loss + SGD) is traced once over three steps
     with fresh data and keys, and traces the model's body exactly once: u and du/dt come from one

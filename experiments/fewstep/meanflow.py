@@ -4,14 +4,16 @@
 
 Training: `diffjax.meanflow.meanflow_loss` with the conditional velocity (the teacher is never seen),
 the paper's (t, s) sampler (`meanflow_times`: logit-normal(−0.4, 1), 25% with s ≠ t) and its adaptive
-weight with power p ∈ {0, 1} (p = 0, the plain squared error, is the better one here), on the network
+weight with power p ∈ {0, 1} (p = 0, the plain squared error, is the better one here), and improved
+MeanFlow (iMF: `tangent='model'`, du/dt along the network's own u(x, t, t); p = 0), on the network
 of `common.make_network` with `second_time=True` (conditioned on (t, t − s)) and time_scale 1 (the
 target's (t − s)·∂_t u grows with the time features' frequencies); adam 2e-3 with cosine decay,
 EMA 0.999 evaluated. Sampling: `flow_map_sample(AverageVelocityMap(net, process))`,
 x ← x + (t_{i+1} − t_i)·u(x, t_i, t_{i+1}) on a uniform grid from the noise end to the data end
 (VP: to its t_eps = 1e-3).
 
-Rows (`experiments.fewstep.common`): method 'meanflow', variants 'p=0' and 'p=1 (paper's weight)', and
+Rows (`experiments.fewstep.common`): method 'meanflow', variants 'p=0', 'p=1 (paper's weight)' and
+'iMF tangent (p=0)' (`--variants` picks some), and
 method 'oracle', variant 'exact u, flow-map steps' (the exact average velocity
 `mixture.average_velocity` through the same sampler: the pipeline check, 0 up to the grid's t_eps).
 Extra keys: final_loss and the cost of one train step (forward + jvp + backward) against plain
@@ -36,17 +38,21 @@ from diffjax.meanflow import meanflow_loss, meanflow_times
 from diffjax.training.state import create_train_state
 from experiments.fewstep import common
 
-VARIANTS = {"p=0": 0.0, "p=1 (paper's weight)": 1.0}  # name -> adaptive weight power p
+VARIANTS = {  # name -> options of meanflow_loss
+    "p=0": dict(adaptive_p=0.0),
+    "p=1 (paper's weight)": dict(adaptive_p=1.0),
+    "iMF tangent (p=0)": dict(adaptive_p=0.0, tangent="model"),
+}
 
 
-def make_losses(process, adaptive_p: float = 1.0, **times) -> dict:
-    """loss(network, x0, key) for MeanFlow (adaptive weight power p; times: options of
-    `meanflow_times`) and for plain CFM on u(x, t, t) with the same t (the cost baseline)."""
+def make_losses(process, adaptive_p: float = 1.0, tangent: str = "velocity", **times) -> dict:
+    """loss(network, x0, key) for MeanFlow (adaptive weight power p, direction of du/dt; times:
+    options of `meanflow_times`) and for plain CFM on u(x, t, t) with the same t (the cost baseline)."""
     sampler = meanflow_times(process, **times)
 
     def meanflow(network, x0, key):
         return meanflow_loss(lambda x, t, s: network(x, t, s=s), x0, key, process=process,
-                             time_sampler=sampler, adaptive_p=adaptive_p)  # fmt: skip
+                             time_sampler=sampler, adaptive_p=adaptive_p, tangent=tangent)  # fmt: skip
 
     def cfm(network, x0, key):
         return dj.cfm_loss(lambda x, t: network(x, t, s=t), x0, key, process=process, prediction="velocity",
@@ -98,7 +104,7 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, batch_siz
     cost = step_cost(problem, network, batch_size)
     rows = []
     for name in variants:
-        loss = make_losses(problem.process, VARIANTS[name])["meanflow"]
+        loss = make_losses(problem.process, **VARIANTS[name])["meanflow"]
         trained, losses, wall = common.train(network, loss, problem.data_batch(batch_size),
                                              num_steps=num_steps, seed=seed)  # fmt: skip
         rows += flow_map_rows(lambda x, t, s, n=trained: n(x, t, s=s), problem, "meanflow", name,
@@ -109,8 +115,14 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, batch_siz
 
 
 def main(argv=None) -> list[dict]:
-    args = common.parser(__doc__, default_steps=4000).parse_args(argv)
-    return common.run_processes(run, args)
+    p = common.parser(__doc__, default_steps=4000)
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {tuple(VARIANTS)}")
+    args = p.parse_args(argv)
+    variants = tuple(v for v in args.variants.split(",") if v)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; choose from {tuple(VARIANTS)}")
+    return common.run_processes(run, args, variants=variants)
 
 
 if __name__ == "__main__":
