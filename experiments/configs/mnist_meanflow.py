@@ -19,6 +19,9 @@ regresses onto noise (sCM, Lu & Song 2024, lower the time features' frequency fo
     python -m experiments.train --config experiments/configs/mnist_meanflow.py:smooth \
         --workdir outputs/mnist_meanflow_smooth --config.data.data_dir=../shared/data/mnist
 
+Measured (2026-12-04, 1500 × 128): FD-MNIST 233 / 139 / 94 at 1 / 2 / 4 `flow_map` jumps (three noise
+seeds at 1–2), 120 at two `flow_map_ddim` jumps; the fine-tune from the 1000·t teacher: 2565 / 779 / 236.
+
 Without init_from / teacher.workdir either trains MeanFlow from scratch on the data alone.
 """
 
