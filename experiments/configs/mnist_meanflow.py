@@ -22,12 +22,16 @@ regresses onto noise (sCM, Lu & Song 2024, lower the time features' frequency fo
 Measured (2026-12-04, 1500 × 128): FD-MNIST 233 / 139 / 94 at 1 / 2 / 4 `flow_map` jumps (three noise
 seeds at 1–2), 120 at two `flow_map_ddim` jumps; the fine-tune from the 1000·t teacher: 2565 / 779 / 236.
 
-Without init_from / teacher.workdir either trains MeanFlow from scratch on the data alone.
+Variant `imf` (`mnist_meanflow.py:imf`): improved MeanFlow from scratch, no teacher at all — the
+`smooth` network trained on the conditional velocity with du/dt along its own u(x, t, t)
+(`loss.options.tangent='model'`, Geng et al. 2025b).
+
+Without init_from / teacher.workdir `finetune` trains MeanFlow from scratch on the data alone.
 """
 
 from experiments.configs import mnist_ddpm, mnist_fm
 
-VARIANTS = ("finetune", "smooth")
+VARIANTS = ("finetune", "smooth", "imf")
 
 
 def get_config(variant: str = "finetune"):
@@ -40,8 +44,10 @@ def get_config(variant: str = "finetune"):
     c.train.update(num_steps=600, learning_rate=1e-3, warmup_steps=50, checkpoint_every=100,
                    sample_every=0)
     c.sample.update(sampler="flow_map", num_steps=1)
-    if variant == "smooth":
+    if variant in ("smooth", "imf"):
         c.model.kwargs = mnist_ddpm.unet_kwargs(time_scale=1.0, second_time=True)
-        c.teacher.workdir = "pretrained:mnist_fm"
+        c.teacher.workdir = "pretrained:mnist_fm" if variant == "smooth" else ""
         c.train.update(num_steps=1500, learning_rate=2e-3, warmup_steps=100, checkpoint_every=250)
+    if variant == "imf":
+        c.loss.options = dict(ratio=0.25, adaptive_p=1.0, tangent="model")
     return c
