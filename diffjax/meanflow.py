@@ -173,7 +173,7 @@ def meanflow_loss(
         check_model_output(v, x0, "meanflow_loss (velocity)")
     direction = v.astype(x_t.dtype)
     if tangent == "model":
-        direction = jax.lax.stop_gradient(model(x_t, t, t))
+        direction = jax.lax.stop_gradient(model(x_t, t, t)).astype(x_t.dtype)
         check_model_output(direction, x0, "meanflow_loss (u(x, t, t))")
     u, du_dt = average_velocity_and_derivative(model, x_t, t, s, direction)
     check_model_output(u, x0, "meanflow_loss")

@@ -16,8 +16,8 @@ Rows (`experiments.fewstep.common`): method 'meanflow', variants 'p=0', 'p=1 (pa
 'iMF tangent (p=0)' (`--variants` picks some), and
 method 'oracle', variant 'exact u, flow-map steps' (the exact average velocity
 `mixture.average_velocity` through the same sampler: the pipeline check, 0 up to the grid's t_eps).
-Extra keys: final_loss and the cost of one train step (forward + jvp + backward) against plain
-conditional flow matching (`dj.cfm_loss` on u(x, t, t)) with the same network and batch:
+Extra keys: final_loss and the cost of one train step of that variant (forward + jvp + backward)
+against plain conditional flow matching (`dj.cfm_loss` on u(x, t, t)) with the same network and batch:
 step_ms_meanflow, step_ms_cfm, step_cost_ratio.
 """
 
@@ -65,13 +65,15 @@ def _params_loss(loss, graphdef, params, x0, key):
     return loss(nnx.merge(graphdef, params), x0, key)
 
 
-def step_cost(problem: common.Problem, network, batch_size: int, chunk: int = 100, repeats: int = 5) -> dict:
-    """Seconds per train step of MeanFlow and of CFM: the best of `repeats` compiled runs of `chunk`
-    steps, the two timed in turn within each repeat (so a busy machine slows them alike)."""
+def step_cost(problem: common.Problem, network, batch_size: int, chunk: int = 100, repeats: int = 5,
+              **options) -> dict:  # fmt: skip
+    """Seconds per train step of MeanFlow (options: of `make_losses`, e.g. the tangent) and of CFM: the
+    best of `repeats` compiled runs of `chunk` steps, the two timed in turn within each repeat (so a
+    busy machine slows them alike)."""
     graphdef, params = nnx.split(network, nnx.Param)
     optimizer = optax.adam(1e-3)
     runs, best = {}, {}
-    for name, loss in make_losses(problem.process).items():
+    for name, loss in make_losses(problem.process, **options).items():
         loss_fn = functools.partial(_params_loss, loss, graphdef)
         run_chunk = common.make_run_chunk(loss_fn, optimizer, problem.data_batch(batch_size), chunk)
         state = create_train_state(params, optimizer, jax.random.key(0))
@@ -101,9 +103,9 @@ def run(problem: common.Problem, num_steps: int = 4000, seed: int = 0, batch_siz
         time_scale: float = 1.0, variants: tuple[str, ...] = tuple(VARIANTS)) -> list[dict]:  # fmt: skip
     """The rows of MeanFlow (num_steps per variant) on `problem` (module docstring)."""
     network = common.make_network(seed, second_time=True, time_scale=time_scale)
-    cost = step_cost(problem, network, batch_size)
     rows = []
     for name in variants:
+        cost = step_cost(problem, network, batch_size, **VARIANTS[name])
         loss = make_losses(problem.process, **VARIANTS[name])["meanflow"]
         trained, losses, wall = common.train(network, loss, problem.data_batch(batch_size),
                                              num_steps=num_steps, seed=seed)  # fmt: skip
