@@ -24,7 +24,8 @@ seeds at 1–2), 120 at two `flow_map_ddim` jumps; the fine-tune from the 1000·
 
 Variant `imf` (`mnist_meanflow.py:imf`): improved MeanFlow from scratch, no teacher at all — the
 `smooth` network trained on the conditional velocity with du/dt along its own u(x, t, t)
-(`loss.options.tangent='model'`, Geng et al. 2025b).
+(`loss.options.tangent='model'`, Geng et al. 2025b). Measured (2026-12-04, 1500 × 128, 35.7 min): FD-MNIST
+176 / 142 at 1 / 2 `flow_map` jumps, 118 at two `flow_map_ddim` jumps (means of three noise seeds).
 
 Without init_from / teacher.workdir `finetune` trains MeanFlow from scratch on the data alone.
 """
