@@ -139,7 +139,7 @@ def test_meanflow_loss_with_conditional_velocity_is_transported_irreducible_term
     with Φ = α_s μ + k(x − α_t μ), so ∇_x u = (k − 1)/(s − t) and DΦ = I − (t − s)∇_x u = k·I. With
     the conditional velocity v_c the residual is Δ = k(v − v_c), and the expected per-example loss
     (p = 0) is k²·Var(v_c | x_t) = k²·irreducible_loss_gaussian(t, 'velocity'): a z-test over 20000
-    draws at fixed (t, s) (CondOT, k² = 0.27); the untransported term (k² → 1) is rejected; with
+    draws at fixed (t, s) (CondOT, k² = 0.41); the untransported term (k² → 1) is rejected; with
     the exact marginal velocity the loss is 0 to rounding."""
     with x64():
         process, mean, std = dj.CondOTPath(), jnp.array([1.0, -2.0]), 0.5
@@ -179,7 +179,7 @@ def test_improved_meanflow_tangent_makes_the_exact_loss_the_untransported_flow_m
     u + (t − s)·du/dt is the exact v, so every example's loss equals the flow-matching residual
     ‖v − v_c‖²/D of the same draw — the MF loss at s = t with the same key — to float64 rounding, and
     its mean is irreducible_loss_gaussian(t, 'velocity') (z-test, 20000 draws), not MF's k²-transported
-    value (k² = 0.27: rejected by > 10 s.e.). An MLP's loss differs between the two tangents (so
+    value (k² = 0.41: rejected by > 10 s.e.). An MLP's loss differs between the two tangents (so
     the option is live), and a bad tangent is refused."""
     with x64():
         process, mean, std = dj.CondOTPath(), jnp.array([1.0, -2.0]), 0.5
