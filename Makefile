@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n 2 -q tests
+	$(PY) -m pytest -n 2 -q --durations=15 tests
 
 # 64 MNIST digits from the pretrained flow model shipped with the package (no training, no data)
 sample: $(STAMP)

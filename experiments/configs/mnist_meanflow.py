@@ -27,12 +27,16 @@ Variant `imf` (`mnist_meanflow.py:imf`): improved MeanFlow from scratch, no teac
 (`loss.options.tangent='model'`, Geng et al. 2025b). Measured (2026-12-04, 1500 × 128, 35.7 min): FD-MNIST
 176 / 142 at 1 / 2 `flow_map` jumps, 118 at two `flow_map_ddim` jumps (means of three noise seeds).
 
+Variant `mf` (`mnist_meanflow.py:mf`): `imf`'s ablation — the same network and schedule from scratch with
+MeanFlow's own tangent (du/dt along the conditional velocity, `tangent='velocity'`), so the difference
+between the two runs is the tangent alone.
+
 Without init_from / teacher.workdir `finetune` trains MeanFlow from scratch on the data alone.
 """
 
 from experiments.configs import mnist_ddpm, mnist_fm
 
-VARIANTS = ("finetune", "smooth", "imf")
+VARIANTS = ("finetune", "smooth", "imf", "mf")
 
 
 def get_config(variant: str = "finetune"):
@@ -45,7 +49,7 @@ def get_config(variant: str = "finetune"):
     c.train.update(num_steps=600, learning_rate=1e-3, warmup_steps=50, checkpoint_every=100,
                    sample_every=0)
     c.sample.update(sampler="flow_map", num_steps=1)
-    if variant in ("smooth", "imf"):
+    if variant in ("smooth", "imf", "mf"):
         c.model.kwargs = mnist_ddpm.unet_kwargs(time_scale=1.0, second_time=True)
         c.teacher.workdir = "pretrained:mnist_fm" if variant == "smooth" else ""
         c.train.update(num_steps=1500, learning_rate=2e-3, warmup_steps=100, checkpoint_every=250)
