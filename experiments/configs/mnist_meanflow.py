@@ -29,7 +29,9 @@ Variant `imf` (`mnist_meanflow.py:imf`): improved MeanFlow from scratch, no teac
 
 Variant `mf` (`mnist_meanflow.py:mf`): `imf`'s ablation — the same network and schedule from scratch with
 MeanFlow's own tangent (du/dt along the conditional velocity, `tangent='velocity'`), so the difference
-between the two runs is the tangent alone.
+between the two runs is the tangent alone. Measured (2026-12-04, 1500 × 128, 62.3 min on shared cores):
+FD-MNIST 220 / 137 at 1 / 2 `flow_map` jumps, 110 at two `flow_map_ddim` jumps (means of three noise
+seeds) — iMF's tangent lowers the one jump (176) only.
 
 Without init_from / teacher.workdir `finetune` trains MeanFlow from scratch on the data alone.
 """
