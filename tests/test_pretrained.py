@@ -1,7 +1,7 @@
 """Pretrained networks: save/load round trips (float32 exact, float16 within its rounding), the checks
 on load (SHA-256, names and shapes, unknown names), the shipped MNIST flow model (its card, samples
 that have MNIST's pixel statistics, a flow-matching loss on real test digits far below the same
-network untrained) and the command-line `pretrained:NAME` source."""
+network untrained), the command-line `pretrained:NAME` source and `experiments.export_pretrained`."""
 
 import json
 import os
@@ -274,3 +274,34 @@ def test_shipped_edm_model_autoguided_by_its_early_checkpoint_lands_closer_to_re
     d = nearest[2.5] - nearest[1.0]
     z = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
     assert z < -3, (nearest[1.0].mean(), nearest[2.5].mean(), z)
+
+
+def test_export_pretrained_ships_a_finished_run_with_its_evaluations_per_noise_seed(tmp_path):
+    """`experiments.export_pretrained` writes <name>.npz/.json that load as the run's EMA network (float32:
+    equal parameters), with the sampler asked for and, of the results file, this run's newest row per
+    (sampler, steps, ..., noise seed): another model's rows, rows without FD and older duplicates are left
+    out."""
+    from experiments.configs import checkerboard_fm
+    from experiments.train import train_and_evaluate
+
+    workdir = tmp_path / "tiny_run"
+    cfg = checkerboard_fm.get_config()
+    cfg.train.update(num_steps=4, warmup_steps=1, checkpoint_every=4, batch_size=32)
+    cfg.sample.num_samples = 8
+    train_and_evaluate(cfg, str(workdir))
+    row = {"model": "tiny_run", "sampler": "euler", "steps": 3, "nfe": 3, "ema": "decay 0.999"}
+    rows = [{**row, "seed": 1, "fd_mnist": 9.0}, {**row, "seed": 2, "fd_mnist": 8.0},
+            {**row, "seed": 1, "fd_mnist": 7.0}, {**row, "model": "other", "seed": 3, "fd_mnist": 1.0},
+            {**row, "seed": 4, "swd": 0.1}]  # fmt: skip
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run("export_pretrained", "--workdir", str(workdir), "--name", "tiny", "--out_dir", str(tmp_path),
+              "--sampler", "euler:3", "--results", str(results), "--storage", "float32")  # fmt: skip
+    assert "largest relative rounding of a parameter tensor 0.0e+00" in out
+    card = dj.pretrained_card(str(tmp_path / "tiny.npz"))
+    assert card["sampler"] == {"name": "euler", "num_steps": 3} and card["training"]["steps"] == 4
+    assert sorted((e["seed"], e["fd_mnist"]) for e in card["evaluations"]) == [(1, 7.0), (2, 8.0)]
+    shipped = dj.load_pretrained(str(tmp_path / "tiny.npz"))
+    ran = dj.load_model(str(workdir))
+    for name, value in network_parameters(ran.model).items():
+        np.testing.assert_array_equal(network_parameters(shipped.model)[name], value)
