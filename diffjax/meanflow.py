@@ -38,6 +38,14 @@ ordinary regression of it onto v. At the exact u, with u(x, t, t) = v, V = v exa
 loss (p = 0) is the flow-matching residual ‖v − v_c‖²/D and its mean the untransported irreducible loss
 `irreducible_loss_gaussian(..., 'velocity')` — for Gaussian data 1/k² times MF's.
 
+**Guidance in training** (MeanFlow §4.2, "Mean Flows with Guidance"): for a class-conditional
+u_θ(x, t, s | c), `guidance_scale` ω > 0 with `unconditional` = the same network under the null label
+∅ replaces the regressed velocity by ṽ = ω·v + (1 − ω)·sg(u_θ(x_t, t, t | ∅)) (the tangent of MF too).
+Given x_t and c its mean is ω·v(x_t | c) + (1 − ω)·v(x_t) — the classifier-free-guided velocity — so the
+fixed point is the average velocity of the guided ODE and one jump samples with guidance ω at one
+evaluation (no second pass at sampling). At the exact guided u (`GaussianMixture.guided`) and exact
+u(·|∅): Δ = ω·DΦ·(v(x_t | c) − v_c), the unguided conditional residual scaled by ω.
+
 The adaptive weight (their eq. 13; p = 1 in the paper, p = 0 the plain squared error) uses the
 per-example mean over dimensions ‖Δ‖²/D, as the loss does; the paper sums over dimensions, which is
 this loss with c_paper = D·c times the constant D^{1−p}. The weight depends on the sampled v_c, so
@@ -66,6 +74,7 @@ from jaxtyping import Array, Float
 from diffjax._array import expand
 from diffjax._validate import check_key
 from diffjax.flow import check_model_output
+from diffjax.guidance import guide
 from diffjax.parameterization import from_x0_eps
 from diffjax.processes.base import GaussianProcess
 
@@ -137,6 +146,8 @@ def meanflow_loss(
     adaptive_p: float = 1.0,
     adaptive_c: float = 1e-3,
     tangent: str = "velocity",
+    guidance_scale: float = 1.0,
+    unconditional: AverageVelocityFn | None = None,
     reduce: bool = True,
 ) -> Array:
     """The MeanFlow loss (module docstring): a scalar, or the per-example losses (N,).
@@ -146,7 +157,9 @@ def meanflow_loss(
     (distillation) instead of the conditional velocity α̇ x0 + σ̇ ε; adaptive_p, adaptive_c: the
     adaptive weight sg(1/(‖Δ‖²/D + c)^p) (p = 0: plain squared error); tangent: the direction of the
     total derivative du/dt — 'velocity' (v, the target's own velocity: MeanFlow) or 'model' (the
-    network's sg(u(x_t, t, t)): improved MeanFlow, one more forward pass)."""
+    network's sg(u(x_t, t, t)): improved MeanFlow, one more forward pass); guidance_scale ω and
+    unconditional(x, t, s) -> u(x, t, s | ∅): guidance in training, ṽ = ω·v + (1 − ω)·sg(u(x_t, t, t | ∅))
+    (module docstring; one more forward pass; ω = 1 is unguided and needs no unconditional)."""
     if x0.ndim < 1 or x0.shape[0] == 0:
         raise ValueError(f"meanflow_loss: x0 must be a non-empty batch (batch, *event), got {x0.shape}.")
     if not jnp.issubdtype(x0.dtype, jnp.floating):
@@ -158,6 +171,11 @@ def meanflow_loss(
         )
     if tangent not in TANGENTS:
         raise ValueError(f"meanflow_loss: tangent must be one of {TANGENTS}, got {tangent!r}.")
+    if not guidance_scale > 0:
+        raise ValueError(f"meanflow_loss: guidance_scale must be > 0, got {guidance_scale}.")
+    if guidance_scale != 1 and unconditional is None:
+        raise ValueError("meanflow_loss: guidance_scale != 1 needs `unconditional`, the network under the "
+                         "null label (x, t, s) -> u(x, t, s | ∅).")  # fmt: skip
     time_sampler = time_sampler or meanflow_times(process)
     n = x0.shape[0]
     k_t, k_eps = jax.random.split(check_key(key, "meanflow_loss"))
@@ -171,6 +189,10 @@ def meanflow_loss(
     else:
         v = jax.lax.stop_gradient(velocity(x_t, t))
         check_model_output(v, x0, "meanflow_loss (velocity)")
+    if guidance_scale != 1:
+        v_null = jax.lax.stop_gradient(unconditional(x_t, t, t))
+        check_model_output(v_null, x0, "meanflow_loss (unconditional)")
+        v = guide(v, v_null.astype(v.dtype), jnp.asarray(guidance_scale))
     direction = v.astype(x_t.dtype)
     if tangent == "model":
         direction = jax.lax.stop_gradient(model(x_t, t, t)).astype(x_t.dtype)
