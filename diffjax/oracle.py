@@ -226,9 +226,9 @@ class GaussianMixture:
 
     def guided(self, labels, guidance_scale) -> GuidedVelocity:
         """The classifier-free-guided field v_w(x, t | y) = w·v(x, t | y) + (1 − w)·v(x, t) (labels y (N,),
-        per example; w the guidance scale) as an exact "mixture" for `diffjax.flow_map.ExactFlowMap`:
-        `ExactAverageVelocity(ExactFlowMap(mixture.guided(y, w), process))` is the exact average velocity
-        of the guided ODE, the fixed point of MeanFlow trained with guidance."""
+        per example; w the guidance scale), with its exact flow map and average velocity:
+        `mixture.guided(y, w).average_velocity(process)` is the fixed point of MeanFlow trained with
+        guidance."""
         return GuidedVelocity(self, jnp.asarray(labels), jnp.asarray(guidance_scale))
 
 
@@ -245,6 +245,18 @@ class GuidedVelocity:
 
         exact = self.mixture.conditional_model(process, "velocity")
         return guide(exact(x, t, self.labels), exact(x, t, self.mixture.n_classes), self.guidance_scale)
+
+    def flow_map(self, process, num_steps: int = 128):
+        """Φ_{t→s}(x) of the guided ODE (RK4, as `GaussianMixture.flow_map`); x (N, D), N = len(labels)."""
+        from diffjax.flow_map import ExactFlowMap
+
+        return ExactFlowMap(self, process, num_steps)
+
+    def average_velocity(self, process, num_steps: int = 128):
+        """u(x, t, s) of the guided ODE: the exact target of MeanFlow trained with guidance."""
+        from diffjax.flow_map import ExactAverageVelocity
+
+        return ExactAverageVelocity(self.flow_map(process, num_steps))
 
 
 @pytree_dataclass(eq=False)

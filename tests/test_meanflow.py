@@ -312,8 +312,6 @@ def test_guided_meanflow_at_the_exact_guided_flow_map_is_the_conditional_residua
     it falls 2⁴× when its steps double (measured 15.3× from 32 to 64 steps, max 6.1e-5 at 64; order 4 from
     16 to 256 steps). Without the (1 − ω)·u(x_t, t, t | ∅) term the loss at the same u is far off (so the
     identity can fail), and bad settings are refused before any compute."""
-    from diffjax.flow_map import ExactAverageVelocity, ExactFlowMap
-
     with x64():
         process, omega, n = dj.CondOTPath(), 2.5, 4096
         mixture = dj.GaussianMixture.create(jnp.array([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]]), 0.3,
@@ -327,7 +325,7 @@ def test_guided_meanflow_at_the_exact_guided_flow_map_is_the_conditional_residua
             return lambda key, m: (jnp.full(m, t_fixed), jnp.full(m, s_fixed))
 
         def guided_loss(num_steps, **guidance):
-            guided_u = ExactAverageVelocity(ExactFlowMap(mixture.guided(y, omega), process, num_steps))
+            guided_u = mixture.guided(y, omega).average_velocity(process, num_steps)
             return meanflow_loss(guided_u, x0, jax.random.key(21), time_sampler=at(0.3, 0.9), tangent="model",
                                  **guidance, **kw)  # fmt: skip
 
