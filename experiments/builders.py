@@ -30,7 +30,7 @@ from diffjax.models import MODELS
 from diffjax.preconditioning import PRECONDITIONINGS, apply_preconditioning
 from diffjax.processes import PROCESSES
 from diffjax.training import Checkpointer, TrainedModel
-from diffjax.training.step import uses_step
+from diffjax.training.step import uses_step, uses_unconditional
 from diffjax.training.workdir import RunMismatchError
 from experiments.configs import base
 
@@ -312,6 +312,10 @@ def few_step_checks(cfg, need) -> None:
     need(name != "progressive_distillation" or "num_student_steps" in options,
          "loss.name='progressive_distillation' needs loss.options.num_student_steps (the student's steps; "
          "it matches two teacher DDIM steps in one)")
+    need(options.get("guidance_scale", 1.0) == 1.0 or (name == "meanflow" and num_classes(cfg) is not None),
+         "loss.options.guidance_scale is MeanFlow's guidance in training (loss.name='meanflow'): it needs a "
+         f"class-conditional network (model.kwargs.num_classes); got loss.name={name!r}, "
+         f"num_classes={num_classes(cfg)!r}")
     warmup_steps = options.get("warmup_steps", 0)
     need(name == "consistency_continuous" or "warmup_steps" not in options,
          "loss.options.warmup_steps is sCM's tangent warm-up (loss.name='consistency_continuous')")
@@ -359,8 +363,10 @@ def build_few_step_loss(cfg, process):
         times = {k: options.pop(k) for k in ("mean", "std", "ratio") if k in options}
         time_sampler = meanflow_times(process, t_eps=cfg.loss.t_eps, **times)
         velocity = teacher_flow_velocity(cfg, process)[1] if cfg.teacher.workdir else None
-        return functools.partial(meanflow_loss, process=process, time_sampler=time_sampler,
+        loss = functools.partial(meanflow_loss, process=process, time_sampler=time_sampler,
                                  velocity=velocity, **options)  # fmt: skip
+        # guidance in training needs the network under ∅ (the train step passes it)
+        return uses_unconditional(loss) if options.get("guidance_scale", 1.0) != 1.0 else loss
     if cfg.loss.name == "shortcut":
         velocity = teacher_flow_velocity(cfg, process)[1] if cfg.teacher.workdir else None
         return functools.partial(shortcut_loss, process=process, t_eps=cfg.loss.t_eps, velocity=velocity,

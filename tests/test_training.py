@@ -128,6 +128,35 @@ def test_a_step_dependent_loss_sees_the_step_counter_under_one_compile():
     assert int(seen[-1]) == 0
 
 
+def test_a_loss_marked_uses_unconditional_gets_the_network_under_the_null_label():
+    """`uses_unconditional` (MeanFlow's guidance in training): `model_loss` passes `unconditional=` the same
+    network bound to the null label num_classes for every example, next to the model bound to the batch's
+    labels; for a network without classes it is refused."""
+    from flax import nnx
+
+    from diffjax.training import model_loss, uses_unconditional
+
+    class Labelled(nnx.Module):  # w·x + y: the bound labels show in the output
+        def __init__(self):
+            self.w = nnx.Param(jnp.ones(()))
+
+        def __call__(self, x, t, labels=None, rngs=None):
+            return self.w * x + labels[:, None]
+
+    def loss(model, x, key, *, unconditional):
+        seen.append((model(x, 0.5), unconditional(x, 0.5)))
+        return jnp.sum(model(x, 0.5))
+
+    graphdef, params = nnx.split(Labelled())
+    seen, batch = [], (jnp.zeros((3, 1)), jnp.array([2, 5, 7]))
+    model_loss(graphdef, uses_unconditional(loss), num_classes=10)(params, batch, jax.random.key(0))
+    conditional, unconditional = seen[-1]
+    np.testing.assert_array_equal(conditional[:, 0], [2, 5, 7])
+    np.testing.assert_array_equal(unconditional[:, 0], [10, 10, 10])
+    with pytest.raises(ValueError, match="only a class-conditional network"):
+        model_loss(graphdef, uses_unconditional(loss))(params, batch, jax.random.key(0))
+
+
 def test_ema_warmup_decay_and_forgetting_of_the_initialisation():
     """d_k = min(d, (1 + k)/(10 + k)): 0.1 at step 0, d once (1 + k)/(10 + k) exceeds it; after
     381 steps the weight left on the initial parameters is Π d_k (≈ 2e-18 with warm-up at

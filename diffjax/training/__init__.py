@@ -43,7 +43,15 @@ from diffjax.training.parallel import (
     state_shardings,
 )
 from diffjax.training.state import TrainState, as_key_data, create_train_state, make_optimizer, make_schedule
-from diffjax.training.step import all_finite, gathered, make_train_step, model_loss, takes_step, uses_step
+from diffjax.training.step import (
+    all_finite,
+    gathered,
+    make_train_step,
+    model_loss,
+    takes_step,
+    uses_step,
+    uses_unconditional,
+)
 from diffjax.training.workdir import (
     RunMismatchError,
     TrainedModel,
@@ -62,5 +70,5 @@ __all__ = [
     "make_data_mesh", "make_mesh", "make_optimizer", "make_schedule",
     "load_model", "make_train_step", "maybe_initialize_distributed", "model_loss", "read_record",
     "place", "replicate", "replicated_sharding", "run_record", "shard_batch", "shard_state",
-    "state_shardings", "takes_step", "train", "tree_checksums", "uses_step",
+    "state_shardings", "takes_step", "train", "tree_checksums", "uses_step", "uses_unconditional",
 ]  # fmt: skip

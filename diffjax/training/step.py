@@ -66,6 +66,14 @@ def uses_step(loss: Callable) -> Callable:
     return loss
 
 
+def uses_unconditional(loss: Callable) -> Callable:
+    """Mark `loss` (model, x, key, *, unconditional, ...) as needing the class-conditional network under
+    the null label ∅ (e.g. MeanFlow's guidance in training): `model_loss` passes it as `unconditional`.
+    Returns `loss`."""
+    loss.takes_unconditional = True
+    return loss
+
+
 def takes_step(fn: Callable) -> bool:
     """Whether `fn` was marked by `uses_step` (or is a `model_loss` of such a loss)."""
     return bool(getattr(fn, "takes_step", False))
@@ -86,7 +94,8 @@ def model_loss(
     Ho & Salimans 2022). Unconditional networks ignore the labels. `wrap(network)` turns the network
     into the model the loss sees (e.g. `functools.partial(dj.precondition, process=p)`). A network
     bundled with a learned weighting (`diffjax.models.WithUncertainty`) trains it through the loss's
-    `log_uncertainty`. A step-dependent loss (`uses_step`) gets `step=` from `make_train_step`.
+    `log_uncertainty`. A step-dependent loss (`uses_step`) gets `step=` from `make_train_step`; a loss
+    marked `uses_unconditional` gets `unconditional=` the same model under the null label (all examples).
 
     A network carrying VDM's learned schedule (`diffjax.models.WithSchedule`) passes it to the loss as
     `process=`; the loss must then return per-example values (batch,) (e.g. `dj.vdm_loss(...,
@@ -104,6 +113,12 @@ def model_loss(
         network = nnx.merge(graphdef, params)
         model = BoundLabels(wrap(network) if wrap else network, labels, {"rngs": k_dropout})
         kwargs = {"step": step} if with_step else {}
+        if getattr(loss, "takes_unconditional", False):
+            if num_classes is None:
+                raise ValueError("model_loss: the loss needs the network under the null label "
+                                 "(`uses_unconditional`): only a class-conditional network has one.")
+            null = jnp.full(jnp.shape(labels), num_classes, jnp.asarray(labels).dtype)
+            kwargs["unconditional"] = BoundLabels(model.model, null, model.kwargs)
         if isinstance(network, WithUncertainty):  # EDM2's learned weighting, trained with the network
             kwargs["log_uncertainty"] = network.uncertainty
         if isinstance(network, WithSchedule):  # VDM's learned schedule: the process the network carries
