@@ -25,7 +25,9 @@ seeds at 1–2), 120 at two `flow_map_ddim` jumps; the fine-tune from the 1000·
 Variant `imf` (`mnist_meanflow.py:imf`): improved MeanFlow from scratch, no teacher at all — the
 `smooth` network trained on the conditional velocity with du/dt along its own u(x, t, t)
 (`loss.options.tangent='model'`, Geng et al. 2025b). Measured (2026-12-04, 1500 × 128, 35.7 min): FD-MNIST
-176 / 142 at 1 / 2 `flow_map` jumps, 118 at two `flow_map_ddim` jumps (means of three noise seeds).
+176 / 142 at 1 / 2 `flow_map` jumps, 118 at two `flow_map_ddim` jumps (means of three noise seeds);
+resumed to 2500 steps (`--config.train.num_steps=2500`, shipped as `pretrained:mnist_imf`): 136 / 91 and
+86 — level with the trajectory-distilled `pretrained:mnist_few_step`.
 
 Variant `mf` (`mnist_meanflow.py:mf`): `imf`'s ablation — the same network and schedule from scratch with
 MeanFlow's own tangent (du/dt along the conditional velocity, `tangent='velocity'`), so the difference
