@@ -25,6 +25,7 @@ from jaxtyping import Array, Float, Int
 
 from diffjax._pytree import pytree_dataclass, static_field
 from diffjax._validate import check_batch_time, is_concrete
+from diffjax.guidance import guide
 from diffjax.parameterization import Prediction, check_prediction, from_x0_eps
 from diffjax.processes.base import GaussianProcess
 
@@ -223,7 +224,6 @@ class GaussianMixture:
         check_prediction(prediction)
         return ExactConditionalModel(self, process, prediction)
 
-
     def guided(self, labels, guidance_scale) -> GuidedVelocity:
         """The classifier-free-guided field v_w(x, t | y) = w·v(x, t | y) + (1 − w)·v(x, t) (labels y (N,),
         per example; w the guidance scale), with its exact flow map and average velocity:
@@ -241,8 +241,6 @@ class GuidedVelocity:
     guidance_scale: Array
 
     def velocity(self, x, process, t) -> Array:
-        from diffjax.guidance import guide
-
         exact = self.mixture.conditional_model(process, "velocity")
         return guide(exact(x, t, self.labels), exact(x, t, self.mixture.n_classes), self.guidance_scale)
 
