@@ -38,7 +38,9 @@ seeds) — iMF's tangent lowers the one jump (176) only.
 Variant `cfg` (`mnist_meanflow.py:cfg`): class-conditional `imf` (labels 0–9, null label 10, 10% label
 dropout) with MeanFlow's guidance in training (`loss.options.guidance_scale=2`: the regressed velocity is
 2·v_c − u(x_t, t, t | ∅)), so one jump samples the guided ODE at w = 2 with one evaluation
-(`sample.guidance_scale` stays 1: the guidance is in the network).
+(`sample.guidance_scale` stays 1: the guidance is in the network). Measured (2026-12-04, 1500 × 128, 68.7 min
+on shared cores): one `flow_map` jump FD-MNIST 24.4 with 99.0–99.5% the requested digit (three noise
+seeds), two `flow_map_ddim` jumps 27.9.
 
 Without init_from / teacher.workdir `finetune` trains MeanFlow from scratch on the data alone.
 """
