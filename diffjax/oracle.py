@@ -241,8 +241,8 @@ class GuidedVelocity:
     guidance_scale: Array
 
     def velocity(self, x, process, t) -> Array:
-        exact = self.mixture.conditional_model(process, "velocity")
-        return guide(exact(x, t, self.labels), exact(x, t, self.mixture.n_classes), self.guidance_scale)
+        conditional = self.mixture.conditional_model(process, "velocity")(x, t, self.labels)
+        return guide(conditional, self.mixture.velocity(x, process, t), self.guidance_scale)
 
     def flow_map(self, process, num_steps: int = 128):
         """Φ_{t→s}(x) of the guided ODE (RK4, as `GaussianMixture.flow_map`); x (N, D), N = len(labels)."""

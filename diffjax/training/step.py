@@ -117,7 +117,7 @@ def model_loss(
             if num_classes is None:
                 raise ValueError("model_loss: the loss needs the network under the null label "
                                  "(`uses_unconditional`): only a class-conditional network has one.")
-            null = jnp.full(jnp.shape(labels), num_classes, jnp.asarray(labels).dtype)
+            null = jnp.full_like(labels, num_classes)
             kwargs["unconditional"] = BoundLabels(model.model, null, model.kwargs)
         if isinstance(network, WithUncertainty):  # EDM2's learned weighting, trained with the network
             kwargs["log_uncertainty"] = network.uncertainty
