@@ -14,7 +14,7 @@ import pytest
 
 from diffjax.training import RunMismatchError
 from experiments.builders import ConfigError, parse_sampler_spec, validate_config
-from experiments.configs import checkerboard_fm, mnist_cfg
+from experiments.configs import checkerboard_fm, mnist_cfg, mnist_fm
 from experiments.train import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,11 +98,19 @@ def test_configs_are_validated_before_any_work(edit, match):
 
 def test_every_config_validates_and_the_cli_lists_its_use():
     names = ("base", "checkerboard_fm", "mnist_ddpm", "mnist_fm", "mnist_cfg", "mnist_vp", "mnist_edm",
-             "cifar10", "mnist_dit", "mnist_latent_dit", "mnist_vdm", "mnist_vdm:vp")
+             "cifar10", "mnist_dit", "mnist_latent_dit", "mnist_vdm", "mnist_vdm:vp", "mnist_fm:autoguide")
     for name in names:
         name, *variant = name.split(":")
         module = __import__(f"experiments.configs.{name}", fromlist=["get_config"])
         validate_config(module.get_config(*variant))
+    # the autoguided flow differs from mnist_fm in its time law and what the run keeps, nothing else
+    plain, autoguide = mnist_fm.get_config().to_dict(), mnist_fm.get_config("autoguide").to_dict()
+    diff = {(section, key) for section, fields in autoguide.items() if isinstance(fields, dict)
+            for key in fields if fields[key] != plain[section].get(key)}  # fmt: skip
+    assert diff == {("loss", "time"), ("train", "posthoc_ema"), ("train", "snapshot_every"),
+                    ("train", "checkpoint_every"), ("train", "keep")}, diff
+    with pytest.raises(ValueError, match="variant must be"):
+        mnist_fm.get_config("logit")
     assert "--workdir" in run("train", "--help", expect=1)  # absl's help exits with status 1
 
 
