@@ -13,7 +13,8 @@ logit-normal times, two power-function EMAs for post-hoc EMA (σ_rel 0.05, 0.10)
 checkpoint kept, so that the run's own early checkpoint can autoguide it (Karras et al. 2024):
 
     python -m experiments.evaluate --workdirs outputs/mnist_fm_autoguide \
-        --guide_by outputs/mnist_fm_autoguide@500 --guidance_interval 0.28,5.42 --samplers dpm_solver_pp:10:3.0 --data_dir ../shared/data/mnist
+        --guide_by outputs/mnist_fm_autoguide@500 --guidance_interval 0.28,5.42 \
+        --samplers dpm_solver_pp:10:3.0 --data_dir ../shared/data/mnist
 """
 
 from experiments.configs import mnist_ddpm
