@@ -41,18 +41,20 @@ FLAGS = flags.FLAGS
 
 
 def evaluations(path: str, model: str) -> list[dict]:
-    """The newest row per (sampler, steps, EMA, clipping, w, autoguiding model, noise seed) of `model` in a
-    results file."""
+    """The newest row per (sampler, steps, grid, EMA, clipping, w, guidance interval, autoguiding model,
+    noise seed) of `model` in a results file."""
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     keep = {}
     for r in rows:
         if r.get("model") == model and "fd_mnist" in r:
-            key = (r["sampler"], r["steps"], r.get("ema"), r.get("clip_denoised"), r.get("guidance_scale"),
-                   r.get("guided_by"), r.get("seed"))  # fmt: skip
-            keep[key] = {k: r[k] for k in ("sampler", "steps", "nfe", "fd_mnist", "class_tv", "clip_denoised",
-                                           "num_samples", "ema", "guidance_scale", "conditional_accuracy",
-                                           "guided_by", "seed") if k in r}  # fmt: skip
+            interval = tuple(r.get("guidance_interval") or ())  # a list in JSON; none and [] are the same
+            key = (r["sampler"], r["steps"], r.get("grid"), r.get("ema"), r.get("clip_denoised"),
+                   r.get("guidance_scale"), interval, r.get("guided_by"), r.get("seed"))  # fmt: skip
+            keep[key] = {k: r[k] for k in ("sampler", "steps", "grid", "nfe", "fd_mnist", "class_tv",
+                                           "clip_denoised", "num_samples", "ema", "guidance_scale",
+                                           "guidance_interval", "conditional_accuracy", "guided_by", "seed")
+                         if r.get(k) is not None}  # fmt: skip
     return list(keep.values())
 
 

@@ -288,8 +288,8 @@ def test_shipped_model_autoguided_by_its_early_checkpoint_lands_closer_to_real_d
 def test_export_pretrained_ships_a_finished_run_with_its_evaluations_per_noise_seed(tmp_path):
     """`experiments.export_pretrained` writes <name>.npz/.json that load as the run's EMA network (float32:
     equal parameters), with the sampler asked for and, of the results file, this run's newest row per
-    (sampler, steps, ..., noise seed): another model's rows, rows without FD and older duplicates are left
-    out."""
+    (sampler, steps, grid, ..., guidance interval, ..., noise seed): another model's rows, rows without FD
+    and older duplicates are left out."""
     from experiments.configs import checkerboard_fm
     from experiments.train import train_and_evaluate
 
@@ -301,7 +301,10 @@ def test_export_pretrained_ships_a_finished_run_with_its_evaluations_per_noise_s
     row = {"model": "tiny_run", "sampler": "euler", "steps": 3, "nfe": 3, "ema": "decay 0.999"}
     rows = [{**row, "seed": 1, "fd_mnist": 9.0}, {**row, "seed": 2, "fd_mnist": 8.0},
             {**row, "seed": 1, "fd_mnist": 7.0}, {**row, "model": "other", "seed": 3, "fd_mnist": 1.0},
-            {**row, "seed": 4, "swd": 0.1}]  # fmt: skip
+            {**row, "seed": 4, "swd": 0.1},
+            {**row, "seed": 5, "fd_mnist": 6.0, "guidance_interval": [0.28, 5.42]},  # guided in an interval
+            {**row, "seed": 5, "fd_mnist": 5.0, "guidance_interval": None},  # everywhere: another row
+            {**row, "seed": 5, "fd_mnist": 4.0, "grid": "optimized"}]  # fmt: skip  (another grid)
     results = tmp_path / "results.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = run("export_pretrained", "--workdir", str(workdir), "--name", "tiny", "--out_dir", str(tmp_path),
@@ -309,7 +312,9 @@ def test_export_pretrained_ships_a_finished_run_with_its_evaluations_per_noise_s
     assert "largest relative rounding of a parameter tensor 0.0e+00" in out
     card = dj.pretrained_card(str(tmp_path / "tiny.npz"))
     assert card["sampler"] == {"name": "euler", "num_steps": 3} and card["training"]["steps"] == 4
-    assert sorted((e["seed"], e["fd_mnist"]) for e in card["evaluations"]) == [(1, 7.0), (2, 8.0)]
+    assert sorted((e["seed"], e["fd_mnist"]) for e in card["evaluations"]) == [(1, 7.0), (2, 8.0), (5, 4.0),
+                                                                                (5, 5.0), (5, 6.0)]
+    assert [e.get("guidance_interval") for e in card["evaluations"] if e["fd_mnist"] == 6.0] == [[0.28, 5.42]]
     shipped = dj.load_pretrained(str(tmp_path / "tiny.npz"))
     ran = dj.load_model(str(workdir))
     for name, value in network_parameters(ran.model).items():
