@@ -12,6 +12,7 @@ from flax import nnx
 import diffjax as dj
 from diffjax.latent import LatentSpace, kl_to_standard_normal, latent_statistics
 from diffjax.models import AutoencoderConfig, build_model
+from diffjax.pretrained import network_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
@@ -179,8 +180,19 @@ def test_pipeline_autoencoder_latents_latent_model_decoded_samples(tmp_path):
     assert trained.latent_space.decode(z).shape == (2, 28, 28, 1)
     with pytest.raises(ValueError, match="holds an autoencoder"):
         dj.load_model(ae_dir)
-    with pytest.raises(ValueError, match="latent diffusion model needs its autoencoder"):
-        dj.save_pretrained(trained, str(tmp_path / "x.npz"))
+    # shipped as one pretrained network: the autoencoder rides in the same files, the samples decode alike
+    path = dj.save_pretrained(trained, str(tmp_path / "x.npz"), storage_dtype="float32")
+    shipped, card = dj.load_pretrained(path), dj.pretrained_card(path)
+    sizes = [sum(v.size for v in network_parameters(m).values()) for m in (trained.latent_space.autoencoder,
+                                                                            trained.model)]
+    assert card["autoencoder"]["num_parameters"] == sizes[0] > 0 and card["num_parameters"] == sizes[1]
+    assert (shipped.latent_space.shift, shipped.latent_space.scale) == (
+        trained.latent_space.shift, trained.latent_space.scale)
+    z2 = dj.sample("euler", shipped.model, shipped.process, jax.random.key(0), (2, 7, 7, 3), 2).samples
+    np.testing.assert_array_equal(np.asarray(shipped.latent_space.decode(z2)),
+                                  np.asarray(trained.latent_space.decode(z)))
+    with pytest.raises(ValueError, match="names a latent space but the TrainedModel has none"):
+        dj.save_pretrained(trained._replace(latent_space=None), str(tmp_path / "y.npz"))
 
     other = str(tmp_path / "ae2")  # resuming on another autoencoder's latents is refused by field
     os.symlink(ae_dir, other)
