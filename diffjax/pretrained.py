@@ -111,6 +111,7 @@ def save_pretrained(trained: TrainedModel, path: str, card: dict | None = None, 
     if not path.endswith(".npz"):
         raise ValueError(f"save_pretrained: the weights file must end in .npz, got {path!r}.")
     flat, bundled = network_parameters(trained.model), {}
+    own = sum(v.size for v in flat.values())  # the diffusion network's parameters, without a first stage
     if trained.record.get("latent"):
         space = trained.latent_space
         if space is None:
@@ -131,7 +132,6 @@ def save_pretrained(trained: TrainedModel, path: str, card: dict | None = None, 
         raise ValueError(f"save_pretrained: {overflow[:3]} overflow {storage_dtype}; store float32.")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     np.savez(path, **stored)
-    own = sum(v.size for k, v in flat.items() if not k.startswith(AUTOENCODER))
     full = dict(card or {}, **bundled, record=trained.record, step=int(trained.step),
                 storage_dtype=storage_dtype, num_parameters=int(own), sha256=_sha256(path))  # fmt: skip
     with open(path[:-4] + ".json", "w") as f:
