@@ -277,7 +277,7 @@ def test_fsdp_spec_splits_the_largest_divisible_axis_of_large_arrays():
 def _remat_pair(kind):
     from flax import nnx
 
-    from diffjax.models import DiT, DiTConfig, UNet, UNetConfig
+    from diffjax.models import DiT, DiTConfig, UNet, UNetConfig, initialise
 
     def make(remat):
         if kind == "unet":
@@ -289,7 +289,7 @@ def _remat_pair(kind):
                         dropout=0.1, prediction="velocity", remat=remat)  # fmt: skip
         return DiT(cfg, rngs=nnx.Rngs(0))
 
-    return make(False), make(True)
+    return initialise(lambda: make(False)), initialise(lambda: make(True))  # one compiled program each
 
 
 @pytest.mark.parametrize("kind", ["unet", "dit"])

@@ -1,7 +1,9 @@
 """Latent diffusion: the KL autoencoder, the normalised latent space, and the experiment pipeline
 (autoencoder → cached latents → latent model → decoded samples)."""
 
+import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -193,6 +195,11 @@ def test_pipeline_autoencoder_latents_latent_model_decoded_samples(tmp_path):
                                   np.asarray(trained.latent_space.decode(z)))
     with pytest.raises(ValueError, match="names a latent space but the TrainedModel has none"):
         dj.save_pretrained(trained._replace(latent_space=None), str(tmp_path / "y.npz"))
+    shutil.copy(path, tmp_path / "z.npz")  # a latent model's card without its autoencoder: refused
+    with open(tmp_path / "z.json", "w") as f:
+        json.dump({k: v for k, v in card.items() if k != "autoencoder"}, f)
+    with pytest.raises(ValueError, match="is a latent model without its autoencoder"):
+        dj.load_pretrained(str(tmp_path / "z.npz"))
 
     other = str(tmp_path / "ae2")  # resuming on another autoencoder's latents is refused by field
     os.symlink(ae_dir, other)
