@@ -9,6 +9,7 @@ parameters and the solver's options are checked by constructing them.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import json
@@ -55,19 +56,71 @@ class ConfigError(ValueError):
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a mistyped `--config.a.b=v` override, a value of the wrong type or a
     config file that cannot be loaded reported as one line (exit status 2) instead of a traceback
-    from inside ml_collections."""
+    from inside ml_collections. An override of a key a free-form dict (`FREE_FORM`: the network's
+    config fields, the process's parameters, ...) does not list yet adds it, e.g.
+    `--config.model.kwargs.dtype=bfloat16` (its value read as `_option_value` reads a sampler option)."""
     from absl import flags
 
+    argv, additions = _split_free_form_additions(argv)
     try:
-        return flags.FLAGS(argv)
-    except AttributeError as err:  # ml_collections: an override of a key the config does not have
+        rest = flags.FLAGS(argv)
+    except (AttributeError, KeyError) as err:  # ml_collections: an override of a key the config lacks
+        message = err
+        while isinstance(message, BaseException) and message.args:  # an AttributeError wraps the KeyError
+            message = message.args[0]
+        bad, _, hint = str(message).partition("\n")  # "'x'\nDid you mean ..."
+        bad = bad.strip("\"'")
         key = next((a.split("=")[0][len("--config."):] for a in argv[1:] if a.startswith("--config.")
-                    and str(err).strip("\"'") in a.split("=")[0].split(".")), None)  # fmt: skip
-        print(f"error: unknown config field {key or err}: every field is listed with its default in "
+                    and bad in a.split("=")[0].split(".")), None)  # fmt: skip
+        hint = f" ({hint[:1].lower()}{hint[1:]})" if hint else ""
+        print(f"error: unknown config field {key or bad}{hint}: every field is listed with its default in "
               "experiments/configs/base.py.", file=sys.stderr)  # fmt: skip
     except (flags.Error, ValueError, TypeError, OSError) as err:
         print(f"error: {(str(err).splitlines() or [''])[0]}", file=sys.stderr)
+    else:
+        if additions:
+            cfg = flags.FLAGS.config
+            with cfg.unlocked():
+                for path, key, text in additions:
+                    _at(cfg, path)[key] = _option_value(text)
+        return rest
     sys.exit(2)
+
+
+def _split_free_form_additions(argv: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """(argv without them, [(free-form dict, key, value text)]): the `--config.D.KEY=VALUE` overrides of
+    a free-form dict D that has no KEY in the config file `--config` names. ml_collections cannot add a
+    key, and reads its overrides from sys.argv, so they leave sys.argv too."""
+    from ml_collections.config_flags import config_flags
+
+    at = next((i for i, w in enumerate(argv) if w == "--config" or w.startswith("--config=")), None)
+    source = "" if at is None else argv[at].partition("=")[2] or "".join(argv[at + 1:at + 2])
+    try:
+        cfg = config_flags.ConfigFileFlagParser(name="config").parse(source) if source else None
+    except Exception:  # noqa: BLE001 - absl's own parse reports a config file that cannot be loaded
+        cfg = None
+    if cfg is None:
+        return argv, []
+    kept, additions = [], []
+    for word in argv:
+        override, has_value, text = word.removeprefix("--config.").partition("=")
+        path, _, key = override.rpartition(".")
+        node = _at(cfg, path) if word.startswith("--config.") and has_value and path in FREE_FORM else None
+        if node is not None and key.isidentifier() and key not in node:
+            additions.append((path, key, text))
+        else:
+            kept.append(word)
+    if additions and argv is sys.argv:
+        sys.argv[:] = kept
+    return kept, additions
+
+
+def _at(cfg, path: str):
+    """The node of `cfg` at the dotted `path`, None where there is none."""
+    try:
+        return functools.reduce(lambda node, part: node[part], path.split("."), cfg)
+    except (KeyError, AttributeError, TypeError):
+        return None
 
 
 @contextlib.contextmanager
@@ -551,16 +604,17 @@ class SamplerSpec(NamedTuple):
 
 
 def _option_value(text: str):
-    """An option's value from its text: int, float, true/false/none, else the string itself."""
+    """An option's value from its text: int, float, true/false/none, a Python literal (a tuple, a quoted
+    string), else the string itself."""
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
     if lowered == "none":
         return None
-    for kind in (int, float):
+    for kind in (int, float, ast.literal_eval):
         try:
             return kind(text)
-        except ValueError:
+        except (ValueError, SyntaxError):
             pass
     return text
 

@@ -189,6 +189,33 @@ def test_mnist_class_conditional_tiny_run_with_guided_sampling(tmp_path):
     assert "| mnist | decay 0.995 | deis (order=1) |" in table
 
 
+def test_command_line_adds_keys_to_free_form_dicts_and_names_a_misspelled_field(tmp_path):
+    """`--config.model.kwargs.dtype=bfloat16`: a key the config's network fields do not list is added
+    (ml_collections alone refuses it), typed like a sampler option; a key the config has stays
+    ml_collections' override; a misspelled field is one line naming it, not a traceback."""
+    from experiments.builders import _option_value, _split_free_form_additions
+
+    config = "experiments/configs/mnist_fm.py"
+    new, old = "--config.model.kwargs.dtype=bfloat16", "--config.model.kwargs.channels=8"
+    argv = ["train", f"--config={config}", new, old, "--config.loss.options.mean=-0.4",
+            "--config.train.num_steps=3", "--config.model.kwargz.dtype=x"]  # fmt: skip
+    kept, added = _split_free_form_additions(argv)
+    assert added == [("model.kwargs", "dtype", "bfloat16"), ("loss.options", "mean", "-0.4")]
+    assert kept == [argv[0], argv[1], argv[3], argv[5], argv[6]]
+    assert _split_free_form_additions(["train", "--config", config, argv[2]])[1] == added[:1]
+    assert _split_free_form_additions(["train", argv[2]]) == (["train", argv[2]], [])  # no --config: absl's
+    texts = ("bfloat16", "-0.4", "8", "(1, 2)", "true")
+    assert [_option_value(t) for t in texts] == ["bfloat16", -0.4, 8, (1, 2), True]
+    workdir = str(tmp_path / "w")
+    out = run("train", "--config", config, "--workdir", workdir, "--config.model.kwargs.dtyp=x", expect=2)
+    assert "unexpected keyword argument 'dtyp'" in out  # the added key reached the network's config
+    for word, message in [("--config.model.kwargz.dtype=x", 'model.kwargz.dtype (did you mean "kwargs"'),
+                          ("--config.train.num_stepz=3", 'train.num_stepz (did you mean "num_steps"')]:
+        out = run("train", "--config", config, "--workdir", workdir, word, expect=2)
+        assert f"unknown config field {message}" in out and "Traceback" not in out
+    assert not os.path.exists(workdir)
+
+
 def test_a_sampler_spec_names_steps_guidance_and_the_solvers_options():
     """name[:steps[:w]][:key=value...]: values typed (int, float, bool, string), checked by building the
     solver; the options update the config's own sampler's options and replace another's."""
