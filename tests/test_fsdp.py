@@ -292,12 +292,13 @@ def _remat_pair(kind):
     return initialise(lambda: make(False)), initialise(lambda: make(True))  # one compiled program each
 
 
-@pytest.mark.parametrize("kind", ["unet", "dit"])
-def test_remat_keeps_the_numbers_and_stores_fewer_activations(kind):
-    """Bit-identical loss and gradients (the recomputation repeats the same operations). Memory: the
-    residuals JAX keeps between the forward and backward pass (`jax.vjp`'s closure) shrink to the
-    blocks' inputs; XLA's peak temporary memory is printed (XLA:CPU schedules the recomputation
-    early, so there it does not drop; it is asserted lower on a GPU)."""
+MEMORY_SCHEDULER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+"""XLA:CPU's memory-minimising schedule. Its default, concurrency-optimised one runs the recomputation
+of every block early, so remat does not lower the peak there."""
+
+
+def _remat_programs(kind):
+    """{remat: (value_and_grad of the CFM loss compiled, params, loss)} for the test network `kind`."""
     from flax import nnx
 
     from diffjax.losses import cfm_loss
@@ -308,25 +309,64 @@ def test_remat_keeps_the_numbers_and_stores_fewer_activations(kind):
     for remat, model in zip((False, True), _remat_pair(kind), strict=True):
         graphdef, params = nnx.split(model)
 
-        def loss(p, x, key, graphdef=graphdef):
+        def loss(p, key, graphdef=graphdef):
             k_loss, k_drop = jax.random.split(key)
             net = nnx.merge(graphdef, p)
             return cfm_loss(lambda x, t: net(x, t, rngs=k_drop), x, k_loss, process=CondOTPath())
 
-        compiled = jax.jit(jax.value_and_grad(loss)).lower(params, x, jax.random.key(2)).compile()
-        value, grads = compiled(params, x, jax.random.key(2))
-        residuals = lambda p, loss=loss: jax.vjp(lambda q: loss(q, x, jax.random.key(2)), p)[1]  # noqa: E731
+        compiled = jax.jit(jax.value_and_grad(loss)).lower(params, jax.random.key(2)).compile()
+        out[remat] = (compiled, params, loss)
+    return out
+
+
+def _temp_bytes(programs) -> list[int]:
+    """XLA's temporary buffer of the compiled programs without and with remat (memory analysis)."""
+    return [programs[remat][0].memory_analysis().temp_size_in_bytes for remat in (False, True)]
+
+
+@pytest.fixture(scope="module")
+def memory_scheduled_temp_bytes():
+    """{kind: [temp bytes without, with remat]} under `MEMORY_SCHEDULER`, from one subprocess (XLA_FLAGS
+    is read when JAX starts); None where this jaxlib's XLA lacks the flag."""
+    env = dict(os.environ, XLA_FLAGS=MEMORY_SCHEDULER)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "remat-temp"], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    if proc.returncode and "Unknown flag" in proc.stderr:
+        return None
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kind", ["unet", "dit"])
+def test_remat_keeps_the_numbers_and_stores_fewer_activations(kind, memory_scheduled_temp_bytes):
+    """Bit-identical loss and gradients (the recomputation repeats the same operations). Memory: the
+    residuals JAX keeps between the forward and backward pass (`jax.vjp`'s closure) shrink to the
+    blocks' inputs, and XLA's temporary buffer (its memory analysis) shrinks — on the CPU under the
+    memory-minimising schedule (`MEMORY_SCHEDULER`, in a subprocess; measured
+    18% / 14% lower for the U-Net / DiT, required ≥ 5%), where XLA:CPU's default schedule keeps it
+    (printed); on a GPU under the default schedule."""
+    programs = _remat_programs(kind)
+    out = {}
+    for remat, (compiled, params, loss) in programs.items():
+        value, grads = compiled(params, jax.random.key(2))
+        residuals = lambda p, loss=loss: jax.vjp(lambda q: loss(q, jax.random.key(2)), p)[1]  # noqa: E731
         kept = jax.eval_shape(residuals, params)
-        out[remat] = (value, grads, sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(kept)),
-                      compiled.memory_analysis().temp_size_in_bytes)  # fmt: skip
+        out[remat] = (value, grads, sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(kept)))
+    temp = _temp_bytes(programs)
     print(f"{kind}: residual bytes {out[False][2]} → {out[True][2]} with remat; XLA temp bytes "
-          f"{out[False][3]} → {out[True][3]} ({jax.default_backend()})")
+          f"{temp[0]} → {temp[1]} ({jax.default_backend()}, default schedule)")
     assert np.array_equal(out[False][0], out[True][0])
     for a, b in zip(jax.tree.leaves(out[False][1]), jax.tree.leaves(out[True][1]), strict=True):
         np.testing.assert_array_equal(a, b)
     assert out[True][2] < 0.5 * out[False][2]
     if jax.default_backend() == "gpu":
-        assert out[True][3] < out[False][3]
+        assert temp[1] < temp[0]
+        return
+    if memory_scheduled_temp_bytes is None:
+        pytest.skip(f"this jaxlib's XLA has no {MEMORY_SCHEDULER.split('=')[0]} (the numbers were checked)")
+    low = memory_scheduled_temp_bytes[kind]
+    print(f"{kind}: XLA temp bytes {low[0]} → {low[1]} with remat (memory-minimising schedule)")
+    assert low[1] < 0.95 * low[0]
 
 
 # -- bf16 compute ------------------------------------------------------------------------------------
@@ -385,7 +425,10 @@ def test_config_options_default_for_saved_configs_and_are_validated():
 
 
 if __name__ == "__main__":
-    _eight_device_checks(sys.argv[1])
+    if sys.argv[1] == "remat-temp":  # XLA's temporary bytes without / with remat, as JSON (remat test)
+        print(json.dumps({kind: _temp_bytes(_remat_programs(kind)) for kind in ("unet", "dit")}))
+    else:
+        _eight_device_checks(sys.argv[1])
 
 
 def test_gather_compiles_once_per_layout(caplog):
