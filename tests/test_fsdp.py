@@ -4,7 +4,8 @@ The multi-device properties run in ONE subprocess with 8 simulated CPU devices (
 fixed when JAX starts): this file run as a script (`python tests/test_fsdp.py OUT_DIR`) trains a small
 ResidualMLP three steps on four layouts, checkpoints across layouts and provokes the layout errors,
 writing its arrays and numbers to OUT_DIR; the tests below read them. Remat, bf16 and the config
-options run in the pytest process on one device.
+options run in the pytest process on one device, but for remat's temporary memory under XLA:CPU's
+memory-minimising schedule (`python tests/test_fsdp.py remat-temp` with its XLA flag).
 """
 
 from __future__ import annotations
@@ -338,7 +339,7 @@ def memory_scheduled_temp_bytes():
 
 
 @pytest.mark.parametrize("kind", ["unet", "dit"])
-def test_remat_keeps_the_numbers_and_stores_fewer_activations(kind, memory_scheduled_temp_bytes):
+def test_remat_keeps_the_numbers_and_stores_fewer_activations(kind, request):
     """Bit-identical loss and gradients (the recomputation repeats the same operations). Memory: the
     residuals JAX keeps between the forward and backward pass (`jax.vjp`'s closure) shrink to the
     blocks' inputs, and XLA's temporary buffer (its memory analysis) shrinks — on the CPU under the
@@ -362,9 +363,10 @@ def test_remat_keeps_the_numbers_and_stores_fewer_activations(kind, memory_sched
     if jax.default_backend() == "gpu":
         assert temp[1] < temp[0]
         return
-    if memory_scheduled_temp_bytes is None:
+    scheduled = request.getfixturevalue("memory_scheduled_temp_bytes")  # on the CPU only
+    if scheduled is None:
         pytest.skip(f"this jaxlib's XLA has no {MEMORY_SCHEDULER.split('=')[0]} (the numbers were checked)")
-    low = memory_scheduled_temp_bytes[kind]
+    low = scheduled[kind]
     print(f"{kind}: XLA temp bytes {low[0]} → {low[1]} with remat (memory-minimising schedule)")
     assert low[1] < 0.95 * low[0]
 
