@@ -99,7 +99,7 @@ def _split_free_form_additions(argv: list[str]) -> tuple[list[str], list[tuple[s
         cfg = config_flags.ConfigFileFlagParser(name="config").parse(source) if source else None
     except Exception:  # noqa: BLE001 - absl's own parse reports a config file that cannot be loaded
         cfg = None
-    if cfg is None:
+    if not isinstance(cfg, ml_collections.ConfigDict):  # none, or ml_collections' stand-in for a failed load
         return argv, []
     kept, additions = [], []
     for word in argv:

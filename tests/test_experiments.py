@@ -204,6 +204,8 @@ def test_command_line_adds_keys_to_free_form_dicts_and_names_a_misspelled_field(
     assert kept == [argv[0], argv[1], argv[3], argv[5], argv[6]]
     assert _split_free_form_additions(["train", "--config", config, argv[2]])[1] == added[:1]
     assert _split_free_form_additions(["train", argv[2]]) == (["train", argv[2]], [])  # no --config: absl's
+    missing = ["train", "--config=experiments/configs/missing.py", new]  # absl reports the file
+    assert _split_free_form_additions(missing) == (missing, [])
     texts = ("bfloat16", "-0.4", "8", "(1, 2)", "true")
     assert [_option_value(t) for t in texts] == ["bfloat16", -0.4, 8, (1, 2), True]
     workdir = str(tmp_path / "w")
